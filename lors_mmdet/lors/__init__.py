@@ -1,0 +1,1 @@
+"""LORS, the method: pure PyTorch, no OpenMMLab import."""

@@ -1,0 +1,1 @@
+"""mmdet-registered modules of the plugin."""

@@ -1,10 +1,17 @@
 """LORS, the method: pure PyTorch, no OpenMMLab import.
 
-Static branch (:mod:`.static`): a stack of linear maps sharing one weight, each
-layer adding a private low-rank residual. See ``docs/lors_library.md``.
+- :mod:`.static`: a stack of linear maps sharing one weight, each layer adding a
+  private low-rank residual ``W_i = W_shared + B_i A_i``.
+- :mod:`.adaptive`: query-generated matrices, shared generator plus per-layer
+  low-rank private part ``M_i(q) = M_shared(q) + sum_t L_it Z_it(q) R_it``.
+
+See ``docs/lors_library.md``.
 """
+from .adaptive import GeneratedMatrices, LorsAdaptive, SharedGenerator
 from .static import (LorsLinear, LorsLinearStack, SharedLinear,
                      build_lors_linears)
 
-__all__ = ['SharedLinear', 'LorsLinear', 'LorsLinearStack',
-           'build_lors_linears']
+__all__ = [
+    'SharedLinear', 'LorsLinear', 'LorsLinearStack', 'build_lors_linears',
+    'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices'
+]

@@ -1,0 +1,252 @@
+"""Adaptive LORS: matrices generated from a query, shared plus low-rank private.
+
+For a query ``q`` and group ``g`` layer ``i`` uses, for every shape ``(m, n)``,
+
+    M_i(q) = M_shared(q) + sum_{t=1..K_i} L_it @ Z_it(q) @ R_it
+
+where ``M_shared`` comes from one generator shared by the whole stack, the
+``k x k`` cores ``Z_it(q)`` from a small per-layer generator and ``L_it``
+(``m x k``), ``R_it`` (``k x n``) are static per-layer factors. The private part
+is applied to an input factor by factor, ``((x @ L) @ Z) @ R``, so the
+per-query ``m x n`` private matrices are never built.
+"""
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_positive_int
+
+
+def _check_shapes(shapes: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    if isinstance(shapes, (str, bytes)) or not isinstance(shapes,
+                                                          (list, tuple)):
+        raise TypeError(f'shapes must be a sequence of (m, n) pairs, got '
+                        f'{shapes!r}')
+    if len(shapes) == 0:
+        raise ValueError('shapes must name at least one (m, n) matrix shape, '
+                         'got []')
+    checked = []
+    for j, shape in enumerate(shapes):
+        if not isinstance(shape, (list, tuple)) or len(shape) != 2:
+            raise ValueError(f'shapes[{j}] must be an (m, n) pair, got '
+                             f'{shape!r}')
+        checked.append((check_positive_int(shape[0], f'shapes[{j}][0]'),
+                        check_positive_int(shape[1], f'shapes[{j}][1]')))
+    return checked
+
+
+class SharedGenerator(nn.Module):
+    """The generator of the shared matrices, one for the whole stack.
+
+    One ``nn.Linear(query_dim, groups * sum(m * n))`` (``generator``) whose
+    weight is zero-initialised and whose bias keeps the default init, as in
+    AdaMixer. Register it once, on the module that owns the stack.
+
+    Args:
+        query_dim: size of a query.
+        groups: number of groups ``G`` (one set of matrices per group).
+        shapes: the ``(m, n)`` shape of each generated matrix, e.g.
+            ``[(c, c), (P_out, P_in)]`` for AdaMixer's channel and spatial
+            mixing matrices.
+        num_layers: number of layers sharing the generator (for accounting).
+    """
+
+    def __init__(self, query_dim: int, groups: int,
+                 shapes: Sequence[Tuple[int, int]], num_layers: int) -> None:
+        super().__init__()
+        self.query_dim = check_positive_int(query_dim, 'query_dim')
+        self.groups = check_positive_int(groups, 'groups')
+        self.shapes = _check_shapes(shapes)
+        self.num_layers = check_positive_int(num_layers, 'num_layers')
+        self.generator = nn.Linear(
+            query_dim, groups * sum(m * n for m, n in self.shapes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero weight (every query starts from the same matrices), default bias."""
+        self.generator.reset_parameters()
+        nn.init.zeros_(self.generator.weight)
+
+    def forward(self, query: Tensor) -> List[Tensor]:
+        """Generate the shared matrices.
+
+        Args:
+            query: (..., query_dim).
+
+        Returns:
+            One tensor (..., groups, m, n) per shape, views of one buffer.
+        """
+        params = self.generator(query).unflatten(-1, (self.groups, -1))
+        chunks = params.split([m * n for m, n in self.shapes], dim=-1)
+        return [chunk.unflatten(-1, shape)
+                for chunk, shape in zip(chunks, self.shapes)]
+
+    def extra_repr(self) -> str:
+        return (f'query_dim={self.query_dim}, groups={self.groups}, '
+                f'shapes={self.shapes}, num_layers={self.num_layers}')
+
+
+class GeneratedMatrices:
+    """The matrices of one layer for a batch of queries, kept in factored form.
+
+    Not a module: produced by :meth:`LorsAdaptive.forward`, used within the
+    same forward pass.
+
+    Args:
+        shared: per shape, the shared matrices (..., G, m, n).
+        cores: per shape, the cores (..., G, K, k, k).
+        lefts: per shape, the static left factors (K, m, k).
+        rights: per shape, the static right factors (K, k, n).
+    """
+
+    def __init__(self, shared: Sequence[Tensor], cores: Sequence[Tensor],
+                 lefts: Sequence[Tensor], rights: Sequence[Tensor]) -> None:
+        self.shared = list(shared)
+        self.cores = list(cores)
+        self.lefts = list(lefts)
+        self.rights = list(rights)
+
+    def __len__(self) -> int:
+        return len(self.shared)
+
+    def _factors(self, j: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """(L as m x K*k, cores, R as K*k x n) of shape ``j``."""
+        left, right = self.lefts[j], self.rights[j]
+        num_terms, m, k = left.shape
+        left = left.transpose(0, 1).reshape(m, num_terms * k)
+        return left, self.cores[j], right.reshape(num_terms * k, -1)
+
+    def apply_right(self, x: Tensor, j: int) -> Tensor:
+        """``x @ M_j(q)`` without building the private ``m x n`` matrices.
+
+        Args:
+            x: (..., G, P, m), leading dims those of the query (or
+                broadcastable to them).
+            j: index of the shape.
+
+        Returns:
+            (..., G, P, n).
+        """
+        left, cores, right = self._factors(j)
+        num_terms, k = cores.shape[-3], cores.shape[-1]
+        xl = torch.matmul(x, left).unflatten(-1, (num_terms, k))
+        # Core t acts on the t-th block of k columns.
+        xlz = torch.einsum('...ptk,...tkl->...ptl', xl, cores).flatten(-2)
+        return torch.matmul(x, self.shared[j]) + torch.matmul(xlz, right)
+
+    def apply_left(self, j: int, x: Tensor) -> Tensor:
+        """``M_j(q) @ x`` without building the private ``m x n`` matrices.
+
+        Args:
+            j: index of the shape.
+            x: (..., G, n, C), leading dims those of the query (or
+                broadcastable to them).
+
+        Returns:
+            (..., G, m, C).
+        """
+        left, cores, right = self._factors(j)
+        num_terms, k = cores.shape[-3], cores.shape[-1]
+        batch = torch.broadcast_shapes(x.shape[:-2], cores.shape[:-3])
+        # Expanding the static factors to the batch is free (stride 0) and
+        # keeps x in place: a 2-D @ N-D matmul would copy x.
+        rx = torch.matmul(right.expand(*batch, *right.shape), x)
+        zrx = torch.matmul(cores, rx.unflatten(-2, (num_terms, k)))
+        low_rank = torch.matmul(left.expand(*batch, *left.shape),
+                                zrx.flatten(-3, -2))
+        return torch.matmul(self.shared[j], x) + low_rank
+
+    def materialise(self, j: int) -> Tensor:
+        """The full matrices ``M_shared + sum_t L_t Z_t R_t`` (for checking).
+
+        Returns:
+            (..., G, m, n).
+        """
+        left, cores, right = self.lefts[j], self.cores[j], self.rights[j]
+        num_terms, m, k = left.shape
+        # (K, m, k) x (..., K, k, k) -> (..., m, K*k), then one product with R.
+        lz = torch.einsum('tmk,...tkl->...mtl', left, cores).flatten(-2)
+        return self.shared[j] + torch.matmul(lz, right.reshape(num_terms * k,
+                                                               -1))
+
+
+def _uniform_like_linear_(factor: Tensor) -> None:
+    """kaiming_uniform_(a=sqrt(5)) of each (rows x cols) term, as nn.Linear.
+
+    For a 2-D ``rows x cols`` matrix that is U(-1/sqrt(cols), 1/sqrt(cols)).
+    """
+    bound = 1.0 / math.sqrt(factor.shape[-1])
+    nn.init.uniform_(factor, -bound, bound)
+
+
+class LorsAdaptive(nn.Module):
+    """One layer's private part of an adaptive LORS stack.
+
+    Registers a core generator ``nn.Linear(query_dim,
+    len(shapes) * groups * K * k * k)`` (weight and bias zero: the layer starts
+    as the shared generator) and per shape ``j`` the factors ``lors_L[j]``
+    (K, m, k) and ``lors_R[j]`` (K, k, n). The :class:`SharedGenerator` is
+    referenced, not registered.
+
+    Args:
+        shared: the stack's shared generator.
+        core_size: size ``k`` of each core.
+        num_terms: number ``K`` of low-rank terms per matrix.
+    """
+
+    def __init__(self, shared: SharedGenerator, core_size: int,
+                 num_terms: int) -> None:
+        super().__init__()
+        if not isinstance(shared, SharedGenerator):
+            raise TypeError(f'shared must be a SharedGenerator, got '
+                            f'{type(shared).__name__}')
+        check_positive_int(core_size, 'core_size')
+        check_positive_int(num_terms, 'num_terms')
+        for m, n in shared.shapes:
+            if core_size > min(m, n):
+                raise ValueError(
+                    f'core_size must be <= min(m, n) of every shape, got '
+                    f'core_size={core_size} for shape {(m, n)}')
+        # In __dict__, not registered (see LorsLinear).
+        object.__setattr__(self, '_shared', shared)
+        self.core_size = core_size
+        self.num_terms = num_terms
+        weight = shared.generator.weight
+        factory = dict(device=weight.device, dtype=weight.dtype)
+        self.core_generator = nn.Linear(
+            shared.query_dim,
+            len(shared.shapes) * shared.groups * num_terms * core_size**2,
+            **factory)
+        self.lors_L = nn.ParameterList(
+            nn.Parameter(torch.empty(num_terms, m, core_size, **factory))
+            for m, _ in shared.shapes)
+        self.lors_R = nn.ParameterList(
+            nn.Parameter(torch.empty(num_terms, core_size, n, **factory))
+            for _, n in shared.shapes)
+        self.reset_parameters()
+
+    @property
+    def shared(self) -> SharedGenerator:
+        """The stack's shared generator (not registered in this layer)."""
+        return self._shared
+
+    def reset_parameters(self) -> None:
+        """Core generator zero, L and R like nn.Linear weights."""
+        nn.init.zeros_(self.core_generator.weight)
+        nn.init.zeros_(self.core_generator.bias)
+        for factor in (*self.lors_L, *self.lors_R):
+            _uniform_like_linear_(factor)
+
+    def forward(self, query: Tensor) -> GeneratedMatrices:
+        """Generate this layer's matrices for ``query`` (..., query_dim)."""
+        shared = self.shared(query)
+        k = self.core_size
+        cores = self.core_generator(query).unflatten(
+            -1, (len(shared), self.shared.groups, self.num_terms, k, k))
+        return GeneratedMatrices(shared, cores.unbind(-5), list(self.lors_L),
+                                 list(self.lors_R))
+
+    def extra_repr(self) -> str:
+        return f'core_size={self.core_size}, num_terms={self.num_terms}'

@@ -1,0 +1,209 @@
+"""Adaptive LORS branch: init, factored == materialised, gradients, dtype."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lors_mmdet.lors import GeneratedMatrices, LorsAdaptive, SharedGenerator
+
+# AdaMixer's layout at toy size: channel matrix (c, c), spatial (P_out, P_in).
+C, P_IN, P_OUT, GROUPS, QUERY_DIM = 16, 8, 12, 2, 24
+SHAPES = [(C, C), (P_OUT, P_IN)]
+
+
+def build(core_size=4, num_terms=2, seed=0):
+    torch.manual_seed(seed)
+    shared = SharedGenerator(QUERY_DIM, GROUPS, SHAPES, num_layers=3)
+    return shared, LorsAdaptive(shared, core_size, num_terms)
+
+
+def randomise(shared, layer, scale=0.3):
+    """Non-zero generator weights and cores (at init they are zero)."""
+    with torch.no_grad():
+        shared.generator.weight.normal_(std=scale / QUERY_DIM**0.5)
+        layer.core_generator.weight.normal_(std=scale / QUERY_DIM**0.5)
+        layer.core_generator.bias.normal_(std=scale)
+
+
+def mix(matrices: GeneratedMatrices, x, fast: bool):
+    """AdaMixer-style use: channel mixing x @ M, then spatial S @ x."""
+    if fast:
+        x = matrices.apply_right(x, 0)
+        return matrices.apply_left(1, x)
+    return matrices.materialise(1) @ (x @ matrices.materialise(0))
+
+
+def reference_matrix(shared, layer, query, j):
+    """M_shared(q) + sum_t L_t Z_t(q) R_t, written out term by term."""
+    m, n = SHAPES[j]
+    k, num_terms = layer.core_size, layer.num_terms
+    # Per group, the generator's output lists the matrices one after another.
+    start = sum(a * b for a, b in SHAPES[:j])
+    params = shared.generator(query).reshape(*query.shape[:-1], GROUPS, -1)
+    matrix = params[..., start:start + m * n].reshape(*query.shape[:-1],
+                                                      GROUPS, m, n)
+    cores = layer.core_generator(query).reshape(*query.shape[:-1], len(SHAPES),
+                                                GROUPS, num_terms, k, k)
+    for t in range(num_terms):
+        matrix = matrix + (layer.lors_L[j][t] @ cores[..., j, :, t, :, :]
+                           @ layer.lors_R[j][t])
+    return matrix
+
+
+def test_shapes_and_registration():
+    shared, layer = build(core_size=4, num_terms=3)
+    assert shared.generator.out_features == GROUPS * (C * C + P_OUT * P_IN)
+    assert layer.core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
+    assert [tuple(p.shape) for p in layer.lors_L] == [(3, C, 4), (3, P_OUT, 4)]
+    assert [tuple(p.shape) for p in layer.lors_R] == [(3, 4, C), (3, 4, P_IN)]
+    assert layer.shared is shared
+    assert not any(k.startswith('shared') or 'generator.weight' == k
+                   for k in layer.state_dict())
+    query = torch.randn(2, 5, QUERY_DIM)
+    mats = shared(query)
+    assert [tuple(m.shape) for m in mats] == [(2, 5, GROUPS, C, C),
+                                               (2, 5, GROUPS, P_OUT, P_IN)]
+    generated = layer(query)
+    assert len(generated) == 2
+    assert generated.materialise(1).shape == (2, 5, GROUPS, P_OUT, P_IN)
+
+
+def test_init_equals_shared_and_shared_is_query_independent():
+    shared, layer = build()
+    assert torch.count_nonzero(shared.generator.weight) == 0
+    assert torch.count_nonzero(shared.generator.bias) > 0
+    for name in ('weight', 'bias'):
+        assert torch.count_nonzero(getattr(layer.core_generator, name)) == 0
+    assert all(p.abs().sum() > 0 for p in (*layer.lors_L, *layer.lors_R))
+    query = torch.randn(3, 4, QUERY_DIM)
+    generated = layer(query)
+    for j in range(2):
+        assert torch.equal(generated.materialise(j), generated.shared[j])
+        # Zero generator weight: every query gets the bias' matrices.
+        assert torch.equal(generated.shared[j][0, 0], generated.shared[j][2, 3])
+    x = torch.randn(3, 4, GROUPS, P_IN, C)
+    assert torch.allclose(generated.apply_right(x, 0),
+                          x @ generated.shared[0], atol=1e-6)
+
+
+def test_materialise_matches_term_by_term_reference():
+    shared, layer = build(num_terms=3)
+    randomise(shared, layer)
+    query = torch.randn(2, 3, QUERY_DIM)
+    generated = layer(query)
+    for j in range(2):
+        expected = reference_matrix(shared, layer, query, j)
+        assert torch.allclose(generated.materialise(j), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('num_terms', [1, 3])
+def test_fast_equals_materialised_values_and_gradients(num_terms):
+    shared, layer = build(num_terms=num_terms)
+    randomise(shared, layer)
+    query = torch.randn(2, 5, QUERY_DIM)
+    x = torch.randn(2, 5, GROUPS, P_IN, C)
+    results = []
+    for fast in (True, False):
+        shared.zero_grad()
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = mix(layer(query), xg, fast)
+        out.square().mean().backward()
+        grads = [xg.grad] + [p.grad.clone() for p in (*shared.parameters(),
+                                                      *layer.parameters())]
+        results.append((out.detach(), grads))
+    (fast_out, fast_grads), (mat_out, mat_grads) = results
+    assert fast_out.shape == (2, 5, GROUPS, P_OUT, C)
+    assert fast_out.abs().max() > 0.1  # meaningful scale for atol
+    assert torch.allclose(fast_out, mat_out, atol=1e-5)
+    for a, b in zip(fast_grads, mat_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_apply_broadcasts_query_dims():
+    shared, layer = build()
+    randomise(shared, layer)
+    generated = layer(torch.randn(4, QUERY_DIM))  # one query batch dim
+    x = torch.randn(4, GROUPS, 7, C)
+    assert torch.allclose(generated.apply_right(x, 0),
+                          x @ generated.materialise(0), atol=1e-5)
+    y = torch.randn(4, GROUPS, P_IN, 5)
+    assert torch.allclose(generated.apply_left(1, y),
+                          generated.materialise(1) @ y, atol=1e-5)
+
+
+def test_gradients_reach_shared_and_every_private_factor():
+    shared, layer = build()
+    query = torch.randn(2, 3, QUERY_DIM)
+    x = torch.randn(2, 3, GROUPS, P_IN, C)
+
+    def step():
+        shared.zero_grad()
+        layer.zero_grad()
+        mix(layer(query), x, fast=True).square().mean().backward()
+
+    step()
+    assert shared.generator.weight.grad.abs().sum() > 0
+    assert shared.generator.bias.grad.abs().sum() > 0
+    assert layer.core_generator.weight.grad.abs().sum() > 0
+    assert layer.core_generator.bias.grad.abs().sum() > 0
+    # The cores are zero, so L and R receive no gradient yet.
+    for factor in (*layer.lors_L, *layer.lors_R):
+        assert torch.count_nonzero(factor.grad) == 0
+    torch.optim.SGD([*shared.parameters(), *layer.parameters()], lr=1.0).step()
+    step()
+    for factor in (*layer.lors_L, *layer.lors_R):
+        assert factor.grad.abs().sum() > 0
+
+
+def test_autocast_bfloat16_both_paths():
+    shared, layer = build()
+    randomise(shared, layer)
+    query = torch.randn(2, 3, QUERY_DIM)
+    x = torch.randn(2, 3, GROUPS, P_IN, C)
+    reference = mix(layer(query), x, fast=False).detach()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fast = mix(layer(query), x, fast=True)
+        materialised = mix(layer(query), x, fast=False)
+        (fast.float().sum() + materialised.float().sum()).backward()
+    assert fast.dtype == materialised.dtype == torch.bfloat16
+    scale = reference.abs().max()
+    for out in (fast, materialised):
+        assert (out.float() - reference).abs().max() < 0.05 * scale
+    assert layer.lors_L[0].grad is not None
+
+
+def test_deepcopy_keeps_layer_on_the_copys_generator():
+    shared, layer = build()
+    owner = nn.ModuleDict(dict(shared=shared, layer=layer))
+    clone = copy.deepcopy(owner)
+    assert clone['layer'].shared is clone['shared']
+    assert clone['shared'] is not shared
+
+
+@pytest.mark.parametrize('kwargs, error, pattern', [
+    (dict(shapes=[]), ValueError, r'shapes .* got \[\]'),
+    (dict(shapes=[(4, 4, 4)]), ValueError, r'shapes\[0\] must be an \(m, n\)'),
+    (dict(shapes=[(4, 0)]), ValueError, r'shapes\[0\]\[1\] must be > 0, got 0'),
+    (dict(groups=0), ValueError, r'groups must be > 0, got 0'),
+    (dict(query_dim=2.0), TypeError, r'query_dim must be an int, got 2.0'),
+])
+def test_shared_generator_validation(kwargs, error, pattern):
+    args = dict(query_dim=8, groups=2, shapes=[(4, 4)], num_layers=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        SharedGenerator(**args)
+
+
+def test_lors_adaptive_validation():
+    shared = SharedGenerator(8, 2, [(6, 6), (5, 3)], 2)
+    with pytest.raises(ValueError, match=r'core_size must be > 0, got 0'):
+        LorsAdaptive(shared, 0, 1)
+    with pytest.raises(ValueError, match=r'num_terms must be > 0, got -1'):
+        LorsAdaptive(shared, 2, -1)
+    with pytest.raises(ValueError,
+                       match=r'core_size=4 for shape \(5, 3\)'):
+        LorsAdaptive(shared, 4, 1)
+    with pytest.raises(TypeError, match='shared must be a SharedGenerator'):
+        LorsAdaptive(nn.Linear(8, 8), 2, 1)

@@ -15,6 +15,6 @@ if importlib.util.find_spec('mmdet') is not None:
     # The OpenMMLab stack is installed: fix it up and register our modules.
     # Import errors here are real problems and must surface.
     from . import compat  # noqa: F401  (must run before mmengine loads anything)
-    from . import models  # noqa: F401
+    from . import engine, models  # noqa: F401
 
 __all__ = ['__version__']

@@ -1,1 +1,185 @@
-"""Workarounds for the OpenMMLab stack on current PyTorch (filled in by the foundation work)."""
+"""Every workaround this plugin applies to the OpenMMLab stack on current PyTorch.
+
+Nothing else in the package patches third-party code. Importing this module:
+
+1. checks that mmcv is the full build with compiled ops and that the installed
+   mmcv / mmdet / mmengine versions work together, raising an actionable
+   ``ImportError`` otherwise;
+2. makes mmengine's checkpoints loadable under ``torch.load(weights_only=True)``
+   (the default since torch 2.6) without ever unpickling arbitrary code:
+
+   - mmengine's ``HistoryBuffer`` pickles only its data from now on (it used to
+     pickle its class-level statistics methods as ``getattr`` calls);
+   - the local-file checkpoint loader of mmengine goes through
+     :func:`safe_load_checkpoint`, which allow-lists exactly the types mmengine
+     writes and rebuilds the buffers of older checkpoints without calling
+     anything else. A checkpoint that needs any other callable is refused with
+     :class:`UnsafeCheckpointError`;
+3. lets mmengine's ``pytorch`` launcher initialise torch.distributed on
+   machines without CUDA (gloo), so the multi-GPU code path runs on CPU too.
+"""
+import importlib
+import importlib.util
+import os.path as osp
+import pickle
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+
+MMCV_RANGE = ('2.0.0rc4', '2.2.0')  # what mmdet 3.3.0 accepts: [min, max)
+TESTED_VERSIONS = dict(torch='2.13.0', mmengine='0.10.7', mmcv='2.1.0', mmdet='3.3.0')
+
+INSTALL_HINT = (
+    'Install the full mmcv with compiled ops, built against your torch:\n'
+    '  bash tools/install.sh            (does it for you), or by hand:\n'
+    '  pip install "setuptools>=77,<81" && '
+    'MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0\n'
+    '(add FORCE_CUDA=1 on a GPU machine; OpenMMLab\'s prebuilt wheels work too '
+    'when they match your torch/CUDA: https://mmcv.readthedocs.io/en/latest/get_started/installation.html)')
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint whose unpickling would call something not allow-listed."""
+
+
+def _version_tuple(version: str) -> Tuple:
+    from packaging.version import parse
+    return parse(version)
+
+
+def check_openmmlab_stack() -> None:
+    """Raise an actionable ``ImportError`` if mmcv / mmdet cannot work here."""
+    if importlib.util.find_spec('mmcv') is None:
+        raise ImportError('lors_mmdet needs mmcv, which is not installed.\n' + INSTALL_HINT)
+    import mmcv
+    low, high = MMCV_RANGE
+    if not _version_tuple(low) <= _version_tuple(mmcv.__version__) < _version_tuple(high):
+        raise ImportError(
+            f'mmcv {mmcv.__version__} is installed, but mmdet 3.3.0 needs '
+            f'mmcv>={low},<{high}.\n' + INSTALL_HINT)
+    try:
+        importlib.import_module('mmcv._ext')
+    except ImportError as error:
+        lite = importlib.util.find_spec('mmcv.ops') is None
+        kind = 'mmcv-lite (no ops)' if lite else 'mmcv without compiled ops'
+        raise ImportError(
+            f'{kind} is installed: mmcv._ext (the compiled ops mmdet needs) '
+            f'cannot be imported ({error}).\n' + INSTALL_HINT) from error
+    import mmdet
+    if _version_tuple(mmdet.__version__) < _version_tuple('3.0.0'):
+        raise ImportError(f'lors_mmdet needs mmdet 3.x, found mmdet {mmdet.__version__}: '
+                          'pip install mmdet==3.3.0')
+
+
+# --------------------------------------------------------------------------
+# Safe checkpoint loading
+# --------------------------------------------------------------------------
+def _history_buffer_getstate(self) -> dict:
+    # The statistics methods live on the class (registered at import time);
+    # pickling them made every checkpoint need `getattr` to load.
+    return {key: value for key, value in self.__dict__.items()
+            if key != 'statistics_methods'}
+
+
+def _history_buffer_setstate(self, state: dict) -> None:
+    state = dict(state)
+    state.pop('statistics_methods', None)  # legacy: class-level, never per instance
+    self._set_default_statistics()
+    self.__dict__.update(state)
+
+
+class _LegacyMethodReference:
+    """Stands in for ``getattr(HistoryBuffer, name)`` in pre-fix checkpoints."""
+
+    def __init__(self, owner: type, name: str) -> None:
+        from mmengine.logging import HistoryBuffer
+        if owner is not HistoryBuffer or not isinstance(name, str):
+            raise UnsafeCheckpointError(
+                f'checkpoint asks for getattr({owner!r}, {name!r}); only '
+                'mmengine HistoryBuffer statistics references are accepted')
+        self.name = name
+
+
+def _numpy_globals() -> List[Any]:
+    import numpy as np
+    core = np._core if hasattr(np, '_core') else np.core
+    found = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    # numpy 2 pickles dtypes through their per-type classes (numpy.dtypes.*DType).
+    found += [type(np.dtype(name)) for name in
+              ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
+               'uint32', 'uint64', 'float16', 'float32', 'float64', 'str', 'object')]
+    return found
+
+
+def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
+    """Exactly the non-tensor types mmengine writes into its checkpoints."""
+    from mmengine.logging import HistoryBuffer
+    return [HistoryBuffer, *_numpy_globals(),
+            (_LegacyMethodReference, 'builtins.getattr')]
+
+
+def safe_load_checkpoint(filename: str, map_location: Optional[Any] = None) -> Any:
+    """Load a (local) checkpoint with ``weights_only=True`` and mmengine's types.
+
+    Args:
+        filename: Path of the checkpoint file.
+        map_location: Same as :func:`torch.load`.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        UnsafeCheckpointError: Unpickling would call something that is not
+            allow-listed (e.g. a ``__reduce__`` running a shell command).
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file {filename} can not be found')
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise UnsafeCheckpointError(
+                f'refusing to load checkpoint {filename}: it needs objects outside '
+                f'the allow-list of tensors, numpy arrays and mmengine buffers, '
+                f'which could run code on load. Details: {error}') from error
+
+
+def _install_safe_checkpoint_loading() -> None:
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
+    HistoryBuffer.__setstate__ = _history_buffer_setstate
+    # prefixes='' is mmengine's scheme for local files.
+    CheckpointLoader.register_scheme(prefixes='', force=True)(safe_load_checkpoint)
+
+
+
+
+# --------------------------------------------------------------------------
+# torch.distributed on machines without CUDA
+# --------------------------------------------------------------------------
+def _install_cpu_distributed_init() -> None:
+    """Let mmengine's ``pytorch`` launcher start on CPU-only machines.
+
+    mmengine calls ``torch.cuda.set_device(LOCAL_RANK)`` unconditionally, which
+    fails on a CPU build of torch. Without CUDA we initialise the process group
+    (the backend comes from ``env_cfg.dist_cfg``; use gloo) and skip the device.
+    """
+    import mmengine.dist.utils as dist_utils
+    init_with_cuda = dist_utils._init_dist_pytorch
+
+    def init_dist_pytorch(backend: str, init_backend: str = 'torch', **kwargs) -> None:
+        if torch.cuda.is_available():
+            return init_with_cuda(backend, init_backend=init_backend, **kwargs)
+        if backend == 'nccl':
+            raise RuntimeError(
+                'env_cfg.dist_cfg.backend is "nccl" but CUDA is not available; '
+                'use backend="gloo" for distributed training on CPU '
+                '(tools/train.py switches to it automatically).')
+        torch.distributed.init_process_group(backend=backend, **kwargs)
+
+    dist_utils._init_dist_pytorch = init_dist_pytorch
+
+
+check_openmmlab_stack()
+_install_safe_checkpoint_loading()
+_install_cpu_distributed_init()

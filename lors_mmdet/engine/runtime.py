@@ -1,0 +1,80 @@
+"""Launch-time adjustments and checks shared by tools/train.py and tools/test.py."""
+import os.path as osp
+from typing import Iterator, Tuple
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+DATA_HINTS = {
+    'synthetic': 'generate it with: python tools/generate_synthetic_coco.py',
+    'coco': 'download COCO 2017 into data/coco (annotations/, train2017/, val2017/)',
+}
+
+
+def adapt_cfg_to_machine(cfg: Config, launcher: str) -> None:
+    """Make a GPU-cluster config run on this machine, in place.
+
+    Without CUDA, a ``nccl`` backend becomes ``gloo``. Distributed runs use
+    :class:`DeviceAwareDistributedDataParallel` unless the config names a wrapper.
+
+    Args:
+        cfg: The full config.
+        launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
+    """
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if not torch.cuda.is_available() and dist_cfg.get('backend', 'nccl') == 'nccl':
+        print_log('CUDA is not available: env_cfg.dist_cfg.backend nccl -> gloo',
+                  logger='current')
+        dist_cfg['backend'] = 'gloo'
+    if launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(type='DeviceAwareDistributedDataParallel')
+
+
+def _datasets(key: str, dataset: dict) -> Iterator[Tuple[str, dict]]:
+    """Yield (config key, dataset cfg) through mmengine's dataset wrappers."""
+    if 'dataset' in dataset:
+        yield from _datasets(f'{key}.dataset', dataset['dataset'])
+    elif 'datasets' in dataset:
+        for i, inner in enumerate(dataset['datasets']):
+            yield from _datasets(f'{key}.datasets[{i}]', inner)
+    else:
+        yield key, dataset
+
+
+def _require(path: str, key: str, what: str) -> None:
+    if osp.exists(path):
+        return
+    hint = DATA_HINTS['synthetic' if 'synthetic' in path else 'coco']
+    raise FileNotFoundError(f'{key}: {what} "{path}" does not exist; {hint}')
+
+
+def check_data_paths(cfg: Config, splits: Tuple[str, ...] = ('train', 'val', 'test')) -> None:
+    """Fail early, naming the config key, when a data set's files are missing.
+
+    Args:
+        cfg: The full config.
+        splits: Which of ``{split}_dataloader`` / ``{split}_evaluator`` to check.
+    """
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
+            continue
+        for key, dataset in _datasets(f'{split}_dataloader.dataset', loader['dataset']):
+            root = dataset.get('data_root') or ''
+            if root:
+                _require(root, f'{key}.data_root', 'data root')
+            if dataset.get('ann_file'):
+                _require(osp.join(root, dataset['ann_file']), f'{key}.ann_file',
+                         'annotation file')
+            for name, prefix in (dataset.get('data_prefix') or {}).items():
+                if prefix:
+                    _require(osp.join(root, prefix), f'{key}.data_prefix.{name}',
+                             'image folder')
+        evaluators = cfg.get(f'{split}_evaluator') or []
+        for i, evaluator in enumerate(
+                evaluators if isinstance(evaluators, list) else [evaluators]):
+            if evaluator.get('ann_file'):
+                _require(evaluator['ann_file'], f'{split}_evaluator[{i}].ann_file'
+                         if isinstance(evaluators, list) else f'{split}_evaluator.ann_file',
+                         'annotation file')

@@ -83,11 +83,21 @@ BLOCKED_RUN = textwrap.dedent('''
     print('OK', sorted(set(a.split('.')[0] for a in attempts)))
 ''')
 
-EXTRA_USES = ''
+EXTRA_USES = """
+    generator = lors.SharedGenerator(8, 2, [(4, 4), (6, 3)], num_layers=2)
+    adaptive = lors.LorsAdaptive(generator, core_size=2, num_terms=2)
+    matrices = adaptive(torch.randn(5, 8))
+    out = matrices.apply_left(1, matrices.apply_right(torch.randn(5, 2, 3, 4), 0))
+    assert out.shape == (5, 2, 6, 4)
+    merged = lors.merge_linears(stack.shared, stack.layers)
+    shared, layers, errors = lors.lors_from_dense(merged, rank=2)
+    assert lors.count_parameters(stack).total > 0
+    lors.reset_lors_parameters(stack)
+"""
 
 
 def test_library_runs_with_openmmlab_hidden():
-    code = BLOCKED_RUN.format(blocked=FORBIDDEN, extra=EXTRA_USES)
+    code = BLOCKED_RUN.format(blocked=FORBIDDEN, extra=textwrap.dedent(EXTRA_USES))
     result = subprocess.run([sys.executable, '-c', code], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

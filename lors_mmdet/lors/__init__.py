@@ -4,14 +4,20 @@
   private low-rank residual ``W_i = W_shared + B_i A_i``.
 - :mod:`.adaptive`: query-generated matrices, shared generator plus per-layer
   low-rank private part ``M_i(q) = M_shared(q) + sum_t L_it Z_it(q) R_it``.
+- :mod:`.merge`: LORS stack <-> N dense weights (deployment, conversion).
+- :mod:`.accounting`: parameter counts, re-initialisation of private parts.
 
 See ``docs/lors_library.md``.
 """
+from .accounting import ParameterCount, count_parameters, reset_lors_parameters
 from .adaptive import GeneratedMatrices, LorsAdaptive, SharedGenerator
+from .merge import lors_from_dense, merge_linears
 from .static import (LorsLinear, LorsLinearStack, SharedLinear,
                      build_lors_linears)
 
 __all__ = [
     'SharedLinear', 'LorsLinear', 'LorsLinearStack', 'build_lors_linears',
-    'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices'
+    'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices', 'merge_linears',
+    'lors_from_dense', 'count_parameters', 'ParameterCount',
+    'reset_lors_parameters'
 ]

@@ -20,7 +20,7 @@ setup(
     python_requires='>=3.8',
     # torch, mmcv (with compiled ops) and mmdet are installed by tools/install.sh:
     # mmcv must be built against the installed torch, which pip cannot express.
-    install_requires=['numpy', 'pycocotools', 'tqdm', 'matplotlib'],
+    install_requires=['numpy', 'Pillow', 'pycocotools', 'tqdm', 'matplotlib'],
     extras_require={'tests': ['pytest']},
     license='Apache-2.0',
     zip_safe=False,

@@ -48,7 +48,7 @@ if ! have mmcv 2.1.0; then
   fi
 fi
 have mmdet 3.3.0 || pip_install mmdet==3.3.0
-for package in pycocotools tqdm matplotlib pytest; do
+for package in pycocotools tqdm matplotlib Pillow pytest; do
   have "$package" '' || pip_install "$package"
 done
 if ! "$PYTHON" -c 'import importlib.util as u, os, sys; s = u.find_spec("lors_mmdet"); sys.exit(s is None or os.path.dirname(os.path.dirname(s.origin)) != os.getcwd())' 2>/dev/null; then

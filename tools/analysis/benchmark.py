@@ -1,0 +1,219 @@
+"""Plain vs LORS detectors, measured side by side in ONE run, reported as ratios.
+
+For each family (AdaMixer, DINO, Deformable-DETR): total and decoder parameters,
+checkpoint size, training-step time and memory, inference latency of the LORS model
+as trained and merged for deployment (every LORS linear map folded into a plain one).
+Timings are medians over repeats, plain and LORS interleaved (machines are noisy).
+
+    python tools/analysis/benchmark.py                    # CPU: toy configs, 128 px
+    python tools/analysis/benchmark.py --device cuda      # R-50 COCO configs, 800x1333, batch 2
+"""
+import argparse
+import copy
+import io
+import logging
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+
+import lors_mmdet  # noqa: F401
+from lors_mmdet.analysis import build_detector, decoder_of, synthetic_batch
+from lors_mmdet.lors import LorsLinear, count_parameters
+
+PAIRS = {
+    'cpu': {
+        'AdaMixer': ('configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
+                     'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py'),
+        'DINO': ('configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+                 'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py'),
+        'Deformable-DETR': (
+            'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
+            'configs/lors_deformable_detr/'
+            'lors-deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py'),
+    },
+    'cuda': {
+        'AdaMixer': ('configs/adamixer/adamixer_r50_8xb2-1x-100q_coco.py',
+                     'configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-100q_coco.py'),
+        'DINO': ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
+                 'configs/lors_dino/lors-dino-4scale_r50_8xb2-12e_coco.py'),
+        'Deformable-DETR': (
+            'mmdet::deformable_detr/deformable-detr-refine_r50_16xb2-50e_coco.py',
+            'configs/lors_deformable_detr/lors-deformable-detr-refine_r50_16xb2-50e_coco.py'),
+    },
+}
+IMAGE = {'cpu': (128, 128), 'cuda': (800, 1333)}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--families', nargs='+', default=list(PAIRS['cpu']))
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    return parser.parse_args()
+
+
+def merged_for_deployment(model: nn.Module) -> nn.Module:
+    """A copy where every LorsLinear is replaced by the plain nn.Linear it equals."""
+    merged = copy.deepcopy(model)
+    for name, module in list(merged.named_modules()):
+        if type(module) is LorsLinear:  # a subclass may add per-query terms
+            parent_name, _, child = name.rpartition('.')
+            setattr(merged.get_submodule(parent_name), child, module.to_linear())
+    return merged
+
+
+def checkpoint_megabytes(model: nn.Module) -> float:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 2**20
+
+
+def synchronize(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+class SavedActivations:
+    """Bytes of the tensors autograd keeps for backward (unique storages)."""
+
+    def __init__(self) -> None:
+        self.storages: Dict[int, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
+               device: str) -> Dict[str, float]:
+    """One optimizer step; returns its time and memory."""
+    saved = SavedActivations()
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
+        losses = model(**batch, mode='loss')
+        loss, _ = model.parse_losses(losses)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    result = dict(seconds=seconds, saved_mb=saved.total() / 2**20)
+    if device == 'cuda':
+        result['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def predict_seconds(model: nn.Module, batch: dict, device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(**batch, mode='predict')
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(runs: Dict[str, Callable[[], Dict[str, float]]], repeats: int,
+                        warmup: int) -> Dict[str, Dict[str, float]]:
+    samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runs}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            result = run()
+            if i >= warmup:
+                samples[name].append(result)
+    return {name: {key: statistics.median(s[key] for s in results)
+                   for key in results[0]} for name, results in samples.items()}
+
+
+def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
+    plain_config, lors_config = PAIRS[args.device][family]
+    height, width = IMAGE[args.device]
+    models = {'plain': build_detector(plain_config, args.device),
+              'LORS': build_detector(lors_config, args.device)}
+    num_classes = models['plain'].bbox_head.num_classes if hasattr(
+        models['plain'], 'bbox_head') else models['plain'].roi_head.bbox_head[0].num_classes
+    batch = synthetic_batch(models['plain'], args.batch_size, height, width,
+                            num_classes=num_classes)
+    rows = {}
+    for name, model in models.items():
+        whole, decoder = count_parameters(model), count_parameters(decoder_of(model))
+        rows[name] = dict(total=whole.total, decoder=decoder.total,
+                          checkpoint=checkpoint_megabytes(model))
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5)
+                  for name, model in models.items()}
+    for model in models.values():
+        model.train()
+    train = interleaved_medians(
+        {name: (lambda n=name: train_step(models[n], optimizers[n], batch, args.device))
+         for name in models}, args.repeats, args.warmup)
+    models['LORS merged'] = merged_for_deployment(models['LORS'])
+    for model in models.values():
+        model.eval()
+    infer = interleaved_medians(
+        {name: (lambda n=name: dict(seconds=predict_seconds(models[n], batch, args.device)))
+         for name in models}, args.repeats, args.warmup)
+
+    plain, lors = rows['plain'], rows['LORS']
+    memory_key = 'peak_mb' if args.device == 'cuda' else 'saved_mb'
+    lines = [
+        f'| {family} | total params | {plain["total"] / 1e6:.2f} M | '
+        f'{lors["total"] / 1e6:.2f} M | {lors["total"] / plain["total"]:.3f} |',
+        f'| {family} | decoder params | {plain["decoder"] / 1e6:.3f} M | '
+        f'{lors["decoder"] / 1e6:.3f} M | {lors["decoder"] / plain["decoder"]:.3f} |',
+        f'| {family} | checkpoint size | {plain["checkpoint"]:.1f} MiB | '
+        f'{lors["checkpoint"]:.1f} MiB | {lors["checkpoint"] / plain["checkpoint"]:.3f} |',
+        f'| {family} | train step time | {train["plain"]["seconds"] * 1e3:.0f} ms | '
+        f'{train["LORS"]["seconds"] * 1e3:.0f} ms | '
+        f'{train["LORS"]["seconds"] / train["plain"]["seconds"]:.3f} |',
+        f'| {family} | train memory ({memory_key}) | {train["plain"][memory_key]:.0f} MiB | '
+        f'{train["LORS"][memory_key]:.0f} MiB | '
+        f'{train["LORS"][memory_key] / train["plain"][memory_key]:.3f} |',
+        f'| {family} | inference latency (LORS as trained) | '
+        f'{infer["plain"]["seconds"] * 1e3:.1f} ms | {infer["LORS"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["LORS"]["seconds"] / infer["plain"]["seconds"]:.3f} |',
+        f'| {family} | inference latency (LORS merged) | '
+        f'{infer["plain"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["LORS merged"]["seconds"] / infer["plain"]["seconds"]:.3f} |',
+    ]
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('--device cuda: CUDA is not available on this machine')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights reports
+    height, width = IMAGE[args.device]
+    print(f'# `python tools/analysis/benchmark.py {" ".join(sys.argv[1:])}`')
+    print(f'device {args.device}, torch {torch.__version__}, '
+          f'{torch.get_num_threads()} threads, batch {args.batch_size} x {height}x{width}, '
+          f'median of {args.repeats} (after {args.warmup} warm-up), plain and LORS '
+          'interleaved. CPU memory = bytes autograd saves for backward; '
+          'CUDA memory = peak allocated.\n')
+    print('| family | measure | plain | LORS | LORS / plain |')
+    print('|---|---|---|---|---|')
+    for family in args.families:
+        for line in benchmark_family(family, args):
+            print(line, flush=True)
+
+
+if __name__ == '__main__':
+    main()

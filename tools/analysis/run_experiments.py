@@ -1,0 +1,180 @@
+"""Controlled experiments on the synthetic data set: plain vs LORS, several seeds.
+
+Every run is ``tools/train.py CONFIG --cfg-options randomness.seed=S ...`` in its own
+work dir; finished runs are skipped, so the script can be stopped and started again.
+Then it collects the logged losses and validation mAPs into a table and plots.
+
+    python tools/analysis/run_experiments.py --plan families --seeds 0 1
+    python tools/analysis/run_experiments.py --plan ablation --seeds 0
+    python tools/analysis/run_experiments.py --report-only   # table + plots from finished runs
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOY = {
+    'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
+    'lors-adamixer': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py',
+    'dino': 'configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+    'lors-dino': 'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+    'deformable-detr':
+    'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
+    'lors-deformable-detr':
+    'configs/lors_deformable_detr/lors-deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
+}
+# Ablation of LORS-AdaMixer: which private parts sit on top of the shared ones.
+ABLATION = {
+    'lors-adamixer': [],
+    'lors-adamixer static-only': ['model.roi_head.num_terms=0'],
+    'lors-adamixer adaptive-only': ['model.roi_head.out_proj_ranks=0'],
+    'lors-adamixer rank-2': ['model.roi_head.out_proj_ranks=2'],
+    'lors-adamixer rank-8': ['model.roi_head.out_proj_ranks=8'],
+}
+PLANS = {
+    'families': {name: (TOY[name], []) for name in TOY},
+    'ablation': {name: (TOY['lors-adamixer'], options) for name, options in ABLATION.items()},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--plan', choices=sorted(PLANS), action='append',
+                        help='experiment plan(s) to run (default: families)')
+    parser.add_argument('--only', nargs='+', help='run only these names of the plan')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    parser.add_argument('--val-interval', type=int, default=200,
+                        help='iterations between validations (the mAP curve)')
+    parser.add_argument('--work-dir', default='work_dirs/experiments')
+    parser.add_argument('--out', default='docs/experiments', help='tables and plots')
+    parser.add_argument('--report-only', action='store_true')
+    return parser.parse_args()
+
+
+def run_dir(work_dir: str, name: str, seed) -> str:
+    return osp.join(work_dir, name.replace(' ', '_'), f'seed{seed}')
+
+
+def is_finished(directory: str) -> bool:
+    return osp.exists(osp.join(directory, 'finished.json'))
+
+
+def train(name: str, config: str, options: List[str], seed: int, directory: str,
+          val_interval: int) -> None:
+    command = [sys.executable, 'tools/train.py', config, '--work-dir', directory,
+               '--cfg-options', f'randomness.seed={seed}',
+               f'train_cfg.val_interval={val_interval}', *options]
+    print(f'[{time.strftime("%H:%M:%S")}] {name} seed {seed}: {" ".join(command)}',
+          flush=True)
+    start = time.time()
+    with open(osp.join(directory, 'train.log'), 'w') as log:
+        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(osp.join(directory, 'finished.json'), 'w') as f:
+        json.dump(dict(name=name, config=config, options=options, seed=seed,
+                       seconds=time.time() - start), f)
+
+
+def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
+    """(loss per logged iteration, COCO metrics per validation step)."""
+    losses, metrics = {}, {}
+    for path in sorted(glob.glob(osp.join(directory, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if 'loss' in record:
+                    losses[record['iter']] = record['loss']
+                if 'coco/bbox_mAP' in record:
+                    metrics[record['step']] = record
+    return losses, metrics
+
+
+def mean_std(values: List[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f'{mean:.3f}'
+    std = (sum((v - mean)**2 for v in values) / (len(values) - 1))**0.5
+    return f'{mean:.3f} ± {std:.3f}'
+
+
+def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
+           command: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out, exist_ok=True)
+    rows, curves = [], defaultdict(list)
+    for name in plans:
+        finished = sorted(glob.glob(osp.join(run_dir(work_dir, name, '*'),
+                                             'finished.json')))
+        final = defaultdict(list)
+        for path in finished:
+            directory = osp.dirname(path)
+            losses, metrics = read_scalars(directory)
+            if not metrics:
+                continue
+            last = metrics[max(metrics)]
+            for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
+                final[key].append(last[key])
+            with open(path) as f:
+                final['minutes'].append(json.load(f)['seconds'] / 60)
+            curves[name].append((losses, metrics))
+        if final:
+            rows.append(f"| {name} | {len(final['minutes'])} | "
+                        f"{mean_std(final['coco/bbox_mAP'])} | "
+                        f"{mean_std(final['coco/bbox_mAP_50'])} | "
+                        f"{mean_std(final['coco/bbox_mAP_75'])} | "
+                        f"{sum(final['minutes']) / len(final['minutes']):.1f} |")
+    table = '\n'.join([
+        f'Produced by `{command}`.', '',
+        '| run | seeds | AP | AP50 | AP75 | train minutes / run |',
+        '|---|---|---|---|---|---|', *rows])
+    with open(osp.join(out, 'results.md'), 'w') as f:
+        f.write(table + '\n')
+    print(table)
+
+    figure, (loss_axes, map_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, runs in curves.items():
+        for i, (losses, metrics) in enumerate(runs):
+            style = dict(label=name if i == 0 else None, alpha=0.8,
+                         linestyle='--' if name.startswith('lors') else '-')
+            loss_axes.plot(sorted(losses), [losses[k] for k in sorted(losses)], **style)
+            map_axes.plot(sorted(metrics), [metrics[k]['coco/bbox_mAP'] for k in
+                                            sorted(metrics)], marker='o', **style)
+    loss_axes.set(xlabel='iteration', ylabel='training loss', title='training loss')
+    map_axes.set(xlabel='iteration', ylabel='COCO bbox mAP', title='val mAP (synthetic)')
+    loss_axes.legend(fontsize=7)
+    map_axes.legend(fontsize=7)
+    figure.suptitle(command, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(osp.join(out, 'curves.png'), dpi=110)
+    print(f'wrote {osp.join(out, "results.md")} and {osp.join(out, "curves.png")}')
+
+
+def main() -> None:
+    args = parse_args()
+    plan_names = args.plan or ['families']
+    plans = {name: spec for plan in plan_names for name, spec in PLANS[plan].items()
+             if not args.only or name in args.only}
+    command = 'python tools/analysis/run_experiments.py ' + ' '.join(sys.argv[1:])
+    if not args.report_only:
+        for seed in args.seeds:
+            for name, (config, options) in plans.items():
+                directory = run_dir(args.work_dir, name, seed)
+                if is_finished(directory):
+                    continue
+                os.makedirs(directory, exist_ok=True)
+                train(name, config, options, seed, directory, args.val_interval)
+    out = osp.join(args.out, '_'.join(plan_names))
+    report(plans, args.work_dir, out, command)
+
+
+if __name__ == '__main__':
+    main()

@@ -179,6 +179,10 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
         f'| {family} | train step time | {train["plain"]["seconds"] * 1e3:.0f} ms | '
         f'{train["LORS"]["seconds"] * 1e3:.0f} ms | '
         f'{train["LORS"]["seconds"] / train["plain"]["seconds"]:.3f} |',
+        f'| {family} | train throughput | '
+        f'{args.batch_size / train["plain"]["seconds"]:.2f} img/s | '
+        f'{args.batch_size / train["LORS"]["seconds"]:.2f} img/s | '
+        f'{train["plain"]["seconds"] / train["LORS"]["seconds"]:.3f} |',
         f'| {family} | train memory ({memory_key}) | {train["plain"][memory_key]:.0f} MiB | '
         f'{train["LORS"][memory_key]:.0f} MiB | '
         f'{train["LORS"][memory_key] / train["plain"][memory_key]:.3f} |',

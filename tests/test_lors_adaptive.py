@@ -12,10 +12,10 @@ C, P_IN, P_OUT, GROUPS, QUERY_DIM = 16, 8, 12, 2, 24
 SHAPES = [(C, C), (P_OUT, P_IN)]
 
 
-def build(core_size=4, num_terms=2, seed=0):
+def build(core_size=4, num_terms=2, seed=0, recompute=True):
     torch.manual_seed(seed)
     shared = SharedGenerator(QUERY_DIM, GROUPS, SHAPES, num_layers=3)
-    return shared, LorsAdaptive(shared, core_size, num_terms)
+    return shared, LorsAdaptive(shared, core_size, num_terms, recompute)
 
 
 def randomise(shared, layer, scale=0.3):
@@ -97,9 +97,10 @@ def test_materialise_matches_term_by_term_reference():
         assert torch.allclose(generated.materialise(j), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize('recompute', [True, False])
 @pytest.mark.parametrize('num_terms', [1, 3])
-def test_fast_equals_materialised_values_and_gradients(num_terms):
-    shared, layer = build(num_terms=num_terms)
+def test_fast_equals_materialised_values_and_gradients(num_terms, recompute):
+    shared, layer = build(num_terms=num_terms, recompute=recompute)
     randomise(shared, layer)
     query = torch.randn(2, 5, QUERY_DIM)
     x = torch.randn(2, 5, GROUPS, P_IN, C)
@@ -119,6 +120,36 @@ def test_fast_equals_materialised_values_and_gradients(num_terms):
     assert torch.allclose(fast_out, mat_out, atol=1e-5)
     for a, b in zip(fast_grads, mat_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def saved_storage_bytes(layer, query, x):
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.nbytes
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = mix(layer(query), x, fast=True)
+    out.sum().backward()
+    return sum(storages.values())
+
+
+def test_recompute_stores_less_and_gives_the_same_gradients():
+    query = torch.randn(2, 5, QUERY_DIM)
+    x = torch.randn(2, 5, GROUPS, P_IN, C, requires_grad=True)
+    saved, grads = [], []
+    for recompute in (False, True):
+        shared, layer = build(num_terms=3, recompute=recompute)
+        randomise(shared, layer)
+        saved.append(saved_storage_bytes(layer, query, x))
+        grads.append([p.grad for p in layer.parameters()])
+    # Stored without recompute: x @ L, its product with the cores (each
+    # P_IN x K*k per query and group), R @ x and Z R x (K*k x C each).
+    intermediates = 2 * 5 * GROUPS * 3 * 4 * (2 * P_IN + 2 * C) * 4
+    assert saved[0] - saved[1] >= intermediates
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_apply_broadcasts_query_dims():

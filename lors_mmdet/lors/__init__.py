@@ -1,7 +1,7 @@
 """LORS, the method: pure PyTorch, no OpenMMLab import.
 
-- :mod:`.static`: a stack of linear maps sharing one weight, each layer adding a
-  private low-rank residual ``W_i = W_shared + B_i A_i``.
+- :mod:`.static`: a stack of linear maps sharing one weight, each layer
+  adding a private low-rank residual ``W_i = W_shared + B_i A_i``.
 - :mod:`.adaptive`: query-generated matrices, shared generator plus per-layer
   low-rank private part ``M_i(q) = M_shared(q) + sum_t L_it Z_it(q) R_it``.
 - :mod:`.merge`: LORS stack <-> N dense weights (deployment, conversion).

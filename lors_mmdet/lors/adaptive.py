@@ -1,4 +1,4 @@
-"""Adaptive LORS: matrices generated from a query, shared plus low-rank private.
+"""Adaptive LORS: query-generated matrices, shared plus low-rank private.
 
 For a query ``q`` and group ``g`` layer ``i`` uses, for every shape ``(m, n)``,
 
@@ -6,8 +6,8 @@ For a query ``q`` and group ``g`` layer ``i`` uses, for every shape ``(m, n)``,
 
 where ``M_shared`` comes from one generator shared by the whole stack, the
 ``k x k`` cores ``Z_it(q)`` from a small per-layer generator and ``L_it``
-(``m x k``), ``R_it`` (``k x n``) are static per-layer factors. The private part
-is applied to an input factor by factor, ``((x @ L) @ Z) @ R``, so the
+(``m x k``), ``R_it`` (``k x n``) are static per-layer factors. The private
+part is applied to an input factor by factor, ``((x @ L) @ Z) @ R``, so the
 per-query ``m x n`` private matrices are never built.
 """
 import math
@@ -15,6 +15,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._validate import check_positive_int
 
@@ -65,7 +66,7 @@ class SharedGenerator(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Zero weight (every query starts from the same matrices), default bias."""
+        """Zero weight (all queries get the same matrices), default bias."""
         self.generator.reset_parameters()
         nn.init.zeros_(self.generator.weight)
 
@@ -88,6 +89,38 @@ class SharedGenerator(nn.Module):
                 f'shapes={self.shapes}, num_layers={self.num_layers}')
 
 
+def _block_diagonal(cores: Tensor) -> Tensor:
+    """Cores (..., K, k, k) -> block-diagonal matrices (..., K*k, K*k).
+
+    ``sum_t L_t Z_t R_t == L_cat @ blockdiag(Z_1..Z_K) @ R_cat``: with the
+    cores on a block diagonal every step is one plain (batched) GEMM, with no
+    reshuffling copies in between.
+    """
+    num_terms = cores.shape[-3]
+    eye = torch.eye(num_terms, dtype=cores.dtype, device=cores.device)
+    blocks = torch.einsum('...tij,ts->...tisj', cores, eye)
+    return blocks.flatten(-4, -3).flatten(-2)
+
+
+def _right_private(x: Tensor, left: Tensor, cores: Tensor,
+                   right: Tensor) -> Tensor:
+    """``((x @ L) @ Z) @ R``: x (..., P, m), left (m, K*k), cores
+    (..., K, k, k), right (K*k, n)."""
+    return torch.matmul(torch.matmul(x, left), _block_diagonal(cores)) @ right
+
+
+def _left_private(x: Tensor, left: Tensor, cores: Tensor,
+                  right: Tensor) -> Tensor:
+    """``L @ (Z @ (R @ x))``: x (..., n, C), left (m, K*k), cores
+    (..., K, k, k), right (K*k, n)."""
+    # Computed as (x^T R^T Z^T L^T)^T: each product with a static factor is
+    # then one GEMM over the whole batch (at the price of one copy of x^T);
+    # broadcasting R over the batch instead was about 2x slower on CPU.
+    xt = torch.matmul(x.mT, right.mT)
+    xt = torch.matmul(xt, _block_diagonal(cores).mT)
+    return torch.matmul(xt, left.mT).mT
+
+
 class GeneratedMatrices:
     """The matrices of one layer for a batch of queries, kept in factored form.
 
@@ -99,10 +132,14 @@ class GeneratedMatrices:
         cores: per shape, the cores (..., G, K, k, k).
         lefts: per shape, the static left factors (K, m, k).
         rights: per shape, the static right factors (K, k, n).
+        recompute: recompute the low-rank intermediates in backward instead
+            of storing them (activation checkpointing of the private term).
     """
 
     def __init__(self, shared: Sequence[Tensor], cores: Sequence[Tensor],
-                 lefts: Sequence[Tensor], rights: Sequence[Tensor]) -> None:
+                 lefts: Sequence[Tensor], rights: Sequence[Tensor],
+                 recompute: bool = True) -> None:
+        self.recompute = recompute
         self.shared = list(shared)
         self.cores = list(cores)
         self.lefts = list(lefts)
@@ -129,12 +166,9 @@ class GeneratedMatrices:
         Returns:
             (..., G, P, n).
         """
-        left, cores, right = self._factors(j)
-        num_terms, k = cores.shape[-3], cores.shape[-1]
-        xl = torch.matmul(x, left).unflatten(-1, (num_terms, k))
-        # Core t acts on the t-th block of k columns.
-        xlz = torch.einsum('...ptk,...tkl->...ptl', xl, cores).flatten(-2)
-        return torch.matmul(x, self.shared[j]) + torch.matmul(xlz, right)
+        private = self._run(_right_private, x, *self._factors(j))
+        # In place: one full-size buffer less at the peak.
+        return torch.matmul(x, self.shared[j]).add_(private)
 
     def apply_left(self, j: int, x: Tensor) -> Tensor:
         """``M_j(q) @ x`` without building the private ``m x n`` matrices.
@@ -147,16 +181,17 @@ class GeneratedMatrices:
         Returns:
             (..., G, m, C).
         """
-        left, cores, right = self._factors(j)
-        num_terms, k = cores.shape[-3], cores.shape[-1]
-        batch = torch.broadcast_shapes(x.shape[:-2], cores.shape[:-3])
-        # Expanding the static factors to the batch is free (stride 0) and
-        # keeps x in place: a 2-D @ N-D matmul would copy x.
-        rx = torch.matmul(right.expand(*batch, *right.shape), x)
-        zrx = torch.matmul(cores, rx.unflatten(-2, (num_terms, k)))
-        low_rank = torch.matmul(left.expand(*batch, *left.shape),
-                                zrx.flatten(-3, -2))
-        return torch.matmul(self.shared[j], x) + low_rank
+        private = self._run(_left_private, x, *self._factors(j))
+        return torch.matmul(self.shared[j], x).add_(private)
+
+    def _run(self, private_product, *args) -> Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            # Keep only the inputs for backward and recompute the small
+            # intermediates there: the factored path then stores almost
+            # nothing beyond what the shared matrices need anyway.
+            return checkpoint(private_product, *args, use_reentrant=False,
+                              preserve_rng_state=False)
+        return private_product(*args)
 
     def materialise(self, j: int) -> Tensor:
         """The full matrices ``M_shared + sum_t L_t Z_t R_t`` (for checking).
@@ -194,10 +229,13 @@ class LorsAdaptive(nn.Module):
         shared: the stack's shared generator.
         core_size: size ``k`` of each core.
         num_terms: number ``K`` of low-rank terms per matrix.
+        recompute: in the factored products, recompute the low-rank
+            intermediates in backward rather than store them. Defaults to
+            True (see ``docs/lors_library.md`` for the measured effect).
     """
 
     def __init__(self, shared: SharedGenerator, core_size: int,
-                 num_terms: int) -> None:
+                 num_terms: int, recompute: bool = True) -> None:
         super().__init__()
         if not isinstance(shared, SharedGenerator):
             raise TypeError(f'shared must be a SharedGenerator, got '
@@ -213,6 +251,7 @@ class LorsAdaptive(nn.Module):
         object.__setattr__(self, '_shared', shared)
         self.core_size = core_size
         self.num_terms = num_terms
+        self.recompute = recompute
         weight = shared.generator.weight
         factory = dict(device=weight.device, dtype=weight.dtype)
         self.core_generator = nn.Linear(
@@ -246,7 +285,8 @@ class LorsAdaptive(nn.Module):
         cores = self.core_generator(query).unflatten(
             -1, (len(shared), self.shared.groups, self.num_terms, k, k))
         return GeneratedMatrices(shared, cores.unbind(-5), list(self.lors_L),
-                                 list(self.lors_R))
+                                 list(self.lors_R), self.recompute)
 
     def extra_repr(self) -> str:
-        return f'core_size={self.core_size}, num_terms={self.num_terms}'
+        return (f'core_size={self.core_size}, num_terms={self.num_terms}, '
+                f'recompute={self.recompute}')

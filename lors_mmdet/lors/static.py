@@ -5,9 +5,9 @@ Layer ``i`` of a stack of ``N`` linear maps uses
     W_i = W_shared + B_i @ A_i,    A_i: (K_i * r_i, in),  B_i: (out, K_i * r_i)
 
 (``K_i`` terms of rank ``r_i`` are stored as one pair of rank ``K_i * r_i``).
-``W_shared`` is registered once, on the module owning the stack; each layer keeps
-an unregistered reference to it, so ``state_dict()`` and ``parameters()`` of the
-owner see every tensor exactly once.
+``W_shared`` is registered once, on the module owning the stack; each layer
+keeps an unregistered reference to it, so ``state_dict()`` and
+``parameters()`` of the owner see every tensor exactly once.
 """
 import math
 from typing import List, Sequence, Tuple, Union
@@ -105,7 +105,7 @@ class LorsLinear(nn.Module):
         return self._shared
 
     def reset_parameters(self) -> None:
-        """A kaiming-uniform, B and bias zero: the layer equals the shared map."""
+        """A kaiming-uniform, B and bias zero: the layer equals the shared."""
         nn.init.kaiming_uniform_(self.lors_A, a=math.sqrt(5))
         nn.init.zeros_(self.lors_B)
         if self.bias is not None:
@@ -136,7 +136,7 @@ class LorsLinear(nn.Module):
         return out + F.linear(F.linear(x, self.lors_A), self.lors_B)
 
     def prefers_dense(self, x: Tensor) -> bool:
-        """Whether forming the dense weight costs fewer multiply-adds for ``x``.
+        """Whether forming the dense weight needs fewer multiply-adds.
 
         Both paths pay ``rows * in * out`` for the shared product; forming
         ``B A`` adds ``in * out * R``, the low-rank path
@@ -148,7 +148,7 @@ class LorsLinear(nn.Module):
 
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with the merged weight and bias (deployment)."""
+        """A plain ``nn.Linear`` with the merged weight and bias."""
         weight = self.weight
         linear = nn.Linear(self.in_features, self.out_features,
                            bias=self.bias is not None, device=weight.device,

@@ -23,7 +23,7 @@ step and of the LORS part alone (each path minus plain):
 Usage (the profiler logs to stderr)::
 
     python tools/analysis/benchmark_adaptive.py [--queries 100 300] \\
-        [--repeats 5] 2>/dev/null
+        [--repeats 4] 2>/dev/null
 """
 import argparse
 import statistics
@@ -108,7 +108,7 @@ def seconds(step: Callable[[], torch.Tensor]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--queries', type=int, nargs='+', default=[100, 300])
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=4)
     parser.add_argument('--batch', type=int, default=2)
     args = parser.parse_args()
 

@@ -1,1 +1,3 @@
 """mmdet-registered modules of the plugin."""
+from . import adamixer  # noqa: F401,E402
+from . import detr  # noqa: F401,E402

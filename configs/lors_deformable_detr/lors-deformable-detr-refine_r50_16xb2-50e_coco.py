@@ -1,0 +1,3 @@
+# LORS Deformable-DETR with iterative box refinement.
+_base_ = './lors-deformable-detr_r50_16xb2-50e_coco.py'
+model = dict(with_box_refine=True)

@@ -1,0 +1,290 @@
+"""LORS-AdaMixer: sharing, equivalence with AdaMixer, parameter ownership and
+bad input."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import ConfigDict
+
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from lors_mmdet.lors import count_parameters
+from lors_mmdet.models.adamixer import (AdaptiveMixing, LorsAdaMixerDecoder,
+                                        LorsAdaptiveMixing)
+
+register_all_modules(init_default_scope=True)
+
+D, C, G, P_IN, P_OUT, NUM_CLASSES = 32, 32, 2, 8, 12, 5
+STAGE = dict(
+    num_classes=NUM_CLASSES,
+    num_heads=4,
+    feedforward_channels=48,
+    loss_cls=dict(
+        type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+        loss_weight=2.0),
+    loss_bbox=dict(type='L1Loss', loss_weight=5.0),
+    loss_iou=dict(type='GIoULoss', loss_weight=2.0))
+
+
+def lors_decoder_cfg(**overrides) -> ConfigDict:
+    cfg = dict(
+        type='LorsAdaMixerDecoder',
+        num_stages=3,
+        stage_loss_weights=[1, 1, 1],
+        content_dim=D,
+        feat_channels=C,
+        n_groups=G,
+        in_points=P_IN,
+        out_points=P_OUT,
+        core_sizes=4,
+        num_terms=[1, 2, 3],
+        out_proj_ranks=[2, 3, 4],
+        bbox_head=dict(type='LorsAdaMixerDecoderStage', **STAGE),
+        test_cfg=dict(max_per_img=10))
+    cfg.update(overrides)
+    return ConfigDict(cfg)
+
+
+def build_lors_decoder(**overrides) -> LorsAdaMixerDecoder:
+    torch.manual_seed(0)
+    decoder = MODELS.build(lors_decoder_cfg(**overrides))
+    decoder.init_weights()
+    return decoder
+
+
+def randomise_(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0, 0.2)
+
+
+def zero_private_residuals_(decoder) -> None:
+    with torch.no_grad():
+        for stage in decoder.bbox_head:
+            mixing = stage.adaptive_mixing
+            mixing.generator.core_generator.weight.zero_()
+            mixing.generator.core_generator.bias.zero_()
+            mixing.out_proj.lors_B.zero_()
+
+
+def pyramid(batch: int = 2):
+    torch.manual_seed(1)
+    return [torch.randn(batch, C, 64 // s, 96 // s) for s in (4, 8, 16, 32)]
+
+
+def queries(batch: int = 2, num: int = 7):
+    torch.manual_seed(2)
+    xy = torch.rand(batch, num, 2) * torch.tensor([96.0, 64.0])
+    zr = torch.rand(batch, num, 2) * torch.tensor([2.0, 1.0]) + torch.tensor(
+        [3.0, -0.5])
+    return torch.cat([xy, zr], -1), torch.randn(batch, num, D)
+
+
+def test_shared_mixing_is_registered_once():
+    decoder = build_lors_decoder()
+    shared_gen = decoder.shared_mixing_generator
+    shared_proj = decoder.shared_mixing_out_proj
+    for stage in decoder.bbox_head:
+        assert stage.adaptive_mixing.generator.shared is shared_gen
+        assert stage.adaptive_mixing.out_proj.shared is shared_proj
+    state = decoder.state_dict()
+    shared_keys = [key for key in state if 'shared' in key]
+    assert sorted(shared_keys) == [
+        'shared_mixing_generator.generator.bias',
+        'shared_mixing_generator.generator.weight',
+        'shared_mixing_out_proj.weight'
+    ]
+    # no tensor stored twice under another name
+    pointers = [tensor.data_ptr() for tensor in state.values()]
+    assert len(pointers) == len(set(pointers))
+    names = [name for name, _ in decoder.named_parameters()]
+    assert len(names) == len(list(decoder.parameters()))
+    # the stages hold only their private tensors
+    for stage in decoder.bbox_head:
+        assert not any('shared' in key for key in stage.state_dict())
+    counts = count_parameters(decoder)
+    assert counts.shared == sum(
+        p.numel() for p in (shared_gen.parameters())) + \
+        shared_proj.weight.numel()
+    assert counts.total == sum(p.numel() for p in decoder.parameters())
+
+
+def test_state_dict_round_trip_and_deepcopy_keep_sharing():
+    decoder = build_lors_decoder()
+    randomise_(decoder)
+    fresh = build_lors_decoder()
+    fresh.load_state_dict(decoder.state_dict(), strict=True)
+    xyzr, content = queries()
+    feats = pyramid()
+    for stage in range(3):
+        out = decoder._stage_forward(stage, feats, xyzr, content)
+        again = fresh._stage_forward(stage, feats, xyzr, content)
+        for key in out:
+            torch.testing.assert_close(out[key], again[key])
+    clone = copy.deepcopy(decoder)
+    for stage in clone.bbox_head:
+        assert stage.adaptive_mixing.generator.shared is \
+            clone.shared_mixing_generator
+        assert stage.adaptive_mixing.out_proj.shared is \
+            clone.shared_mixing_out_proj
+
+
+def test_zero_private_parts_use_exactly_the_shared_weights():
+    decoder = build_lors_decoder()
+    randomise_(decoder)
+    zero_private_residuals_(decoder)
+    xyzr, content = queries()
+    shared = decoder.shared_mixing_generator(content)
+    for stage in decoder.bbox_head:
+        mats = stage.adaptive_mixing.generator(content)
+        for j in range(2):
+            torch.testing.assert_close(mats.materialise(j), shared[j])
+        torch.testing.assert_close(stage.adaptive_mixing.out_proj.weight,
+                                   decoder.shared_mixing_out_proj.weight)
+
+
+def copy_lors_stage_into_adamixer_stage(lors_stage, shared_gen, shared_proj):
+    """An AdaMixer stage with the LORS stage's private weights and the
+    shared mixing weights."""
+    stage = MODELS.build(
+        dict(
+            type='AdaMixerDecoderStage',
+            content_dim=D,
+            feat_channels=C,
+            n_groups=G,
+            in_points=P_IN,
+            out_points=P_OUT,
+            **STAGE))
+    state = {}
+    for key, value in lors_stage.state_dict().items():
+        if not key.startswith('adaptive_mixing.'):
+            state[key] = value
+    state['adaptive_mixing.parameter_generator.weight'] = \
+        shared_gen.generator.weight
+    state['adaptive_mixing.parameter_generator.bias'] = \
+        shared_gen.generator.bias
+    state['adaptive_mixing.out_proj.weight'] = shared_proj.weight
+    state['adaptive_mixing.out_proj.bias'] = \
+        lors_stage.adaptive_mixing.out_proj.bias
+    stage.load_state_dict(state, strict=True)
+    return stage
+
+
+def test_lors_stage_with_zero_residuals_equals_an_adamixer_stage():
+    decoder = build_lors_decoder()
+    randomise_(decoder)
+    zero_private_residuals_(decoder)
+    xyzr, content = queries()
+    feats = pyramid()
+    for lors_stage in decoder.bbox_head:
+        plain = copy_lors_stage_into_adamixer_stage(
+            lors_stage, decoder.shared_mixing_generator,
+            decoder.shared_mixing_out_proj)
+        expected = plain(feats, xyzr, content, decoder.featmap_strides)
+        got = lors_stage(feats, xyzr, content, decoder.featmap_strides)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # and with residuals the stages differ from the shared model
+    randomise_(decoder)
+    plain = copy_lors_stage_into_adamixer_stage(
+        decoder.bbox_head[0], decoder.shared_mixing_generator,
+        decoder.shared_mixing_out_proj)
+    got = decoder.bbox_head[0](feats, xyzr, content, decoder.featmap_strides)
+    expected = plain(feats, xyzr, content, decoder.featmap_strides)
+    assert not torch.allclose(got[2], expected[2], atol=1e-3)
+
+
+def reference_mixing(x, query, channel, spatial, weight, bias):
+    """AdaMixer's mixing written out with full matrices."""
+    out = torch.einsum('bngpc,bngcd->bngpd', x, channel)
+    out = F.relu(F.layer_norm(out, out.shape[-2:]))
+    out = torch.einsum('bngop,bngpc->bngoc', spatial, out)
+    out = F.relu(F.layer_norm(out, out.shape[-2:]))
+    return query + F.linear(out.flatten(2), weight, bias)
+
+
+def test_mixing_modules_match_the_written_out_mixing():
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, G, P_IN, C // G)
+    query = torch.randn(2, 5, D)
+    plain = AdaptiveMixing(D, C, P_IN, P_OUT, G)
+    randomise_(plain)
+    channel, spatial = plain.generate(query)
+    torch.testing.assert_close(
+        plain(x, query),
+        reference_mixing(x, query, channel, spatial, plain.out_proj.weight,
+                         plain.out_proj.bias))
+
+    decoder = build_lors_decoder()
+    randomise_(decoder)  # non-zero private residuals
+    mixing = decoder.bbox_head[2].adaptive_mixing
+    assert isinstance(mixing, LorsAdaptiveMixing)
+    mats = mixing.generator(query)
+    torch.testing.assert_close(
+        mixing(x, query),
+        reference_mixing(x, query, mats.materialise(0), mats.materialise(1),
+                         mixing.out_proj.weight, mixing.out_proj.bias),
+        atol=1e-4,
+        rtol=1e-4)
+
+
+def test_per_stage_private_sizes():
+    decoder = build_lors_decoder(
+        core_sizes=[2, 3, 4], num_terms=[3, 1, 2], out_proj_ranks=[1, 5, 2])
+    for stage, k, terms, rank in zip(decoder.bbox_head, [2, 3, 4], [3, 1, 2],
+                                     [1, 5, 2]):
+        generator = stage.adaptive_mixing.generator
+        assert generator.core_size == k and generator.num_terms == terms
+        assert generator.lors_L[0].shape == (terms, C // G, k)
+        assert generator.lors_R[1].shape == (terms, k, P_IN)
+        assert stage.adaptive_mixing.out_proj.lors_A.shape[0] == rank
+
+
+@pytest.mark.parametrize(
+    'overrides, match',
+    [
+        (dict(num_terms=[1, 2]), 'num_terms has 2 entries'),
+        (dict(core_sizes=[4, 4, 4, 4]), 'core_sizes has 4 entries'),
+        (dict(out_proj_ranks=[2, 2]), 'out_proj_ranks has 2 entries'),
+        (dict(core_sizes=9), r'core_sizes\[0\] = 9 is out of range'),
+        (dict(core_sizes=[4, 0, 4]), r'core_sizes\[1\] = 0'),
+        (dict(num_terms=[1, 0, 1]), r'num_terms\[1\] = 0'),
+        (dict(out_proj_ranks=[2, 2, 0]), r'out_proj_ranks\[2\] = 0'),
+        (dict(out_proj_ranks=D + 1), r'out_proj_ranks\[0\]'),
+        (dict(num_terms='2'), 'num_terms must be an int'),
+        (dict(n_groups=3), 'n_groups=3 must divide feat_channels=32'),
+        (dict(in_points=0), 'in_points must be a positive int'),
+        (dict(stage_loss_weights=[1, 1]), 'stage_loss_weights has 2'),
+        (dict(bbox_head=dict(type='LorsAdaMixerDecoderStage', in_points=16,
+                             **STAGE)), r'bbox_head\[0\].in_points=16'),
+    ])
+def test_bad_lors_config_names_the_key(overrides, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        MODELS.build(lors_decoder_cfg(**overrides))
+
+
+@pytest.mark.parametrize(
+    'overrides, match',
+    [
+        (dict(n_groups=5), 'n_groups=5 must divide feat_channels=32'),
+        (dict(bbox_head=[dict(type='AdaMixerDecoderStage', **STAGE)] * 2),
+         'bbox_head has 2 entries'),
+        (dict(stage_loss_weights=[1]), 'stage_loss_weights has 1'),
+        (dict(bbox_head=dict(type='AdaMixerDecoderStage', n_groups=3,
+                             **STAGE)), 'n_groups=3 must divide'),
+    ])
+def test_bad_adamixer_config_names_the_key(overrides, match):
+    cfg = dict(
+        type='AdaMixerDecoder',
+        num_stages=3,
+        stage_loss_weights=[1, 1, 1],
+        content_dim=D,
+        feat_channels=C,
+        n_groups=G,
+        in_points=P_IN,
+        out_points=P_OUT,
+        bbox_head=dict(type='AdaMixerDecoderStage', **STAGE))
+    cfg.update(overrides)
+    with pytest.raises(ValueError, match=match):
+        MODELS.build(ConfigDict(cfg))

@@ -1,0 +1,58 @@
+"""Convert a DINO / Deformable-DETR checkpoint between mmdet's stock decoder
+and the LORS decoder.
+
+Stock mmdet checkpoint -> LORS (shared = mean of the layers, private = truncated
+SVD of each layer's residual, at the ranks of the LORS config; prints the
+per-layer reconstruction error and the parameter saving)::
+
+    python tools/convert_detr_checkpoint.py to-lors \
+        configs/lors_dino/lors-dino-4scale_r50_8xb2-12e_coco.py \
+        dino_stock.pth dino_lors.pth [--rank 32 | --rank full]
+
+LORS checkpoint -> stock mmdet layout (W_i = W_shared + B_i A_i merged; the
+result loads into mmdet's own config, e.g. mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py)::
+
+    python tools/convert_detr_checkpoint.py to-stock \
+        configs/lors_dino/lors-dino-4scale_r50_8xb2-12e_coco.py \
+        dino_lors.pth dino_stock.pth
+"""
+import argparse
+
+import lors_mmdet  # noqa: F401  (compat fixes, registers the LORS models)
+from lors_mmdet.models.detr.convert import (convert_checkpoint,
+                                            format_conversion)
+
+
+def parse_rank(value: str):
+    if value == 'full':
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--rank must be a positive int or 'full', got {value!r}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('direction', choices=['to-lors', 'to-stock'])
+    parser.add_argument('config', help='the LORS config (LorsDINO or '
+                        'LorsDeformableDETR) of the LORS side')
+    parser.add_argument('checkpoint', help='input checkpoint')
+    parser.add_argument('out', help='output checkpoint')
+    parser.add_argument('--rank', type=parse_rank, default=None,
+                        help="to-lors: override decoder.lors.rank (int or "
+                        "'full' for an exact conversion)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    result = convert_checkpoint(args.direction, args.config, args.checkpoint,
+                                args.out, rank=args.rank)
+    print(format_conversion(result))
+    print(f'saved {args.out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,146 @@
+"""Parameter report of a detector config: ``python tools/analysis/param_report.py CONFIG [--json]``.
+
+Counts every tensor once (``lors_mmdet.lors.count_parameters``): the whole
+model, each top-level part (backbone, neck, query generator / encoder /
+heads, decoder), the decoder split into the shared LORS tensors registered on
+the stack owner and the private tensors of each stage / layer, and for LORS
+models the dense equivalent: the same architecture with every layer owning a
+plain copy of each shared weight (and no LORS factors).
+
+Works for any config whose model has a ``roi_head`` (AdaMixer family: stages
+in ``roi_head.bbox_head``) or a ``decoder`` (DETR family: layers in
+``decoder.layers``). The model is built without its pretrained-backbone init
+(nothing is downloaded), on PyTorch's meta device when possible (no memory).
+"""
+import argparse
+import json
+import sys
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from lors_mmdet.analysis import decoder_of, load_config, strip_pretrained
+from lors_mmdet.lors import count_parameters
+
+
+def build_model(config: str) -> nn.Module:
+    """Build the config's model without pretrained init, on the meta device
+    if the model allows it (some backbones read tensor values while being
+    built), else on the CPU."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    cfg = strip_pretrained(load_config(config))
+    try:
+        with torch.device('meta'):
+            return MODELS.build(cfg.model)
+    except (RuntimeError, NotImplementedError):
+        return MODELS.build(cfg.model)
+
+
+def _stages(decoder: nn.Module) -> Optional[nn.ModuleList]:
+    for name in ('bbox_head', 'layers'):
+        stages = getattr(decoder, name, None)
+        if isinstance(stages, nn.ModuleList):
+            return stages
+    return None
+
+
+def _count(module: nn.Module) -> Dict[str, int]:
+    return count_parameters(module)._asdict()
+
+
+def parameter_report(model: nn.Module) -> dict:
+    """The numbers of the report as a dict (see the module docstring)."""
+    total = _count(model)
+    parts = {
+        name: _count(child)['total']
+        for name, child in model.named_children()
+        if any(True for _ in child.parameters())
+    }
+    decoder = decoder_of(model)
+    decoder_name = next(name for name, child in model.named_children()
+                        if child is decoder)
+    decoder_counts = _count(decoder)
+    stage_list: List[dict] = []
+    stages = _stages(decoder)
+    if stages is not None:
+        for stage in stages:
+            counts = count_parameters(stage)
+            # a stage's own tensors; the shared ones it uses are the stack's
+            stage_list.append(dict(private=counts.private))
+    owned_by_stack = decoder_counts['private'] - sum(
+        stage['private'] for stage in stage_list)
+    return dict(
+        model=type(model).__name__,
+        lors=total['shared'] > 0,
+        total=total,
+        parts=parts,
+        decoder=dict(
+            name=decoder_name,
+            type=type(decoder).__name__,
+            **decoder_counts,
+            private_outside_stages=owned_by_stack,
+            stages=stage_list))
+
+
+def _millions(value: int) -> str:
+    return f'{value / 1e6:9.3f}M'
+
+
+def format_report(config: str, report: dict) -> str:
+    """Human-readable table of :func:`parameter_report`."""
+    total, dec = report['total'], report['decoder']
+    lines = [
+        f'{config}',
+        f'model {report["model"]}, decoder {dec["name"]} ({dec["type"]}), '
+        f'LORS: {"yes" if report["lors"] else "no"}', ''
+    ]
+    lines.append(f'{"part":<34}{"parameters":>11}')
+    for name, value in report['parts'].items():
+        lines.append(f'{name:<34}{_millions(value)}')
+    lines.append(f'{"total":<34}{_millions(total["total"])}')
+    lines += ['', f'decoder ({dec["name"]})']
+    lines.append(f'  {"shared (registered once)":<32}{_millions(dec["shared"])}')
+    lines.append(f'  {"private, all stages":<32}'
+                 f'{_millions(dec["private"] - dec["private_outside_stages"])}')
+    if dec['private_outside_stages']:
+        lines.append(f'  {"private, outside the stages":<32}'
+                     f'{_millions(dec["private_outside_stages"])}')
+    for i, stage in enumerate(dec['stages']):
+        lines.append(f'    {f"stage {i} private":<30}'
+                     f'{_millions(stage["private"])}')
+    lines.append(f'  {"decoder total":<32}{_millions(dec["total"])}')
+    if report['lors']:
+        lines += [
+            '',
+            'dense equivalent (same architecture, every stage with its own '
+            'plain copy of the shared weights, no LORS factors):',
+            f'  {"decoder":<32}{_millions(dec["dense_equivalent"])}'
+            f'  (LORS saves {100 * (1 - dec["total"] / dec["dense_equivalent"]):.1f}%)',
+            f'  {"whole model":<32}{_millions(total["dense_equivalent"])}'
+            f'  (LORS saves {100 * (1 - total["total"] / total["dense_equivalent"]):.1f}%)',
+        ]
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description='Parameter report of a detector config (total, parts, '
+        'decoder shared / private, per stage, dense equivalent).')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--json', action='store_true',
+                        help='print the report as JSON')
+    args = parser.parse_args(argv)
+    model = build_model(args.config)
+    report = parameter_report(model)
+    if args.json:
+        print(json.dumps(dict(config=args.config, **report), indent=2))
+    else:
+        print(format_report(args.config, report))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -45,3 +45,14 @@ def test_unknown_key_of_a_plugin_module_is_named():
     from mmengine.registry import HOOKS
     with pytest.raises(TypeError, match='no_such_key'):
         HOOKS.build(dict(type='RNGStateHook', no_such_key=1))
+
+
+@pytest.mark.parametrize('name', [
+    'AdaMixer', 'AdaMixerDecoder', 'AdaMixerDecoderStage', 'AdaMixerQueryGenerator',
+    'AdaMixerChannelMapping', 'LorsAdaMixerDecoder', 'LorsAdaMixerDecoderStage',
+    'LorsDINO', 'LorsDeformableDETR'
+])
+def test_plugin_models_are_in_mmdet_models(name):
+    from mmdet.registry import MODELS
+    registered = MODELS.get(name)
+    assert registered is not None and registered.__module__.startswith('lors_mmdet')

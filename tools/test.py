@@ -8,10 +8,10 @@ import os
 import os.path as osp
 
 import lors_mmdet.compat  # noqa: F401  (before mmengine loads any checkpoint)
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from lors_mmdet.engine import adapt_cfg_to_machine, check_data_paths
+from lors_mmdet.engine import adapt_cfg_to_machine, check_data_paths, load_tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,14 +36,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args.config, args.launcher, args.work_dir, args.cfg_options)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint "{args.checkpoint}" does not exist')
     cfg.load_from = args.checkpoint

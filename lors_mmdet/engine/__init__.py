@@ -1,7 +1,7 @@
 """Runtime pieces for mmengine: hooks, model wrappers, launch-time config checks."""
 from .hooks import RNGStateHook
 from .model_wrappers import DeviceAwareDistributedDataParallel
-from .runtime import adapt_cfg_to_machine, check_data_paths
+from .runtime import adapt_cfg_to_machine, check_data_paths, load_tool_config
 
 __all__ = ['RNGStateHook', 'DeviceAwareDistributedDataParallel',
-           'adapt_cfg_to_machine', 'check_data_paths']
+           'adapt_cfg_to_machine', 'check_data_paths', 'load_tool_config']

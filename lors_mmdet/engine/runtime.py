@@ -1,6 +1,6 @@
 """Launch-time adjustments and checks shared by tools/train.py and tools/test.py."""
 import os.path as osp
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from mmengine.config import Config
@@ -10,6 +10,27 @@ DATA_HINTS = {
     'synthetic': 'generate it with: python tools/generate_synthetic_coco.py',
     'coco': 'download COCO 2017 into data/coco (annotations/, train2017/, val2017/)',
 }
+
+
+def load_tool_config(config: str, launcher: str, work_dir: Optional[str],
+                     cfg_options: Optional[dict]) -> Config:
+    """Load a config the way tools/train.py and tools/test.py share.
+
+    Args:
+        config: Config file path.
+        launcher: Job launcher, stored as ``cfg.launcher``.
+        work_dir: ``--work-dir``; otherwise the config's, or ``work_dirs/<config name>``.
+        cfg_options: ``--cfg-options`` overrides.
+    """
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg
 
 
 def adapt_cfg_to_machine(cfg: Config, launcher: str) -> None:

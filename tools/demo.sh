@@ -2,6 +2,7 @@
 # The README's demo: synthetic data -> train a small LORS detector on CPU -> COCO mAP
 # -> a picture of detections. `make demo` runs the install step first.
 #   DEMO_CONFIG=<config> bash tools/demo.sh     (any toy config of configs/)
+#   DEMO_OPTIONS="train_cfg.max_iters=100" ...   (--cfg-options for the training)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -17,7 +18,7 @@ else
 fi
 
 echo "== 2/3 training $CONFIG on CPU (progress: one log line every few iterations)"
-"$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR"
+"$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" ${DEMO_OPTIONS:+--cfg-options $DEMO_OPTIONS}
 
 echo "== 3/3 COCO evaluation (pycocotools) of the last checkpoint, drawing detections"
 CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")

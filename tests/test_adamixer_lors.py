@@ -271,6 +271,9 @@ def test_bad_lors_config_names_the_key(overrides, match):
         (dict(bbox_head=[dict(type='AdaMixerDecoderStage', **STAGE)] * 2),
          'bbox_head has 2 entries'),
         (dict(stage_loss_weights=[1]), 'stage_loss_weights has 1'),
+        (dict(train_cfg=[dict(assigner=dict(type='HungarianAssigner',
+                                             match_costs=[]))]),
+         r'train_cfg \(rcnn\) has 1 entries'),
         (dict(bbox_head=dict(type='AdaMixerDecoderStage', n_groups=3,
                              **STAGE)), 'n_groups=3 must divide'),
     ])

@@ -75,6 +75,9 @@ class AdaMixerDecoder(CascadeRoIHead):
                 len(bbox_head) != num_stages:
             raise ValueError(f'bbox_head has {len(bbox_head)} entries, '
                              f'expected num_stages={num_stages}')
+        if train_cfg is not None and len(train_cfg) != num_stages:
+            raise ValueError(f'train_cfg (rcnn) has {len(train_cfg)} entries, '
+                             f'expected num_stages={num_stages}')
         check_mixing_dims(feat_channels, n_groups, in_points, out_points)
         self.content_dim = content_dim
         self.feat_channels = feat_channels

@@ -1,0 +1,216 @@
+"""The COCO configs of AdaMixer and LORS-AdaMixer: they build, they carry the
+authors' hyperparameters, and the built decoders have exactly the parameter
+counts the architecture implies. Also the parameter report tool."""
+import glob
+import json
+import os.path as osp
+import re
+import runpy
+import sys
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from lors_mmdet.lors import count_parameters
+
+register_all_modules(init_default_scope=True)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+COCO_CONFIGS = sorted(
+    glob.glob(osp.join(ROOT, 'configs/adamixer/*_coco.py')) +
+    glob.glob(osp.join(ROOT, 'configs/lors_adamixer/*_coco.py')))
+NAMES = [osp.basename(path) for path in COCO_CONFIGS]
+
+
+def build(cfg: Config):
+    """Build without pretrained init; on the meta device (no memory) except
+    Swin, which reads tensor values while it is built."""
+    cfg.model.backbone.init_cfg = None
+    if cfg.model.backbone.type == 'SwinTransformer':
+        return MODELS.build(cfg.model)
+    with torch.device('meta'):
+        return MODELS.build(cfg.model)
+
+
+def test_the_expected_configs_exist():
+    assert NAMES == sorted([
+        'adamixer_r50_8xb2-1x-100q_coco.py',
+        'adamixer_r50_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'adamixer_r101_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'lors-adamixer_r50_8xb2-1x-100q_coco.py',
+        'lors-adamixer_r50_8xb2-1x-300q_coco.py',
+        'lors-adamixer_r50_8xb2-crop-ms-480-800-3x-100q_coco.py',
+        'lors-adamixer_r50_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'lors-adamixer_r101_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'lors-adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py',
+    ])
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS, ids=NAMES)
+def test_coco_config_builds_with_the_authors_settings(path):
+    name = osp.basename(path)
+    cfg = Config.fromfile(path)
+    lors = name.startswith('lors-')
+    queries = int(re.search(r'-(\d+)q_', name).group(1))
+    start = time.perf_counter()
+    model = build(cfg)
+    print(f'{name}: built in {time.perf_counter() - start:.2f} s')
+
+    # queries: really what the name says, for training and for testing
+    assert model.rpn_head.num_query == queries
+    assert cfg.model.test_cfg.rcnn.max_per_img == queries
+    # backbone
+    backbone = cfg.model.backbone
+    if 'swin-s' in name:
+        assert backbone.type == 'SwinTransformer'
+        assert backbone.depths == [2, 2, 18, 2]
+        assert cfg.model.neck.in_channels == [96, 192, 384, 768]
+    else:
+        depth = int(re.search(r'_r(\d+)_', name).group(1))
+        assert backbone.type == 'ResNet' and backbone.depth == depth
+    # decoder
+    decoder = model.roi_head
+    assert decoder.num_stages == 6 and len(decoder.bbox_head) == 6
+    assert decoder.content_dim == 256 and decoder.feat_channels == 256
+    assert decoder.out_points == 128
+    stage = decoder.bbox_head[0]
+    assert stage.ffn.layers[0][0].out_features == 2048
+    assert stage.attention.attn.num_heads == 8
+    if lors:
+        assert type(decoder).__name__ == 'LorsAdaMixerDecoder'
+        assert (decoder.n_groups, decoder.in_points) == (2, 64)
+        assert decoder.core_sizes == [16] * 6
+        assert decoder.num_terms == [1, 1, 2, 2, 3, 3]
+        assert decoder.out_proj_ranks == [8] * 6
+    else:
+        assert type(decoder).__name__ == 'AdaMixerDecoder'
+        assert (decoder.n_groups, decoder.in_points) == (4, 32)
+    # losses and matching
+    head_cfg = cfg.model.roi_head.bbox_head
+    assert head_cfg.loss_cls.type == 'FocalLoss'
+    assert (head_cfg.loss_cls.alpha, head_cfg.loss_cls.gamma,
+            head_cfg.loss_cls.loss_weight) == (0.25, 2.0, 2.0)
+    assert head_cfg.loss_bbox.loss_weight == 5.0
+    assert head_cfg.loss_iou.type == 'GIoULoss'
+    assert head_cfg.loss_iou.loss_weight == 2.0
+    assert len(cfg.model.train_cfg.rcnn) == 6
+    costs = {
+        c.type: c.weight
+        for c in cfg.model.train_cfg.rcnn[0].assigner.match_costs
+    }
+    assert costs == {'FocalLossCost': 2.0, 'BBoxL1Cost': 5.0, 'IoUCost': 2.0}
+    # optimisation and schedule
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.optimizer.lr == 2.5e-5
+    assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
+    assert cfg.optim_wrapper.clip_grad.max_norm == 1.0
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.auto_scale_lr.base_batch_size == 16
+    warmup, steps = cfg.param_scheduler
+    assert warmup.type == 'LinearLR' and warmup.start_factor == 0.001
+    assert warmup.end == (1000 if 'swin-s' in name else 500)
+    if '-1x-' in name:
+        assert cfg.train_cfg.max_epochs == 12
+        assert steps.milestones == [8, 11]
+        assert cfg.train_pipeline[2].type == 'Resize'
+    else:
+        assert cfg.train_cfg.max_epochs == 36
+        assert steps.milestones == [24, 33]
+        pipeline_types = [t.type for t in cfg.train_dataloader.dataset.pipeline]
+        assert 'RandomChoice' in pipeline_types
+        choice = cfg.train_dataloader.dataset.pipeline[
+            pipeline_types.index('RandomChoice')]
+        crop_branch = choice.transforms[1]
+        assert crop_branch[1].type == 'RandomCrop'
+        assert crop_branch[1].crop_size == (384, 600)
+        assert min(crop_branch[2].scales)[0] == 480
+        assert max(crop_branch[2].scales)[0] == 800
+
+
+def stage_count(D, H, F, C, G, c, p_in, p_out):
+    """Parameters of one AdaMixer stage, from the architecture."""
+    attention = 4 * D * D + 4 * D + 2 * D + H  # MHA, its LN, tau
+    offsets = (D + 1) * G * p_in * 3
+    generator = (D + 1) * G * (c * c + p_out * p_in)
+    out_proj = c * p_out * G * D + D
+    ffn = D * F + F + F * D + D + 2 * D
+    branches = 2 * (D * D + D + 2 * D) + (D * C + C) + (4 * D + 4)
+    return attention + offsets + generator + out_proj + 2 * D + ffn + \
+        branches
+
+
+def test_decoder_parameter_counts_match_the_architecture():
+    D, H, F, C = 256, 8, 2048, 80
+    plain = build(
+        Config.fromfile(
+            osp.join(ROOT, 'configs/adamixer/adamixer_r50_8xb2-1x-100q_coco.py')))
+    per_stage = stage_count(D, H, F, C, G=4, c=64, p_in=32, p_out=128)
+    assert count_parameters(plain.roi_head).total == 6 * per_stage
+
+    lors = build(
+        Config.fromfile(
+            osp.join(ROOT, 'configs/lors_adamixer/'
+                     'lors-adamixer_r50_8xb2-1x-100q_coco.py')))
+    G, c, p_in, p_out, k, r = 2, 128, 64, 128, 16, 8
+    generator = (D + 1) * G * (c * c + p_out * p_in)
+    projection = c * p_out * G * D
+    counts = count_parameters(lors.roi_head)
+    assert counts.shared == generator + projection
+    private = 0
+    for terms in [1, 1, 2, 2, 3, 3]:
+        private += stage_count(D, H, F, C, G, c, p_in, p_out) \
+            - generator - projection \
+            + (D + 1) * 2 * G * terms * k * k \
+            + terms * (c * k + k * c + p_out * k + k * p_in) \
+            + r * c * p_out * G + D * r
+    assert counts.private == private
+    # the paper's headline: about 70% fewer decoder parameters than AdaMixer
+    ratio = counts.total / (6 * per_stage)
+    assert 0.25 < ratio < 0.35
+
+
+def run_report(argv, monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, 'argv', ['param_report.py', *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(
+            osp.join(ROOT, 'tools/analysis/param_report.py'),
+            run_name='__main__')
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize('config', [
+    'configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
+    'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py'
+])
+def test_param_report(config, monkeypatch, capsys):
+    path = osp.join(ROOT, config)
+    report = json.loads(run_report([path, '--json'], monkeypatch, capsys))
+    model = build(Config.fromfile(path))
+    total = sum(p.numel() for p in model.parameters())
+    assert report['total']['total'] == total
+    assert sum(report['parts'].values()) == total
+    decoder = report['decoder']
+    assert decoder['name'] == 'roi_head'
+    assert decoder['total'] == sum(p.numel()
+                                   for p in model.roi_head.parameters())
+    assert len(decoder['stages']) == model.roi_head.num_stages
+    assert decoder['shared'] + sum(
+        s['private'] for s in decoder['stages']) + \
+        decoder['private_outside_stages'] == decoder['total']
+    if 'lors' in config:
+        assert report['lors'] and decoder['shared'] > 0
+        assert decoder['dense_equivalent'] > decoder['total']
+        # stages with more adaptive terms own more
+        privates = [s['private'] for s in decoder['stages']]
+        assert privates[0] < privates[2] < privates[4]
+    else:
+        assert not report['lors'] and decoder['shared'] == 0
+        assert decoder['dense_equivalent'] == decoder['total']
+    text = run_report([path], monkeypatch, capsys)
+    assert 'decoder (roi_head)' in text and 'stage 0 private' in text
+    assert ('dense equivalent' in text) == ('lors' in config)

@@ -504,8 +504,8 @@ def test_decoder_parameter_reduction_at_default_ranks(family, config):
 
 
 @pytest.mark.parametrize('stock_config,lors_config', [
-    ('configs/dino/dino-3scale_r18-tiny_1xb8-toy_synthetic.py',
-     'configs/lors_dino/lors-dino-3scale_r18-tiny_1xb8-toy_synthetic.py'),
+    ('configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+     'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py'),
     ('configs/deformable_detr/'
      'deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
      'configs/lors_deformable_detr/'

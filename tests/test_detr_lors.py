@@ -561,6 +561,18 @@ def test_bad_lors_config_raises_clear_error(lors, error, match):
             lors=lors)
 
 
+def test_unsupported_layer_options_raise_clear_error():
+    layer_cfg = tiny_layer_cfg()
+    layer_cfg['self_attn_cfg']['add_bias_kv'] = True
+    with pytest.raises(ValueError, match=r"options \['add_bias_kv'\]"):
+        LorsDeformableDetrTransformerDecoder(
+            num_layers=2, layer_cfg=layer_cfg, post_norm_cfg=None)
+    with pytest.raises(ValueError, match='has no post norm'):
+        LorsDeformableDetrTransformerDecoder(
+            num_layers=2, layer_cfg=tiny_layer_cfg(),
+            post_norm_cfg=dict(type='LN'))
+
+
 def test_per_layer_ranks_and_terms_reach_the_layers():
     decoder = lors_decoder(
         num_layers=3,

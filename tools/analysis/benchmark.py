@@ -29,8 +29,8 @@ PAIRS = {
     'cpu': {
         'AdaMixer': ('configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
                      'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py'),
-        'DINO': ('configs/dino/dino-3scale_r18-tiny_1xb8-toy_synthetic.py',
-                 'configs/lors_dino/lors-dino-3scale_r18-tiny_1xb8-toy_synthetic.py'),
+        'DINO': ('configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+                 'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py'),
         'Deformable-DETR': (
             'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
             'configs/lors_deformable_detr/'

@@ -23,8 +23,8 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = {
     'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
     'lors-adamixer': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py',
-    'dino': 'configs/dino/dino-3scale_r18-tiny_1xb8-toy_synthetic.py',
-    'lors-dino': 'configs/lors_dino/lors-dino-3scale_r18-tiny_1xb8-toy_synthetic.py',
+    'dino': 'configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+    'lors-dino': 'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
     'deformable-detr':
     'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
     'lors-deformable-detr':

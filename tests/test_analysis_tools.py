@@ -1,0 +1,51 @@
+"""The analysis tools name configs that exist (they are run by hand, not in tests)."""
+import importlib.util
+import os.path as osp
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_configs_exist():
+    benchmark = load_tool('benchmark')
+    for device, pairs in benchmark.PAIRS.items():
+        for family, configs in pairs.items():
+            for config in configs:
+                if not config.startswith('mmdet::'):
+                    assert osp.isfile(osp.join(ROOT, config)), (device, family, config)
+
+
+def test_experiment_configs_exist():
+    experiments = load_tool('run_experiments')
+    for plan in experiments.PLANS.values():
+        for name, (config, _) in plan.items():
+            assert osp.isfile(osp.join(ROOT, config)), (name, config)
+
+
+def test_merged_for_deployment_equals_the_lors_model():
+    """Folding every LorsLinear into nn.Linear keeps the function of the model."""
+    import torch
+    import torch.nn as nn
+    from lors_mmdet.lors import LorsLinear, LorsLinearStack
+    benchmark = load_tool('benchmark')
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.stack = LorsLinearStack(8, 8, num_layers=3, rank=2)
+    for layer in model.stack.layers:
+        nn.init.normal_(layer.lors_B)
+    x = torch.randn(4, 8)
+    expected = [layer(x) for layer in model.stack.layers]
+    merged = benchmark.merged_for_deployment(model)
+    assert not any(isinstance(m, LorsLinear) for m in merged.modules())
+    for layer, out in zip(merged.stack.layers, expected):
+        assert isinstance(layer, nn.Linear)
+        torch.testing.assert_close(layer(x), out, atol=1e-5, rtol=1e-5)

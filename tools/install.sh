@@ -40,8 +40,7 @@ if ! have mmcv 2.1.0; then
   else
     echo "building/installing mmcv 2.1.0 with CPU ops${PIP_FIND_LINKS:+ (PIP_FIND_LINKS=$PIP_FIND_LINKS)}"
     MMCV_WITH_OPS=1 pip_install --no-build-isolation mmcv==2.1.0
-    # An installed mmcv 2.1.0 is checked by the final import (which names the fix).
-if ! have mmcv 2.1.0; then
+    if ! mmcv_ops_ok; then
       echo "the mmcv wheel found does not load against this torch: rebuilding from source"
       MMCV_WITH_OPS=1 pip_install --no-build-isolation --no-binary mmcv --force-reinstall --no-deps mmcv==2.1.0
     fi

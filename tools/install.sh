@@ -50,7 +50,9 @@ have mmdet 3.3.0 || pip_install mmdet==3.3.0
 for package in pycocotools tqdm matplotlib Pillow pytest; do
   have "$package" '' || pip_install "$package"
 done
-if ! "$PYTHON" -c 'import importlib.util as u, os, sys; s = u.find_spec("lors_mmdet"); sys.exit(s is None or os.path.dirname(os.path.dirname(s.origin)) != os.getcwd())' 2>/dev/null; then
+# Checked from outside the repository: there, the current directory would hide a missing install.
+repo=$(pwd -P)
+if ! (cd / && "$PYTHON" -c 'import importlib.util as u, os, sys; s = u.find_spec("lors_mmdet"); sys.exit(s is None or os.path.dirname(os.path.dirname(s.origin)) != sys.argv[1])' "$repo") 2>/dev/null; then
   pip_install --no-build-isolation --no-deps -e .
 fi
 

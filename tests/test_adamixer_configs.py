@@ -184,8 +184,8 @@ def run_report(argv, monkeypatch, capsys) -> str:
 
 
 @pytest.mark.parametrize('config', [
-    'configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
-    'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py'
+    'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py',
+    'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py'
 ])
 def test_param_report(config, monkeypatch, capsys):
     path = osp.join(ROOT, config)

@@ -16,8 +16,8 @@ register_all_modules(init_default_scope=True)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIGS = {
-    'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
-    'lors': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py',
+    'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py',
+    'lors': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py',
 }
 
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-CONFIG=${DEMO_CONFIG:-configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py}
+CONFIG=${DEMO_CONFIG:-configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py}
 WORK_DIR=${DEMO_WORK_DIR:-work_dirs/demo}
 DATA=data/synthetic_coco
 

@@ -27,8 +27,8 @@ from lors_mmdet.lors import LorsLinear, count_parameters
 
 PAIRS = {
     'cpu': {
-        'AdaMixer': ('configs/adamixer/adamixer_r18-tiny_1xb8-toy_synthetic.py',
-                     'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb8-toy_synthetic.py'),
+        'AdaMixer': ('configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py',
+                     'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py'),
         'DINO': ('configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
                  'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py'),
         'Deformable-DETR': (

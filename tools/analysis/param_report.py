@@ -19,19 +19,23 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from mmengine.config import DictAction
 
 from lors_mmdet.analysis import decoder_of, load_config, strip_pretrained
 from lors_mmdet.lors import count_parameters
 
 
-def build_model(config: str) -> nn.Module:
+def build_model(config: str, cfg_options: Optional[dict] = None) -> nn.Module:
     """Build the config's model without pretrained init, on the meta device
     if the model allows it (some backbones read tensor values while being
-    built), else on the CPU."""
+    built), else on the CPU. ``cfg_options`` overrides config keys."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = strip_pretrained(load_config(config))
+    cfg = load_config(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg = strip_pretrained(cfg)
     try:
         with torch.device('meta'):
             return MODELS.build(cfg.model)
@@ -132,8 +136,10 @@ def main(argv=None) -> int:
     parser.add_argument('config', help='config file')
     parser.add_argument('--json', action='store_true',
                         help='print the report as JSON')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, as in tools/train.py')
     args = parser.parse_args(argv)
-    model = build_model(args.config)
+    model = build_model(args.config, args.cfg_options)
     report = parameter_report(model)
     if args.json:
         print(json.dumps(dict(config=args.config, **report), indent=2))

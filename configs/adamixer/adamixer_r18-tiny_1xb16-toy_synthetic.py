@@ -1,14 +1,16 @@
 # A small AdaMixer for CPU: trains on the synthetic shapes data set
-# (python tools/generate_synthetic_coco.py) in minutes on 2 cores. Tiny
-# ResNet-18 (16 base channels, no pretraining), 64-d queries, 6 stages.
-_base_ = [
-    '../_base_/datasets/synthetic_coco_detection.py',
-    'mmdet::_base_/default_runtime.py'
-]
-custom_imports = dict(imports=['lors_mmdet'], allow_failed_imports=False)
+# (python tools/generate_synthetic_coco.py) in about 10 minutes on 2 cores.
+# Tiny ResNet-18 (16 base channels, no pretraining), 64-d queries, 30 queries,
+# 3 stages (each stage is matched and trained on its own, as in AdaMixer), the
+# mixing sizes scaled down (G=4, P_in=16, P_out=32). Only the sizes, the
+# schedule and the learning rate differ from the COCO configs: architecture,
+# initialisation, losses and matching are AdaMixer's.
+# Batch 16: on 2 CPU cores it trains on more images per second than batch 8;
+# batch 32 at lr 1.5e-3 for the same time learned less (fewer steps).
+_base_ = '../_base_/schedules/toy_synthetic.py'
 
 num_classes = 6
-num_stages = 6
+num_stages = 3
 num_query = 30
 content_dim = 64
 feat_channels = 64
@@ -85,15 +87,12 @@ model = dict(
         ]),
     test_cfg=dict(rpn=None, rcnn=dict(max_per_img=num_query)))
 
-max_iters = 600
-train_cfg = dict(
-    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0001),
-    clip_grad=dict(max_norm=1.0, norm_type=2))
+train_dataloader = dict(batch_size=16)
+
+# The class of the boxes is learned late in set-prediction training (after
+# the boxes): 1600 iterations (25.6k images, 26 epochs) to reach COCO mAP 0.5.
+max_iters = 1600
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(
@@ -104,8 +103,4 @@ param_scheduler = [
         milestones=[int(max_iters * 0.8)],
         gamma=0.1)
 ]
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', interval=max_iters, by_epoch=False))
-log_processor = dict(by_epoch=False)
-randomness = dict(seed=0)
+default_hooks = dict(checkpoint=dict(interval=max_iters))

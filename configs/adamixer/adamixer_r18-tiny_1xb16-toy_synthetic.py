@@ -1,5 +1,6 @@
 # A small AdaMixer for CPU: trains on the synthetic shapes data set
-# (python tools/generate_synthetic_coco.py) in about 10 minutes on 2 cores.
+# (python tools/generate_synthetic_coco.py) to COCO mAP ~0.56 in 17 minutes on
+# one core (docs/adamixer.md, "Toy training").
 # Tiny ResNet-18 (16 base channels, no pretraining), 64-d queries, 30 queries,
 # 3 stages (each stage is matched and trained on its own, as in AdaMixer), the
 # mixing sizes scaled down (G=4, P_in=16, P_out=32). Only the sizes, the

@@ -1,5 +1,6 @@
 """Building detectors from configs for reports and benchmarks (no downloads)."""
 import copy
+import os.path as osp
 from typing import Any, Dict, Union
 
 import torch
@@ -7,8 +8,24 @@ import torch.nn as nn
 from mmengine.config import Config
 
 
+def resolve_config_path(config: str) -> str:
+    """The file of ``config``; ``mmdet::<path>`` names one of mmdet's installed
+    configs, as in a config's ``_base_``."""
+    if not config.startswith('mmdet::'):
+        return config
+    import mmdet
+    path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
+                    config[len('mmdet::'):])
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{config}: no such config in mmdet {mmdet.__version__} '
+                                f'(looked for {path})')
+    return path
+
+
 def load_config(config: Union[str, Config]) -> Config:
-    return Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    if isinstance(config, str):
+        return Config.fromfile(resolve_config_path(config))
+    return copy.deepcopy(config)
 
 
 def strip_pretrained(cfg: Config) -> Config:

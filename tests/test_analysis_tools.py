@@ -49,3 +49,12 @@ def test_merged_for_deployment_equals_the_lors_model():
     for layer, out in zip(merged.stack.layers, expected):
         assert isinstance(layer, nn.Linear)
         torch.testing.assert_close(layer(x), out, atol=1e-5, rtol=1e-5)
+
+
+def test_analysis_loads_mmdet_configs_by_their_base_name():
+    """benchmark.py --device cuda names mmdet's own configs as 'mmdet::...'."""
+    from lors_mmdet.analysis import load_config
+    cfg = load_config('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py')
+    assert cfg.model.type == 'DINO'
+    with pytest.raises(FileNotFoundError, match='mmdet::dino/no-such.py'):
+        load_config('mmdet::dino/no-such.py')

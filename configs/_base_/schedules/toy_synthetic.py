@@ -17,8 +17,7 @@ custom_imports = dict(imports=['lors_mmdet'], allow_failed_imports=False)
 
 # iteration-based: one endless pass over the data instead of a data loader
 # (and its worker processes) restarted every epoch
-train_dataloader = dict(
-    persistent_workers=True, sampler=dict(type='InfiniteSampler', shuffle=True))
+train_dataloader = dict(sampler=dict(type='InfiniteSampler', shuffle=True))
 
 max_iters = 1000
 train_cfg = dict(

@@ -1,0 +1,61 @@
+"""Bar chart of decoder parameters, plain vs LORS, for the R-50 COCO config pairs.
+
+    python tools/analysis/decoder_params_chart.py [--out docs/experiments/decoder_params.png]
+
+The pairs are those of ``benchmark.py --device cuda``; every count comes from
+``param_report.py`` (each tensor once, models built on the meta device).
+"""
+import argparse
+import importlib.util
+import os
+import os.path as osp
+import sys
+
+HERE = osp.dirname(osp.abspath(__file__))
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, osp.join(HERE, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default='docs/experiments/decoder_params.png')
+    args = parser.parse_args(argv)
+    benchmark, report = load_tool('benchmark'), load_tool('param_report')
+
+    rows = []
+    for family, (plain, lors) in benchmark.PAIRS['cuda'].items():
+        counts = [report.parameter_report(report.build_model(config))['decoder']['total']
+                  for config in (plain, lors)]
+        rows.append((family, *counts))
+    print('| family (R-50 COCO config) | plain decoder | LORS decoder | LORS / plain |')
+    print('|---|---|---|---|')
+    for family, plain, lors in rows:
+        print(f'| {family} | {plain / 1e6:.3f}M | {lors / 1e6:.3f}M | {lors / plain:.3f} |')
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    positions = range(len(rows))
+    axes.bar([p - 0.2 for p in positions], [r[1] / 1e6 for r in rows], 0.4, label='plain')
+    axes.bar([p + 0.2 for p in positions], [r[2] / 1e6 for r in rows], 0.4, label='LORS')
+    for p, (_, plain, lors) in zip(positions, rows):
+        axes.text(p + 0.2, lors / 1e6, f'{lors / plain:.0%}', ha='center', va='bottom')
+    axes.set_xticks(list(positions), [r[0] for r in rows])
+    axes.set(ylabel='decoder parameters (M)', title='Decoder parameters, R-50 COCO configs')
+    axes.legend()
+    figure.text(0.01, 0.01, 'python tools/analysis/decoder_params_chart.py', fontsize=7)
+    figure.tight_layout()
+    os.makedirs(osp.dirname(args.out) or '.', exist_ok=True)
+    figure.savefig(args.out, dpi=110)
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

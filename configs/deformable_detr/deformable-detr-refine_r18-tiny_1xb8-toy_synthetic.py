@@ -28,8 +28,6 @@ model = dict(
         loss_bbox=dict(type='L1Loss', loss_weight=5.0),
         loss_iou=dict(type='GIoULoss', loss_weight=2.0)))
 
-max_iters = 500
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 optim_wrapper = dict(
     clip_grad=dict(max_norm=0.1),
     paramwise_cfg=dict(
@@ -37,14 +35,3 @@ optim_wrapper = dict(
             'sampling_offsets': dict(lr_mult=0.1),
             'reference_points': dict(lr_mult=0.1)
         }))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(
-        type='MultiStepLR',
-        by_epoch=False,
-        begin=0,
-        end=max_iters,
-        milestones=[int(max_iters * 0.8)],
-        gamma=0.1)
-]
-default_hooks = dict(checkpoint=dict(interval=max_iters))

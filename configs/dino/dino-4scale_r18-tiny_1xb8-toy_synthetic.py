@@ -34,17 +34,4 @@ model = dict(
         box_noise_scale=1.0,
         group_cfg=dict(dynamic=True, num_groups=None, num_dn_queries=30)))
 
-max_iters = 500
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 optim_wrapper = dict(clip_grad=dict(max_norm=0.1))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(
-        type='MultiStepLR',
-        by_epoch=False,
-        begin=0,
-        end=max_iters,
-        milestones=[int(max_iters * 0.8)],
-        gamma=0.1)
-]
-default_hooks = dict(checkpoint=dict(interval=max_iters))

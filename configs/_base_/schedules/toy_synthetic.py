@@ -3,9 +3,9 @@
 # AdamW and gradient clipping, a linear warm-up, one lr step near the end, a
 # validation (COCO mAP) and a checkpoint at the end.
 #
-# A toy that trains for another number of iterations sets `max_iters` and
-# restates the three entries that depend on it (mmengine configs do not
-# re-evaluate a base's expressions):
+# 500 iterations by default (the toy DETRs). A toy that trains for another
+# number of iterations sets `max_iters` and restates the three entries that
+# depend on it (mmengine configs do not re-evaluate a base's expressions):
 #   train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 #   param_scheduler[1]: end=max_iters, milestones=[int(max_iters * 0.8)]
 #   default_hooks = dict(checkpoint=dict(interval=max_iters))
@@ -19,7 +19,7 @@ custom_imports = dict(imports=['lors_mmdet'], allow_failed_imports=False)
 # (and its worker processes) restarted every epoch
 train_dataloader = dict(sampler=dict(type='InfiniteSampler', shuffle=True))
 
-max_iters = 1000
+max_iters = 500
 train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')

@@ -58,3 +58,21 @@ def test_analysis_loads_mmdet_configs_by_their_base_name():
     assert cfg.model.type == 'DINO'
     with pytest.raises(FileNotFoundError, match='mmdet::dino/no-such.py'):
         load_config('mmdet::dino/no-such.py')
+
+
+def test_experiment_report_places_validations_at_their_iteration(tmp_path):
+    """mmengine logs an iteration-based validation with step 0 (the epoch):
+    the report must put it at the training iteration it followed."""
+    import json
+    experiments = load_tool('run_experiments')
+    scalars = tmp_path / '20261128_000000' / 'vis_data'
+    scalars.mkdir(parents=True)
+    records = [dict(iter=50, loss=9.0), dict(iter=100, loss=7.0),
+               {'coco/bbox_mAP': 0.1, 'step': 0},
+               dict(iter=150, loss=6.0), dict(iter=200, loss=5.0),
+               {'coco/bbox_mAP': 0.3, 'step': 0}]
+    (scalars / 'scalars.json').write_text(
+        '\n'.join(json.dumps(r) for r in records) + '\n')
+    losses, metrics = experiments.read_scalars(str(tmp_path))
+    assert losses == {50: 9.0, 100: 7.0, 150: 6.0, 200: 5.0}
+    assert {k: v['coco/bbox_mAP'] for k, v in metrics.items()} == {100: 0.1, 200: 0.3}

@@ -95,13 +95,18 @@ def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
     """(loss per logged iteration, COCO metrics per validation step)."""
     losses, metrics = {}, {}
     for path in sorted(glob.glob(osp.join(directory, '*', 'vis_data', 'scalars.json'))):
+        last_iter = 0
         with open(path) as f:
             for line in f:
                 record = json.loads(line)
                 if 'loss' in record:
                     losses[record['iter']] = record['loss']
+                    last_iter = record['iter']
                 if 'coco/bbox_mAP' in record:
-                    metrics[record['step']] = record
+                    # mmengine writes the epoch (0 for iteration-based loops) as the
+                    # step of a validation; the file is in time order, so the
+                    # validation belongs to the last training iteration logged
+                    metrics[last_iter] = record
     return losses, metrics
 
 

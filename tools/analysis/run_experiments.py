@@ -92,7 +92,7 @@ def train(name: str, config: str, options: List[str], seed: int, directory: str,
 
 
 def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
-    """(loss per logged iteration, COCO metrics per validation step)."""
+    """(loss per logged iteration, COCO metrics per validated iteration)."""
     losses, metrics = {}, {}
     for path in sorted(glob.glob(osp.join(directory, '*', 'vis_data', 'scalars.json'))):
         last_iter = 0

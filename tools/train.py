@@ -9,7 +9,8 @@ import lors_mmdet.compat  # noqa: F401  (before mmengine loads any checkpoint)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from lors_mmdet.engine import adapt_cfg_to_machine, check_data_paths, load_tool_config
+from lors_mmdet.engine import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
+                               load_tool_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,6 +50,7 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, args.resume
     adapt_cfg_to_machine(cfg, args.launcher)
     check_data_paths(cfg, splits=('train', 'val'))
+    check_pretrained_paths(cfg)
 
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -1,7 +1,9 @@
 """Runtime pieces for mmengine: hooks, model wrappers, launch-time config checks."""
 from .hooks import RNGStateHook
 from .model_wrappers import DeviceAwareDistributedDataParallel
-from .runtime import adapt_cfg_to_machine, check_data_paths, load_tool_config
+from .runtime import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
+                      load_tool_config)
 
 __all__ = ['RNGStateHook', 'DeviceAwareDistributedDataParallel',
-           'adapt_cfg_to_machine', 'check_data_paths', 'load_tool_config']
+           'adapt_cfg_to_machine', 'check_data_paths', 'check_pretrained_paths',
+           'load_tool_config']

@@ -8,6 +8,7 @@ from mmengine.logging import print_log
 
 DATA_HINTS = {
     'synthetic': 'generate it with: python tools/generate_synthetic_coco.py',
+    'pretrained': "the toy configs' backbone is made by: python tools/pretrain_toy_backbone.py",
     'coco': 'download COCO 2017 into data/coco (annotations/, train2017/, val2017/)',
 }
 
@@ -63,10 +64,10 @@ def _datasets(key: str, dataset: dict) -> Iterator[Tuple[str, dict]]:
         yield key, dataset
 
 
-def _require(path: str, key: str, what: str) -> None:
+def _require(path: str, key: str, what: str, hint: Optional[str] = None) -> None:
     if osp.exists(path):
         return
-    hint = DATA_HINTS['synthetic' if 'synthetic' in path else 'coco']
+    hint = hint or DATA_HINTS['synthetic' if 'synthetic' in path else 'coco']
     raise FileNotFoundError(f'{key}: {what} "{path}" does not exist; {hint}')
 
 
@@ -99,3 +100,28 @@ def check_data_paths(cfg: Config, splits: Tuple[str, ...] = ('train', 'val', 'te
                 _require(evaluator['ann_file'], f'{split}_evaluator[{i}].ann_file'
                          if isinstance(evaluators, list) else f'{split}_evaluator.ann_file',
                          'annotation file')
+
+
+def _pretrained_inits(key: str, node) -> Iterator[Tuple[str, str]]:
+    """Yield (config key, checkpoint) of every ``Pretrained`` init_cfg below ``node``."""
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and node.get('checkpoint'):
+            yield f'{key}.checkpoint', node['checkpoint']
+        for name, value in node.items():
+            yield from _pretrained_inits(f'{key}.{name}', value)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _pretrained_inits(f'{key}[{i}]', value)
+
+
+def check_pretrained_paths(cfg: Config) -> None:
+    """Fail early, naming the config key, when a local pretrained checkpoint is missing.
+
+    Checkpoints with a scheme (``torchvision://``, ``https://``...) are left to mmengine.
+
+    Args:
+        cfg: The full config.
+    """
+    for key, checkpoint in _pretrained_inits('model', cfg.get('model')):
+        if '://' not in checkpoint:
+            _require(checkpoint, key, 'pretrained checkpoint', DATA_HINTS['pretrained'])

@@ -1,6 +1,8 @@
 # The part of the CPU toy DETRs (DINO, Deformable-DETR) that the two share:
-# a tiny ResNet-18 (16 base channels, trained from scratch: nothing is
-# pretrained) and 4 feature levels at strides 8, 16, 32, 64 (340 tokens per
+# a tiny ResNet-18 (16 base channels) pretrained on the synthetic shapes by
+# tools/pretrain_toy_backbone.py (the toy's stand-in for ImageNet weights;
+# from scratch the toys need ~5x longer to learn the classes, docs/detr.md)
+# and 4 feature levels at strides 8, 16, 32, 64 (340 tokens per
 # 128 px image; most shapes are smaller than 32 px, stride 16 alone loses
 # them), 2 encoder and 3 decoder layers, 50 queries, no dropout. embed_dims
 # stays 256: DINO's query position encoding (coordinate_to_encoding) and
@@ -30,7 +32,10 @@ model = dict(
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
         style='pytorch',
-        init_cfg=None),
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='data/synthetic_coco/pretrained/'
+            'resnet18-tiny_shapes.pth')),
     neck=dict(
         type='ChannelMapper',
         in_channels=[32, 64, 128],

@@ -1,0 +1,80 @@
+"""tools/pretrain_toy_backbone.py: windows around the shapes, a checkpoint the toy configs load."""
+import importlib.util
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def tool():
+    spec = importlib.util.spec_from_file_location(
+        'pretrain_toy_backbone', osp.join(ROOT, 'tools', 'pretrain_toy_backbone.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_windows_are_centred_and_padded(tool):
+    image = np.full((20, 30, 3), 5.0, dtype=np.float32)
+    image[3, 27] = 9.0  # the box centre, near the top right corner
+    rows = np.array([[0, 27, 3, 4]], dtype=np.float32)
+    x, y = tool.cut_windows([image], rows, window=16, rng=np.random.default_rng(0),
+                            jitter=0, flip=False)
+    assert x.shape == (1, 3, 16, 16) and y.tolist() == [4]
+    assert x[0, :, 8, 8].tolist() == [9.0] * 3
+    # rows above the image and columns right of it are the mean colour (0)
+    assert x[0, :, :5].abs().sum() == 0 and x[0, :, :, 11:].abs().sum() == 0
+    assert (x[0, :, 5:, :11] > 0).all()
+
+
+def test_missing_data_set_names_the_file(tool, tmp_path):
+    with pytest.raises(FileNotFoundError, match='instances_train.json'):
+        tool.load_split(str(tmp_path), 'train')
+
+
+def test_checkpoint_loads_into_the_toy_configs_backbone(tool, synthetic_coco, tmp_path):
+    from mmengine.config import Config
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    out = str(tmp_path / 'backbone.pth')
+    tool.main(['--data-root', synthetic_coco, '--out', out, '--iters', '2',
+               '--batch-size', '4'])
+    saved = torch.load(out)['state_dict']
+    cfg = Config.fromfile(
+        osp.join(ROOT, 'configs/_base_/models/detr-4scale_r18-tiny_toy.py'))
+    backbone_cfg = cfg.model.backbone
+    backbone_cfg.init_cfg = dict(type='Pretrained', checkpoint=out)
+    backbone = MODELS.build(backbone_cfg)
+    assert set(backbone.state_dict()) == set(saved)
+    backbone.init_weights()
+    for name, value in backbone.state_dict().items():
+        torch.testing.assert_close(value, saved[name], msg=name)
+
+
+def test_bad_arguments_are_refused(tool):
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--jitter', '40', '--window', '64'])
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--iters', '0'])
+
+
+def test_train_names_a_missing_pretrained_checkpoint(tmp_path):
+    from mmengine.config import Config
+
+    from lors_mmdet.engine import check_pretrained_paths
+    missing = str(tmp_path / 'no_backbone.pth')
+    cfg = Config(dict(model=dict(
+        backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=missing)),
+        neck=dict(init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')))))
+    with pytest.raises(FileNotFoundError,
+                       match=r'model\.backbone\.init_cfg\.checkpoint.*no_backbone\.pth'
+                       r'.*pretrain_toy_backbone\.py'):
+        check_pretrained_paths(cfg)
+    cfg.model.backbone.init_cfg.checkpoint = __file__
+    check_pretrained_paths(cfg)  # an existing file and a URL pass

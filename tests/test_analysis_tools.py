@@ -31,6 +31,40 @@ def test_experiment_configs_exist():
             assert osp.isfile(osp.join(ROOT, config)), (name, config)
 
 
+@pytest.mark.parametrize('name,frozen', [
+    ('lors-adamixer', set()),
+    ('lors-adamixer static-only', {'core_generator.weight', 'core_generator.bias'}),
+    ('lors-adamixer adaptive-only', {'out_proj.lors_B'}),
+    ('lors-adamixer rank-2', set()),
+])
+def test_ablation_options_switch_off_exactly_one_branch(name, frozen):
+    """Each ablation's --cfg-options build; a switched-off branch is the zero-initialised
+    factor of every stage, never updated (lr 0), and nothing else."""
+    import argparse
+
+    from mmengine.config import DictAction
+    from mmengine.optim import build_optim_wrapper
+
+    from lors_mmdet.analysis import build_detector, load_config
+    experiments = load_tool('run_experiments')
+    config, options = experiments.PLANS['ablation'][name]
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    cfg = load_config(osp.join(ROOT, config))
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options] if options else [])
+                        .cfg_options)
+    model = build_detector(cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    never_updated = [names[id(p)] for group in optimizer.param_groups if group['lr'] == 0
+                     for p in group['params']]
+    num_stages = cfg.model.roi_head.num_stages
+    assert len(never_updated) == len(frozen) * num_stages
+    assert {'.'.join(n.split('.')[-2:]) for n in never_updated} == frozen
+    for n in never_updated:  # zero at the start, so that branch adds exactly nothing
+        assert not dict(model.named_parameters())[n].any(), n
+
+
 def test_merged_for_deployment_equals_the_lors_model():
     """Folding every LorsLinear into nn.Linear keeps the function of the model."""
     import torch

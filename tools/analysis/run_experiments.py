@@ -36,10 +36,15 @@ TOY = {
     'configs/lors_deformable_detr/lors-deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
 }
 # Ablation of LORS-AdaMixer: which private parts sit on top of the shared ones.
+# A branch is switched off by never updating the factor that starts at zero (lr_mult 0):
+# the adaptive residual L Z(q) R stays 0 while its core generator does, the static
+# residual B A while B does. The model is then exactly the one without that branch
+# (the frozen tensors' gradients still count in the clipped gradient norm).
 ABLATION = {
     'lors-adamixer': [],
-    'lors-adamixer static-only': ['model.roi_head.num_terms=0'],
-    'lors-adamixer adaptive-only': ['model.roi_head.out_proj_ranks=0'],
+    'lors-adamixer static-only':
+    ['optim_wrapper.paramwise_cfg.custom_keys.core_generator.lr_mult=0'],
+    'lors-adamixer adaptive-only': ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0'],
     'lors-adamixer rank-2': ['model.roi_head.out_proj_ranks=2'],
     'lors-adamixer rank-8': ['model.roi_head.out_proj_ranks=8'],
 }

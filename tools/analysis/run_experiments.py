@@ -151,11 +151,12 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
                         f"{mean_std(final['coco/bbox_mAP'])} | "
                         f"{mean_std(final['coco/bbox_mAP_50'])} | "
                         f"{mean_std(final['coco/bbox_mAP_75'])} | "
+                        f"{', '.join(f'{ap:.3f}' for ap in final['coco/bbox_mAP'])} | "
                         f"{sum(final['minutes']) / len(final['minutes']):.1f} |")
     table = '\n'.join([
         f'Produced by `{command}`.', '',
-        '| run | seeds | AP | AP50 | AP75 | train minutes / run |',
-        '|---|---|---|---|---|---|', *rows])
+        '| run | seeds | AP | AP50 | AP75 | AP of each seed | train minutes / run |',
+        '|---|---|---|---|---|---|---|', *rows])
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     print(table)

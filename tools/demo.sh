@@ -10,17 +10,28 @@ CONFIG=${DEMO_CONFIG:-configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_syn
 WORK_DIR=${DEMO_WORK_DIR:-work_dirs/demo}
 DATA=data/synthetic_coco
 
-echo "== 1/3 synthetic COCO-format data set -> $DATA"
+echo "== 1/4 synthetic COCO-format data set -> $DATA"
 if "$PYTHON" tools/generate_synthetic_coco.py --out "$DATA" --check-only >/dev/null 2>&1; then
   echo "already there (delete $DATA to regenerate)"
 else
   "$PYTHON" tools/generate_synthetic_coco.py --out "$DATA"
 fi
 
-echo "== 2/3 training $CONFIG on CPU (progress: one log line every few iterations)"
+echo "== 2/4 pretrained toy backbone (the toy DINO / Deformable-DETR start from it)"
+BACKBONE=$DATA/pretrained/resnet18-tiny_shapes.pth
+if ! "$PYTHON" -c 'import sys; from mmengine.config import Config
+sys.exit(sys.argv[2] not in Config.fromfile(sys.argv[1]).pretty_text)' "$CONFIG" "$BACKBONE"; then
+  echo "not used by $CONFIG"
+elif [ -f "$BACKBONE" ]; then
+  echo "already there (delete $BACKBONE to pretrain again)"
+else
+  "$PYTHON" tools/pretrain_toy_backbone.py --data-root "$DATA" --out "$BACKBONE"
+fi
+
+echo "== 3/4 training $CONFIG on CPU (progress: one log line every few iterations)"
 "$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" ${DEMO_OPTIONS:+--cfg-options $DEMO_OPTIONS}
 
-echo "== 3/3 COCO evaluation (pycocotools) of the last checkpoint, drawing detections"
+echo "== 4/4 COCO evaluation (pycocotools) of the last checkpoint, drawing detections"
 CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
 "$PYTHON" tools/test.py "$CONFIG" "$CHECKPOINT" --work-dir "$WORK_DIR/test" --show-dir vis
 

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import os.path as osp
+import shlex
 import subprocess
 import sys
 import time
@@ -162,9 +163,9 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
     print(table)
 
     figure, (loss_axes, map_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, runs in curves.items():
-        for i, (losses, metrics) in enumerate(runs):
-            style = dict(label=name if i == 0 else None, alpha=0.8,
+    for colour, (name, runs) in enumerate(curves.items()):
+        for i, (losses, metrics) in enumerate(runs):  # every seed of a run in one colour
+            style = dict(label=name if i == 0 else None, alpha=0.8, color=f'C{colour}',
                          linestyle='--' if name.startswith('lors') else '-')
             loss_axes.plot(sorted(losses), [losses[k] for k in sorted(losses)], **style)
             map_axes.plot(sorted(metrics), [metrics[k]['coco/bbox_mAP'] for k in
@@ -184,7 +185,7 @@ def main() -> None:
     plan_names = args.plan or ['families']
     plans = {name: spec for plan in plan_names for name, spec in PLANS[plan].items()
              if not args.only or name in args.only}
-    command = 'python tools/analysis/run_experiments.py ' + ' '.join(sys.argv[1:])
+    command = 'python tools/analysis/run_experiments.py ' + shlex.join(sys.argv[1:])
     if not args.report_only:
         if args.jobs < 1:
             raise SystemExit(f'--jobs must be at least 1, got {args.jobs}')

@@ -28,22 +28,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DEFAULT_OUT = 'data/synthetic_coco/pretrained/resnet18-tiny_shapes.pth'
-# the toy configs' data preprocessor (RGB order)
-MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOY_MODEL = osp.join(ROOT, 'configs/_base_/models/detr-4scale_r18-tiny_toy.py')
 
 
-def toy_backbone_cfg() -> dict:
-    """The ResNet of the toy configs (configs/_base_/models/detr-4scale_r18-tiny_toy.py)."""
-    return dict(type='ResNet', depth=18, base_channels=16, num_stages=4,
-                out_indices=(3, ), frozen_stages=-1, norm_eval=False,
-                norm_cfg=dict(type='BN', requires_grad=True), style='pytorch',
-                init_cfg=None)
+def toy_model_cfg() -> Tuple[dict, np.ndarray, np.ndarray]:
+    """The toy configs' backbone (last stage only, no init) and their RGB mean and std."""
+    from mmengine.config import Config
+    model = Config.fromfile(TOY_MODEL).model
+    backbone = dict(model.backbone.to_dict(), out_indices=(3, ), init_cfg=None)
+    preprocessor = model.data_preprocessor
+    return (backbone, np.array(preprocessor.mean, dtype=np.float32),
+            np.array(preprocessor.std, dtype=np.float32))
 
 
 def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray]:
     """Normalised RGB images of a split and one (image index, cx, cy, label) row per box."""
     from PIL import Image
+    _, mean, std = toy_model_cfg()
     ann_file = osp.join(data_root, 'annotations', f'instances_{split}.json')
     if not osp.isfile(ann_file):
         raise FileNotFoundError(
@@ -59,7 +61,7 @@ def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray
         index_of[info['id']] = len(images)
         rgb = np.asarray(Image.open(osp.join(data_root, split, info['file_name']))
                          .convert('RGB'), dtype=np.float32)
-        images.append((rgb - MEAN) / STD)
+        images.append((rgb - mean) / std)
     rows = [(index_of[a['image_id']], a['bbox'][0] + a['bbox'][2] / 2,
              a['bbox'][1] + a['bbox'][3] / 2, label_of[a['category_id']])
             for a in coco['annotations']]
@@ -94,9 +96,10 @@ class ShapeClassifier(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         from mmdet.registry import MODELS
-        self.backbone = MODELS.build(toy_backbone_cfg())
+        backbone_cfg = toy_model_cfg()[0]
+        self.backbone = MODELS.build(backbone_cfg)
         self.backbone.init_weights()
-        channels = 16 * 8  # base_channels * 2**3 at the last stage
+        channels = backbone_cfg['base_channels'] * 8  # ResNet doubles 3 times
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +150,7 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
                   seconds=time.time() - start)
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     torch.save(dict(state_dict=model.backbone.state_dict(),
-                    meta=dict(backbone=toy_backbone_cfg(), iters=iters, seed=seed,
+                    meta=dict(backbone=toy_model_cfg()[0], iters=iters, seed=seed,
                               window=window, **result)), out)
     return result
 

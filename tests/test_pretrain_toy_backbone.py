@@ -44,7 +44,7 @@ def test_checkpoint_loads_into_the_toy_configs_backbone(tool, synthetic_coco, tm
     register_all_modules()
     out = str(tmp_path / 'backbone.pth')
     tool.main(['--data-root', synthetic_coco, '--out', out, '--iters', '2',
-               '--batch-size', '4'])
+               '--batch-size', '4', '--extra-images', '2'])
     saved = torch.load(out)['state_dict']
     cfg = Config.fromfile(
         osp.join(ROOT, 'configs/_base_/models/detr-4scale_r18-tiny_toy.py'))
@@ -57,7 +57,24 @@ def test_checkpoint_loads_into_the_toy_configs_backbone(tool, synthetic_coco, tm
         torch.testing.assert_close(value, saved[name], msg=name)
 
 
+def test_extra_images_are_new_draws_of_the_data_sets_generator(tool,
+                                                              synthetic_coco_factory):
+    data_root = synthetic_coco_factory(num_train=8, num_val=4, img_size=96)
+    split_images = [image for split in ('train', 'val')
+                    for image in tool.load_split(data_root, split)[0]]
+    images, rows = tool.render_extra_images(data_root, 5, first_index=8)
+    assert len(images) == 5
+    assert all(image.shape == (96, 96, 3) for image in images)  # the recorded img_size
+    assert set(rows[:, 0].astype(int)) <= set(range(8, 13)) and len(rows) >= 5
+    assert set(rows[:, 3].astype(int)) <= set(range(6))
+    assert ((rows[:, 1:3] >= 0) & (rows[:, 1:3] <= 96)).all()
+    # a stream of its own: none is an image of either split
+    assert not any(np.array_equal(new, old) for new in images for old in split_images)
+
+
 def test_bad_arguments_are_refused(tool):
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--extra-images', '-1'])
     with pytest.raises(SystemExit):
         tool.parse_args(['--jitter', '40', '--window', '64'])
     with pytest.raises(SystemExit):

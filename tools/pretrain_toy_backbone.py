@@ -4,16 +4,18 @@ The COCO configs start from an ImageNet-pretrained ResNet; nothing pretrained ca
 downloaded here, so the toy configs would learn their backbone from scratch, inside
 the detector. This is the toy's stand-in for ImageNet pretraining: the tiny ResNet-18
 of the toy configs (16 base channels) learns to name the shape at the centre of a
-window cut from a training image, at the image's own scale. It writes a backbone
-checkpoint that a config loads with
+window, at the image's own scale. The windows come from the training split and from
+``--extra-images`` images that the data set's own generator draws afresh, from a random
+stream that neither split uses (ImageNet, too, is a larger corpus than COCO and holds no
+COCO image); the training split alone (3.5k shapes) is learned by heart long before the
+backbone generalises. It writes a backbone checkpoint that a config loads with
 
     backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=CHECKPOINT))
 
     python tools/pretrain_toy_backbone.py          # -> data/synthetic_coco/pretrained/...
-    python tools/pretrain_toy_backbone.py --iters 200 --out /tmp/backbone.pth
+    python tools/pretrain_toy_backbone.py --iters 200 --extra-images 0 --out /tmp/b.pth
 
-Only the training split is used for training; the printed accuracy is measured on the
-validation split's shapes.
+The validation split is never trained on; the printed accuracy is measured on its shapes.
 """
 import argparse
 import functools
@@ -28,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+EXTRA_IMAGES = 10000
 DEFAULT_OUT = 'data/synthetic_coco/pretrained/resnet18-tiny_shapes.pth'
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_MODEL = osp.join(ROOT, 'configs/_base_/models/detr-4scale_r18-tiny_toy.py')
@@ -44,10 +47,21 @@ def toy_model_cfg() -> Tuple[dict, np.ndarray, np.ndarray]:
             np.array(preprocessor.std, dtype=np.float32))
 
 
+def normalise(rgb: np.ndarray) -> np.ndarray:
+    """An RGB image as the toy configs' data preprocessor feeds it to the backbone."""
+    _, mean, std = toy_model_cfg()
+    return (np.asarray(rgb, dtype=np.float32) - mean) / std
+
+
+def box_rows(image_index: int, boxes: List[List[float]], labels: List[int]) -> list:
+    """One (image index, centre x, centre y, label) row per ``[x, y, w, h]`` box."""
+    return [(image_index, x + w / 2, y + h / 2, label)
+            for (x, y, w, h), label in zip(boxes, labels)]
+
+
 def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray]:
     """Normalised RGB images of a split and one (image index, cx, cy, label) row per box."""
     from PIL import Image
-    _, mean, std = toy_model_cfg()
     ann_file = osp.join(data_root, 'annotations', f'instances_{split}.json')
     if not osp.isfile(ann_file):
         raise FileNotFoundError(
@@ -61,12 +75,34 @@ def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray
     images = []
     for info in coco['images']:
         index_of[info['id']] = len(images)
-        rgb = np.asarray(Image.open(osp.join(data_root, split, info['file_name']))
-                         .convert('RGB'), dtype=np.float32)
-        images.append((rgb - mean) / std)
-    rows = [(index_of[a['image_id']], a['bbox'][0] + a['bbox'][2] / 2,
-             a['bbox'][1] + a['bbox'][3] / 2, label_of[a['category_id']])
-            for a in coco['annotations']]
+        images.append(normalise(Image.open(osp.join(data_root, split, info['file_name']))
+                                .convert('RGB')))
+    rows = []
+    for a in coco['annotations']:
+        rows += box_rows(index_of[a['image_id']], [a['bbox']], [label_of[a['category_id']]])
+    return images, np.array(rows, dtype=np.float32).reshape(-1, 4)
+
+
+def render_extra_images(data_root: str, num_images: int,
+                        first_index: int) -> Tuple[List[np.ndarray], np.ndarray]:
+    """``num_images`` new images drawn with the generator settings recorded in the
+    training split's annotation file, from the random stream of a third split that
+    the data set never writes. Rows as :func:`load_split`'s, their image indices
+    starting at ``first_index``."""
+    from lors_mmdet.datasets.synthetic import SPLITS, render_image
+    with open(osp.join(data_root, 'annotations', 'instances_train.json')) as f:
+        generator = json.load(f)['info']['generator']
+    images, rows = [], []
+    for image_id in range(1, num_images + 1):
+        rng = np.random.default_rng([generator['seed'], len(SPLITS), image_id])
+        rgb, objects = render_image(
+            rng, img_size=generator['img_size'], min_objects=generator['min_objects'],
+            max_objects=generator['max_objects'],
+            size_range=tuple(generator['size_range']),
+            min_visible_fraction=generator['min_visible_fraction'])
+        rows += box_rows(first_index + len(images), [o['bbox'] for o in objects],
+                         [o['label'] for o in objects])
+        images.append(normalise(rgb))
     return images, np.array(rows, dtype=np.float32).reshape(-1, 4)
 
 
@@ -124,13 +160,18 @@ def accuracy(model: ShapeClassifier, images: List[np.ndarray], rows: np.ndarray,
 
 
 def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
-             window: int, jitter: int, seed: int) -> Dict[str, float]:
+             window: int, jitter: int, seed: int, extra_images: int) -> Dict[str, float]:
     """Train the shape classifier and save its backbone's weights to ``out``."""
     import mmdet.models  # noqa: F401  (registers ResNet)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_images, train_rows = load_split(data_root, 'train')
     val_images, val_rows = load_split(data_root, 'val')
+    if extra_images:
+        images, rows = render_extra_images(data_root, extra_images, len(train_images))
+        train_images += images
+        train_rows = np.concatenate([train_rows, rows])
+        print(f'{len(train_rows)} training shapes in {len(train_images)} images', flush=True)
     num_classes = int(train_rows[:, 3].max()) + 1
     model = ShapeClassifier(num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -153,7 +194,7 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     torch.save(dict(state_dict=model.backbone.state_dict(),
                     meta=dict(backbone=toy_model_cfg()[0], iters=iters, seed=seed,
-                              window=window, **result)), out)
+                              window=window, extra_images=extra_images, **result)), out)
     return result
 
 
@@ -161,18 +202,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data-root', default='data/synthetic_coco')
     parser.add_argument('--out', default=DEFAULT_OUT, help='backbone checkpoint to write')
-    parser.add_argument('--iters', type=int, default=3000)
+    parser.add_argument('--iters', type=int, default=6000)
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--lr', type=float, default=3e-3)
     parser.add_argument('--window', type=int, default=64,
                         help='side of the windows cut around the shapes (pixels)')
     parser.add_argument('--jitter', type=int, default=8,
                         help='largest shift of a window from the shape centre (pixels)')
+    parser.add_argument('--extra-images', type=int, default=EXTRA_IMAGES,
+                        help='images drawn afresh by the generator and trained on besides '
+                        'the training split (0: the training split only)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     for key in ('iters', 'batch_size', 'window'):
         if getattr(args, key) < 1:
             parser.error(f'--{key.replace("_", "-")} must be at least 1')
+    if args.extra_images < 0:
+        parser.error('--extra-images must be at least 0')
     if not 0 <= args.jitter < args.window // 2:
         parser.error('--jitter must be in [0, window / 2)')
     return args
@@ -181,7 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     result = pretrain(args.data_root, args.out, args.iters, args.batch_size, args.lr,
-                      args.window, args.jitter, args.seed)
+                      args.window, args.jitter, args.seed, args.extra_images)
     print(f'shape accuracy on the val split: {result["val_accuracy"]:.3f}')
     print(f'wrote {args.out} ({result["seconds"]:.0f} s)')
 

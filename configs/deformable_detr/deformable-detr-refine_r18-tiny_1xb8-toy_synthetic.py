@@ -1,6 +1,6 @@
 # A small Deformable-DETR with box refinement for CPU on the synthetic shapes
 # data set (python tools/generate_synthetic_coco.py): the toy DETR of
-# ../_base_/models/detr-4scale_r18-tiny_toy.py (tiny ResNet-18 from scratch,
+# ../_base_/models/detr-4scale_r18-tiny_toy.py (tiny ResNet-18 pretrained on the shapes,
 # strides 8-64, 2 encoder and 3 decoder layers, 50 queries; the same as the
 # toy DINO) with Deformable-DETR's position encoding, losses and lr
 # multipliers.

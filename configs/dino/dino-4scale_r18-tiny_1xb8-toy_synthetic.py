@@ -1,6 +1,6 @@
 # A small DINO-4scale for CPU on the synthetic shapes data set
 # (python tools/generate_synthetic_coco.py): the toy DETR of
-# ../_base_/models/detr-4scale_r18-tiny_toy.py (tiny ResNet-18 from scratch,
+# ../_base_/models/detr-4scale_r18-tiny_toy.py (tiny ResNet-18 pretrained on the shapes,
 # strides 8-64, 2 encoder and 3 decoder layers, 50 queries) with DINO's
 # two-stage query selection, box refinement, denoising queries and losses.
 _base_ = [

@@ -35,3 +35,20 @@ optim_wrapper = dict(
             'sampling_offsets': dict(lr_mult=0.1),
             'reference_points': dict(lr_mult=0.1)
         }))
+
+# Deformable-DETR has no denoising queries and trains ~20% faster per
+# iteration than the toy DINO: 600 iterations fit the same ~10 CPU minutes
+# (2 cores) as DINO's 500 (docs/detr.md#toy-training).
+max_iters = 600
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='MultiStepLR',
+        by_epoch=False,
+        begin=0,
+        end=max_iters,
+        milestones=[int(max_iters * 0.8)],
+        gamma=0.1)
+]
+default_hooks = dict(checkpoint=dict(interval=max_iters))

@@ -72,6 +72,14 @@ def test_extra_images_are_new_draws_of_the_data_sets_generator(tool,
     assert not any(np.array_equal(new, old) for new in images for old in split_images)
 
 
+def test_extra_images_need_the_recorded_generator_settings(tool, tmp_path):
+    (tmp_path / 'annotations').mkdir()
+    (tmp_path / 'annotations' / 'instances_train.json').write_text(
+        '{"images": [], "annotations": [], "categories": []}')
+    with pytest.raises(ValueError, match=r'instances_train\.json.*info\.generator'):
+        tool.render_extra_images(str(tmp_path), 2, first_index=0)
+
+
 def test_bad_arguments_are_refused(tool):
     with pytest.raises(SystemExit):
         tool.parse_args(['--extra-images', '-1'])

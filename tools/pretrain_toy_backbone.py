@@ -53,10 +53,10 @@ def normalise(rgb: np.ndarray) -> np.ndarray:
     return (np.asarray(rgb, dtype=np.float32) - mean) / std
 
 
-def box_rows(image_index: int, boxes: List[List[float]], labels: List[int]) -> list:
-    """One (image index, centre x, centre y, label) row per ``[x, y, w, h]`` box."""
-    return [(image_index, x + w / 2, y + h / 2, label)
-            for (x, y, w, h), label in zip(boxes, labels)]
+def centre_row(image_index: int, bbox: List[float], label: int) -> tuple:
+    """The (image index, centre x, centre y, label) row of an ``[x, y, w, h]`` box."""
+    x, y, w, h = bbox
+    return image_index, x + w / 2, y + h / 2, label
 
 
 def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray]:
@@ -77,9 +77,8 @@ def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray
         index_of[info['id']] = len(images)
         images.append(normalise(Image.open(osp.join(data_root, split, info['file_name']))
                                 .convert('RGB')))
-    rows = []
-    for a in coco['annotations']:
-        rows += box_rows(index_of[a['image_id']], [a['bbox']], [label_of[a['category_id']]])
+    rows = [centre_row(index_of[a['image_id']], a['bbox'], label_of[a['category_id']])
+            for a in coco['annotations']]
     return images, np.array(rows, dtype=np.float32).reshape(-1, 4)
 
 
@@ -89,19 +88,20 @@ def render_extra_images(data_root: str, num_images: int,
     training split's annotation file, from the random stream of a third split that
     the data set never writes. Rows as :func:`load_split`'s, their image indices
     starting at ``first_index``."""
-    from lors_mmdet.datasets.synthetic import SPLITS, render_image
-    with open(osp.join(data_root, 'annotations', 'instances_train.json')) as f:
-        generator = json.load(f)['info']['generator']
+    from lors_mmdet.datasets.synthetic import SPLITS, render_stream_image
+    ann_file = osp.join(data_root, 'annotations', 'instances_train.json')
+    with open(ann_file) as f:
+        generator = json.load(f).get('info', {}).get('generator')
+    if generator is None:
+        raise ValueError(
+            f'{ann_file} records no generator settings (info.generator): --extra-images '
+            'needs a data set made by tools/generate_synthetic_coco.py; pass '
+            '--extra-images 0 to train on the training split only')
     images, rows = [], []
     for image_id in range(1, num_images + 1):
-        rng = np.random.default_rng([generator['seed'], len(SPLITS), image_id])
-        rgb, objects = render_image(
-            rng, img_size=generator['img_size'], min_objects=generator['min_objects'],
-            max_objects=generator['max_objects'],
-            size_range=tuple(generator['size_range']),
-            min_visible_fraction=generator['min_visible_fraction'])
-        rows += box_rows(first_index + len(images), [o['bbox'] for o in objects],
-                         [o['label'] for o in objects])
+        rgb, objects = render_stream_image(generator, len(SPLITS), image_id)
+        rows += [centre_row(first_index + len(images), o['bbox'], o['label'])
+                 for o in objects]
         images.append(normalise(rgb))
     return images, np.array(rows, dtype=np.float32).reshape(-1, 4)
 

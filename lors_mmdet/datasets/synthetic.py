@@ -494,19 +494,27 @@ def generate_synthetic_coco(out_dir: str,
     return ann_files
 
 
+def render_stream_image(params: dict, stream: int,
+                        image_id: int) -> Tuple[np.ndarray, List[dict]]:
+    """Image ``image_id`` of random stream ``stream`` (split ``k`` of :data:`SPLITS`
+    is stream ``k``), drawn with the generator settings ``params`` that the
+    annotation files record under ``info.generator``. Returns
+    :func:`render_image`'s ``(image, objects)``."""
+    rng = np.random.default_rng([params['seed'], stream, image_id])
+    return render_image(rng,
+                        img_size=params['img_size'],
+                        min_objects=params['min_objects'],
+                        max_objects=params['max_objects'],
+                        size_range=tuple(params['size_range']),
+                        min_visible_fraction=params['min_visible_fraction'])
+
+
 def _write_split(out_dir: str, split: str, split_index: int, num_images: int,
                  params: dict, progress) -> str:
     img_size = params['img_size']
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
-        rng = np.random.default_rng([params['seed'], split_index, image_id])
-        image, objects = render_image(
-            rng,
-            img_size=img_size,
-            min_objects=params['min_objects'],
-            max_objects=params['max_objects'],
-            size_range=tuple(params['size_range']),
-            min_visible_fraction=params['min_visible_fraction'])
+        image, objects = render_stream_image(params, split_index, image_id)
         file_name = f'{image_id:06d}.png'
         Image.fromarray(image).save(osp.join(out_dir, split, file_name),
                                     format='PNG',

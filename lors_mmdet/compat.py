@@ -5,26 +5,25 @@ Nothing else in the package patches third-party code. Importing this module:
 1. checks that mmcv is the full build with compiled ops and that the installed
    mmcv / mmdet / mmengine versions work together, raising an actionable
    ``ImportError`` otherwise;
-2. makes mmengine's checkpoints loadable under ``torch.load(weights_only=True)``
-   (the default since torch 2.6) without ever unpickling arbitrary code:
-
-   - mmengine's ``HistoryBuffer`` pickles only its data from now on (it used to
-     pickle its class-level statistics methods as ``getattr`` calls);
-   - the local-file checkpoint loader of mmengine goes through
-     :func:`safe_load_checkpoint`, which allow-lists exactly the types mmengine
-     writes and rebuilds the buffers of older checkpoints without calling
-     anything else. A checkpoint that needs any other callable is refused with
-     :class:`UnsafeCheckpointError`;
+2. routes every checkpoint mmengine loads - local files, URLs, torch.hub's cache,
+   ``torchvision://``, ``open-mmlab://`` and the other schemes - through
+   :func:`~lors_mmdet.checkpoint_loading.safe_load_checkpoint`
+   (``torch.load(weights_only=True)`` with exactly the types mmengine writes; see
+   :mod:`lors_mmdet.checkpoint_loading`). mmengine's ``HistoryBuffer`` pickles only
+   its data from now on (it used to pickle its class-level statistics methods as
+   ``getattr`` calls); older checkpoints still load;
 3. lets mmengine's ``pytorch`` launcher initialise torch.distributed on
    machines without CUDA (gloo), so the multi-GPU code path runs on CPU too.
 """
 import importlib
 import importlib.util
-import os.path as osp
-import pickle
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Tuple
 
 import torch
+
+from .checkpoint_loading import (CorruptCheckpointError, UnsafeCheckpointError,  # noqa: F401
+                                 checkpoint_safe_globals, install_safe_checkpoint_loaders,
+                                 safe_load_checkpoint)
 
 MMCV_RANGE = ('2.0.0rc4', '2.2.0')  # what mmdet 3.3.0 accepts: [min, max)
 TESTED_VERSIONS = dict(torch='2.13.0', mmengine='0.10.7', mmcv='2.1.0', mmdet='3.3.0')
@@ -36,10 +35,6 @@ INSTALL_HINT = (
     'MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0\n'
     '(add FORCE_CUDA=1 on a GPU machine; OpenMMLab\'s prebuilt wheels work too '
     'when they match your torch/CUDA: https://mmcv.readthedocs.io/en/latest/get_started/installation.html)')
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint whose unpickling would call something not allow-listed."""
 
 
 def _version_tuple(version: str) -> Tuple:
@@ -72,89 +67,6 @@ def check_openmmlab_stack() -> None:
 
 
 # --------------------------------------------------------------------------
-# Safe checkpoint loading
-# --------------------------------------------------------------------------
-def _history_buffer_getstate(self) -> dict:
-    # The statistics methods live on the class (registered at import time);
-    # pickling them made every checkpoint need `getattr` to load.
-    return {key: value for key, value in self.__dict__.items()
-            if key != 'statistics_methods'}
-
-
-def _history_buffer_setstate(self, state: dict) -> None:
-    state = dict(state)
-    state.pop('statistics_methods', None)  # legacy: class-level, never per instance
-    self._set_default_statistics()
-    self.__dict__.update(state)
-
-
-class _LegacyMethodReference:
-    """Stands in for ``getattr(HistoryBuffer, name)`` in pre-fix checkpoints."""
-
-    def __init__(self, owner: type, name: str) -> None:
-        from mmengine.logging import HistoryBuffer
-        if owner is not HistoryBuffer or not isinstance(name, str):
-            raise UnsafeCheckpointError(
-                f'checkpoint asks for getattr({owner!r}, {name!r}); only '
-                'mmengine HistoryBuffer statistics references are accepted')
-        self.name = name
-
-
-def _numpy_globals() -> List[Any]:
-    import numpy as np
-    core = np._core if hasattr(np, '_core') else np.core
-    found = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
-    # numpy 2 pickles dtypes through their per-type classes (numpy.dtypes.*DType).
-    found += [type(np.dtype(name)) for name in
-              ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
-               'uint32', 'uint64', 'float16', 'float32', 'float64', 'str', 'object')]
-    return found
-
-
-def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
-    """Exactly the non-tensor types mmengine writes into its checkpoints."""
-    from mmengine.logging import HistoryBuffer
-    return [HistoryBuffer, *_numpy_globals(),
-            (_LegacyMethodReference, 'builtins.getattr')]
-
-
-def safe_load_checkpoint(filename: str, map_location: Optional[Any] = None) -> Any:
-    """Load a (local) checkpoint with ``weights_only=True`` and mmengine's types.
-
-    Args:
-        filename: Path of the checkpoint file.
-        map_location: Same as :func:`torch.load`.
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        UnsafeCheckpointError: Unpickling would call something that is not
-            allow-listed (e.g. a ``__reduce__`` running a shell command).
-    """
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file {filename} can not be found')
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise UnsafeCheckpointError(
-                f'refusing to load checkpoint {filename}: it needs objects outside '
-                f'the allow-list of tensors, numpy arrays and mmengine buffers, '
-                f'which could run code on load. Details: {error}') from error
-
-
-def _install_safe_checkpoint_loading() -> None:
-    from mmengine.logging import HistoryBuffer
-    from mmengine.runner.checkpoint import CheckpointLoader
-    HistoryBuffer.__getstate__ = _history_buffer_getstate
-    HistoryBuffer.__setstate__ = _history_buffer_setstate
-    # prefixes='' is mmengine's scheme for local files.
-    CheckpointLoader.register_scheme(prefixes='', force=True)(safe_load_checkpoint)
-
-
-
-
-# --------------------------------------------------------------------------
 # torch.distributed on machines without CUDA
 # --------------------------------------------------------------------------
 def _install_cpu_distributed_init() -> None:
@@ -181,5 +93,5 @@ def _install_cpu_distributed_init() -> None:
 
 
 check_openmmlab_stack()
-_install_safe_checkpoint_loading()
+install_safe_checkpoint_loaders()
 _install_cpu_distributed_init()

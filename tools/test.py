@@ -17,7 +17,8 @@ from lors_mmdet.engine import adapt_cfg_to_machine, check_data_paths, load_tool_
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or URL (http(s)://, '
+                        'torchvision://, open-mmlab://...); loaded weights-only')
     parser.add_argument('--work-dir', help='where the evaluation metrics are saved')
     parser.add_argument('--out', help='dump predictions to a pickle file (.pkl)')
     parser.add_argument('--show-dir', help='save images with detections drawn into '
@@ -37,7 +38,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg = load_tool_config(args.config, args.launcher, args.work_dir, args.cfg_options)
-    if not osp.isfile(args.checkpoint):
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint "{args.checkpoint}" does not exist')
     cfg.load_from = args.checkpoint
     if args.show_dir:

@@ -1,0 +1,336 @@
+"""Load checkpoints from any source mmengine accepts without ever running code from them.
+
+Every checkpoint goes through :func:`safe_load_checkpoint`: the file's zip records are
+checked against their CRC-32 (torch does not check them itself), then it is unpickled
+with ``torch.load(weights_only=True)`` and an allow-list of exactly the non-tensor
+types mmengine writes. :func:`install_safe_checkpoint_loaders` routes every scheme of
+mmengine's ``CheckpointLoader`` here:
+
+=====================================  ==============================================
+scheme                                 source of the bytes
+=====================================  ==============================================
+local path                             the file
+``http://``, ``https://``              torch.hub's cache (downloaded once, rank 0 first)
+``torchvision://``, ``modelzoo://``    URL of the named torchvision weights, then hub
+``open-mmlab://``, ``openmmlab://``    URL (or file under ``$MMENGINE_HOME``) of the name
+``mmcls://``                           URL of the named mmcls weights, then hub
+``s3://``, ``petrel://``               bytes from mmengine's file backend
+``pavi://``                            a temporary download
+=====================================  ==============================================
+
+A scheme some other package registers with mmengine is refused rather than loaded
+unsafely. Loading by hand, use ``mmengine.runner.CheckpointLoader.load_checkpoint``
+(any source) or :func:`safe_load_checkpoint` (a path or a binary file object).
+"""
+import io
+import os
+import os.path as osp
+import pickle
+import tempfile
+import zipfile
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
+from urllib.parse import urlparse
+
+import torch
+
+Source = Union[str, IO[bytes]]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint whose unpickling would call something not allow-listed."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file that is empty, truncated or damaged."""
+
+
+# --------------------------------------------------------------------------
+# mmengine's own types
+# --------------------------------------------------------------------------
+def _history_buffer_getstate(self) -> dict:
+    # The statistics methods live on the class (registered at import time);
+    # pickling them made every checkpoint need `getattr` to load.
+    return {key: value for key, value in self.__dict__.items()
+            if key != 'statistics_methods'}
+
+
+def _history_buffer_setstate(self, state: dict) -> None:
+    state = dict(state)
+    state.pop('statistics_methods', None)  # legacy: class-level, never per instance
+    self._set_default_statistics()
+    self.__dict__.update(state)
+
+
+class _LegacyMethodReference:
+    """Stands in for ``getattr(HistoryBuffer, name)`` in pre-fix checkpoints."""
+
+    def __init__(self, owner: type, name: str) -> None:
+        from mmengine.logging import HistoryBuffer
+        if owner is not HistoryBuffer or not isinstance(name, str):
+            raise UnsafeCheckpointError(
+                f'checkpoint asks for getattr({owner!r}, {name!r}); only '
+                'mmengine HistoryBuffer statistics references are accepted')
+        self.name = name
+
+
+def _numpy_globals() -> List[Any]:
+    import numpy as np
+    core = np._core if hasattr(np, '_core') else np.core
+    found = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    # numpy 2 pickles dtypes through their per-type classes (numpy.dtypes.*DType).
+    found += [type(np.dtype(name)) for name in
+              ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
+               'uint32', 'uint64', 'float16', 'float32', 'float64', 'str', 'object')]
+    return found
+
+
+def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
+    """Exactly the non-tensor types mmengine writes into its checkpoints."""
+    from mmengine.logging import HistoryBuffer
+    return [HistoryBuffer, *_numpy_globals(),
+            (_LegacyMethodReference, 'builtins.getattr')]
+
+
+# --------------------------------------------------------------------------
+# One file (or buffer)
+# --------------------------------------------------------------------------
+def _check_zip_records(source: Source, name: str) -> None:
+    """Raise :class:`CorruptCheckpointError` if a zip checkpoint is damaged."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            damaged = archive.testzip()
+            has_pickle = any(n.endswith('/data.pkl') or n == 'data.pkl'
+                             for n in archive.namelist())
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise CorruptCheckpointError(
+            f'checkpoint {name} is truncated or damaged: its zip directory cannot be '
+            f'read ({error}); expected a complete file written by torch.save') from error
+    if damaged is not None:
+        raise CorruptCheckpointError(
+            f'checkpoint {name} is damaged: record "{damaged}" fails its CRC-32 check; '
+            'expected a complete file written by torch.save')
+    if not has_pickle:
+        raise CorruptCheckpointError(
+            f'checkpoint {name} is a zip file without data.pkl: not a torch.save file')
+
+
+def _is_zip(source: Source) -> bool:
+    if isinstance(source, str):
+        return zipfile.is_zipfile(source)
+    position = source.tell()
+    try:
+        return zipfile.is_zipfile(source)
+    finally:
+        source.seek(position)
+
+
+def _describe_corruption(error: BaseException) -> Optional[str]:
+    """The reason if ``error`` from torch.load means a damaged file, else None."""
+    if isinstance(error, EOFError):
+        return 'the file ends early (empty or truncated)'
+    if isinstance(error, (KeyError, ValueError)):
+        return f'not a torch.save file ({type(error).__name__}: {error})'
+    if isinstance(error, RuntimeError) and any(
+            word in str(error) for word in ('EOF', 'magic number', 'zip archive', 'corrupt')):
+        return str(error).split('\n')[0]
+    return None
+
+
+def safe_load_checkpoint(source: Source, map_location: Optional[Any] = None,
+                         name: Optional[str] = None) -> Any:
+    """Load a checkpoint with ``weights_only=True`` and mmengine's types.
+
+    Args:
+        source: Path of the checkpoint file, or a binary file object.
+        map_location: Same as :func:`torch.load`.
+        name: How to call the checkpoint in errors (default: the path).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        CorruptCheckpointError: The file is empty, truncated or damaged.
+        UnsafeCheckpointError: Unpickling would call something that is not
+            allow-listed (e.g. a ``__reduce__`` running a shell command).
+    """
+    if isinstance(source, str):
+        source = osp.expanduser(source)
+        name = name or source
+        if not osp.isfile(source):
+            raise FileNotFoundError(f'checkpoint file {source} can not be found')
+        if osp.getsize(source) == 0:
+            raise CorruptCheckpointError(
+                f'checkpoint {source} is empty (0 bytes); expected a file written by '
+                'torch.save (an interrupted save or copy leaves such files)')
+    name = name or repr(source)
+    if _is_zip(source):
+        _check_zip_records(source, name)
+        if not isinstance(source, str):
+            source.seek(0)
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        try:
+            return torch.load(source, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise UnsafeCheckpointError(
+                f'refusing to load checkpoint {name}: it needs objects outside '
+                f'the allow-list of tensors, numpy arrays and mmengine buffers, '
+                f'which could run code on load. Details: {error}') from error
+        except (EOFError, KeyError, ValueError, RuntimeError) as error:
+            reason = _describe_corruption(error)
+            if reason is None:
+                raise
+            raise CorruptCheckpointError(
+                f'checkpoint {name} cannot be read: {reason}') from error
+
+
+# --------------------------------------------------------------------------
+# URLs and named schemes
+# --------------------------------------------------------------------------
+def hub_cache_path(url: str, model_dir: Optional[str] = None) -> str:
+    """Where torch.hub keeps (or will keep) the file downloaded from ``url``."""
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    return osp.join(model_dir, osp.basename(urlparse(url).path))
+
+
+def _download_to_hub_cache(url: str, model_dir: Optional[str], progress: bool) -> str:
+    cached = hub_cache_path(url, model_dir)
+    if not osp.isfile(cached):
+        os.makedirs(osp.dirname(cached), exist_ok=True)
+        # torch.hub downloads to a temporary name and renames when complete.
+        torch.hub.download_url_to_file(url, cached, progress=progress)
+    return cached
+
+
+def load_url_safely(url: str, map_location: Optional[Any] = None,
+                    model_dir: Optional[str] = None, progress: bool = False) -> Any:
+    """Download ``url`` into torch.hub's cache (once) and load it safely.
+
+    In a distributed run, rank 0 downloads first and the others read its copy.
+
+    Args:
+        url: ``http://`` or ``https://`` address of a checkpoint.
+        map_location: Same as :func:`torch.load`.
+        model_dir: Cache folder (default: ``<torch hub dir>/checkpoints``).
+        progress: Show a download progress bar.
+    """
+    from mmengine.dist import get_dist_info
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        cached = _download_to_hub_cache(url, model_dir, progress)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            cached = _download_to_hub_cache(url, model_dir, progress)
+    return safe_load_checkpoint(cached, map_location, name=f'{url} (cached as {cached})')
+
+
+def _lookup(table: Dict[str, str], name: str, scheme: str) -> str:
+    if name not in table:
+        close = sorted(k for k in table if name.split('.')[0] in k)[:8]
+        raise KeyError(f'{scheme}{name}: unknown model name; expected one of mmengine\'s '
+                       f'{scheme} names' + (f', e.g. {close}' if close else ''))
+    return table[name]
+
+
+def torchvision_model_urls() -> Dict[str, str]:
+    """mmengine's ``torchvision://`` names; without torchvision, its pre-0.13 table."""
+    import mmengine
+    from mmengine.runner.checkpoint import get_torchvision_models
+    try:
+        return get_torchvision_models()
+    except ImportError:
+        return mmengine.load(osp.join(mmengine.__path__[0], 'hub', 'torchvision_0.12.json'))
+
+
+def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
+    return safe_load_checkpoint(filename, map_location)
+
+
+def load_from_http(filename: str, map_location: Optional[Any] = None,
+               model_dir: Optional[str] = None, progress: bool = False) -> Any:
+    return load_url_safely(filename, map_location, model_dir, progress)
+
+
+def load_from_torchvision(filename: str, map_location: Optional[Any] = None) -> Any:
+    scheme, name = filename.split('://', 1)
+    url = _lookup(torchvision_model_urls(), name, f'{scheme}://')
+    return load_url_safely(url, map_location)
+
+
+def load_from_openmmlab(filename: str, map_location: Optional[Any] = None) -> Any:
+    from mmengine.runner.checkpoint import (_get_mmengine_home, get_deprecated_model_names,
+                                            get_external_models)
+    scheme, name = filename.split('://', 1)
+    name = get_deprecated_model_names().get(name, name)
+    location = _lookup(get_external_models(), name, f'{scheme}://')
+    if location.startswith(('http://', 'https://')):
+        return load_url_safely(location, map_location)
+    return safe_load_checkpoint(osp.join(_get_mmengine_home(), location), map_location)
+
+
+def load_from_mmcls(filename: str, map_location: Optional[Any] = None) -> Any:
+    from mmengine.runner.checkpoint import _process_mmcls_checkpoint, get_mmcls_models
+    url = _lookup(get_mmcls_models(), filename[len('mmcls://'):], 'mmcls://')
+    return _process_mmcls_checkpoint(load_url_safely(url, map_location))
+
+
+def load_from_ceph(filename: str, map_location: Optional[Any] = None,
+               backend: str = 'petrel') -> Any:
+    from mmengine.fileio import get_file_backend
+    data = get_file_backend(filename, backend_args={'backend': backend}).get(filename)
+    return safe_load_checkpoint(io.BytesIO(data), map_location, name=filename)
+
+
+def load_from_pavi(filename: str, map_location: Optional[Any] = None) -> Any:
+    try:
+        from pavi import modelcloud
+    except ImportError as error:
+        raise ImportError('Please install pavi to load checkpoints from pavi://') from error
+    model = modelcloud.get(filename[len('pavi://'):])
+    with tempfile.TemporaryDirectory() as folder:
+        downloaded = osp.join(folder, model.name)
+        model.download(downloaded)
+        return safe_load_checkpoint(downloaded, map_location, name=filename)
+
+
+# scheme prefixes, as mmengine registers them -> our loader, named as mmengine's
+# (mmengine logs `Loads checkpoint by <name[10:]> backend`)
+SAFE_LOADERS: Dict[Tuple[str, ...], Callable] = {
+    ('', ): load_from_local,
+    ('http://', 'https://'): load_from_http,
+    ('modelzoo://', 'torchvision://'): load_from_torchvision,
+    ('open-mmlab://', 'openmmlab://'): load_from_openmmlab,
+    ('mmcls://', ): load_from_mmcls,
+    (r'(\S+\:)?s3://', r'(\S+\:)?petrel://'): load_from_ceph,
+    ('pavi://', ): load_from_pavi,
+}
+
+
+def _refusing_loader(prefix: str) -> Callable:
+    def refuse(filename: str, map_location: Optional[Any] = None) -> Any:
+        raise UnsafeCheckpointError(
+            f'refusing to load {filename}: its scheme {prefix!r} was registered with '
+            "mmengine's CheckpointLoader by another package, and lors_mmdet cannot "
+            'guarantee it loads with weights_only=True. Download the file and load '
+            'the local path instead.')
+    refuse.__name__ = 'load_from_unsafe_scheme'
+    return refuse
+
+
+def install_safe_checkpoint_loaders() -> None:
+    """Route every scheme of mmengine's ``CheckpointLoader`` through the safe loader.
+
+    mmengine's own loader functions are replaced by ours in its module too, since
+    some of them call each other directly (``load_from_torchvision`` calls
+    ``load_from_http``).
+    """
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
+    HistoryBuffer.__setstate__ = _history_buffer_setstate
+    loader = mmengine_checkpoint.CheckpointLoader
+    ours = set()
+    for prefixes, function in SAFE_LOADERS.items():
+        loader.register_scheme(prefixes=list(prefixes), loader=function, force=True)
+        setattr(mmengine_checkpoint, function.__name__, function)
+        ours.update(prefixes)
+    for prefix in [p for p in loader._schemes if p not in ours]:
+        loader.register_scheme(prefixes=prefix, loader=_refusing_loader(prefix), force=True)

@@ -146,6 +146,10 @@ def check_lors_checkpoint(model: nn.Module, checkpoint: Mapping,
         elif found:
             lines.append('Load it with a config that sets them (the '
                          'converter writes one beside the checkpoint).')
+        elif cfg is not None:
+            lines.append('The config has the same LORS settings: the shapes '
+                         'differ for another reason (layer sizes, number of '
+                         'layers).')
     raise CheckpointMismatchError('\n'.join(lines))
 
 

@@ -73,10 +73,11 @@ def config_value(cfg: Union[Config, Mapping], key: str) -> Any:
 
 
 def _equal(wanted: Any, current: Any) -> bool:
+    """Equal as config values: an absent key counts as None (``cfg.get``)."""
     if isinstance(wanted, Mapping) or isinstance(current, Mapping):
         return (isinstance(wanted, Mapping) and isinstance(current, Mapping)
-                and set(wanted) == set(current)
-                and all(_equal(v, current[k]) for k, v in wanted.items()))
+                and all(_equal(wanted.get(k), current.get(k))
+                        for k in set(wanted) | set(current)))
     if isinstance(wanted, (list, tuple)) or isinstance(current, (list, tuple)):
         # Configs use lists and tuples alike for per-layer values.
         return (isinstance(wanted, (list, tuple))
@@ -95,7 +96,8 @@ def _patch(wanted: Any, current: Any) -> Any:
         return _SAME if _equal(wanted, current) else copy.deepcopy(wanted)
     if current is _MISSING:
         return copy.deepcopy(dict(wanted))
-    if not isinstance(current, Mapping) or set(current) - set(wanted):
+    if not isinstance(current, Mapping) or any(
+            current[k] is not None for k in set(current) - set(wanted)):
         return {DELETE_KEY: True, **copy.deepcopy(dict(wanted))}
     patch = {}
     for key, value in wanted.items():

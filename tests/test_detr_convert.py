@@ -159,11 +159,14 @@ def test_convert_checkpoint_round_trip_and_wrong_family(tmp_path):
                                 rank='full')
     assert result.family == 'DINO'
     saved = torch.load(lors_ckpt, weights_only=True)
-    assert saved['meta']['lors_conversion']['lors']['rank'] == 'full'
+    assert saved['meta']['lors_settings'] == {
+        'model.decoder.lors': {'rank': 'full'}}
     assert saved['meta']['epoch'] == 3
     back_ckpt = str(tmp_path / 'back.pth')
     convert_checkpoint('to-stock', config, lors_ckpt, back_ckpt)
-    back = torch.load(back_ckpt, weights_only=True)['state_dict']
+    back_saved = torch.load(back_ckpt, weights_only=True)
+    assert 'lors_settings' not in back_saved['meta']  # a stock checkpoint now
+    back = back_saved['state_dict']
     for key, value in stock.state_dict().items():
         torch.testing.assert_close(back[key], value, atol=1e-5, rtol=1e-4)
     # A DINO checkpoint for a Deformable-DETR config, and a config that is
@@ -201,7 +204,7 @@ def test_convert_tool_script(tmp_path):
     config = write_config(tmp_path / 'lors.py', 'DeformableDETR',
                           dict(rank=8))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    out = str(tmp_path / 'lors.pth')
+    out = str(tmp_path / 'lors_rank4.pth')
     result = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'convert_detr_checkpoint.py'),
          'to-lors', config, stock_ckpt, out, '--rank', '4'],

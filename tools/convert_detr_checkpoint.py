@@ -9,6 +9,11 @@ per-layer reconstruction error and the parameter saving)::
         configs/lors_dino/lors-dino-4scale_r50_8xb2-12e_coco.py \
         dino_stock.pth dino_lors.pth [--rank 32 | --rank full]
 
+The LORS settings of the result are recorded in its meta. When they differ from
+the config's (another --rank), a config that sets them (dino_lors.py beside
+dino_lors.pth, inheriting the given config) is written and the --cfg-options
+and tools/test.py command that load the result are printed.
+
 LORS checkpoint -> stock mmdet layout (W_i = W_shared + B_i A_i merged; the
 result loads into mmdet's own config, e.g. mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py)::
 
@@ -19,6 +24,7 @@ result loads into mmdet's own config, e.g. mmdet::dino/dino-4scale_r50_8xb2-12e_
 import argparse
 
 import lors_mmdet  # noqa: F401  (compat fixes, registers the LORS models)
+from lors_mmdet.engine import fit_config, format_config_fit, matching_config_path
 from lors_mmdet.models.detr.convert import (convert_checkpoint,
                                             format_conversion)
 
@@ -48,10 +54,15 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # Refuse to overwrite a user's file before any work is done.
+    config_out = matching_config_path(args.out) if args.rank is not None else None
     result = convert_checkpoint(args.direction, args.config, args.checkpoint,
                                 args.out, rank=args.rank)
     print(format_conversion(result))
     print(f'saved {args.out}')
+    if result.lors_settings:
+        print(format_config_fit(fit_config(args.config, args.out, result.lors_settings,
+                                           config_out)))
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from lors_mmdet.engine import adapt_cfg_to_machine, check_data_paths, load_tool_config
+from lors_mmdet.engine.load_checks import add_lors_checkpoint_check
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,6 +56,7 @@ def main() -> None:
     adapt_cfg_to_machine(cfg, args.launcher)
     check_data_paths(cfg, splits=('test',))
 
+    add_lors_checkpoint_check(cfg)  # a checkpoint that misfits a LORS stack is an error
     runner = Runner.from_cfg(cfg)
     runner.test()
 

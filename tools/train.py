@@ -11,6 +11,7 @@ from mmengine.runner import Runner
 
 from lors_mmdet.engine import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
                                load_tool_config)
+from lors_mmdet.engine.load_checks import add_lors_checkpoint_check
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,6 +53,7 @@ def main() -> None:
     check_data_paths(cfg, splits=('train', 'val'))
     check_pretrained_paths(cfg)
 
+    add_lors_checkpoint_check(cfg)  # a checkpoint that misfits a LORS stack is an error
     runner = Runner.from_cfg(cfg)
     runner.train()
 

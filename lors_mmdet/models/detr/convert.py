@@ -22,11 +22,13 @@ Key layout, relative to ``decoder.`` (layer ``i``):
 """
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from lors_mmdet.engine.lors_settings import META_KEY as LORS_SETTINGS_META
+from lors_mmdet.engine.lors_settings import plain
 from lors_mmdet.lors import (LorsLinear, SharedLinear, lors_from_dense,
                              merge_linears)
 from .ffn import ffn_linear_paths
@@ -153,6 +155,8 @@ class Conversion:
         decoder_params_before: decoder parameters of the input.
         decoder_params_after: decoder parameters of the output.
         notes: what the conversion dropped or assumed.
+        lors_settings: the LORS settings recorded in the output checkpoint's
+            meta (``{config key: value}``; to-lors only).
     """
     state_dict: StateDict
     family: str
@@ -160,6 +164,7 @@ class Conversion:
     decoder_params_before: int = 0
     decoder_params_after: int = 0
     notes: List[str] = field(default_factory=list)
+    lors_settings: Dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -313,6 +318,7 @@ def _drop_adaptive(state_dict: StateDict, result: Conversion) -> None:
 # runs)
 # --------------------------------------------------------------------------
 LORS_TYPES = {'LorsDINO': 'DINO', 'LorsDeformableDETR': 'DeformableDETR'}
+LORS_KEY = 'model.decoder.lors'
 
 
 def load_converted(model: torch.nn.Module, state_dict: Mapping[str,
@@ -412,15 +418,15 @@ def convert_checkpoint(direction: str, config, checkpoint: str, out: str,
         model_cfg.decoder.pop('lors', None)
     model = _build(model_cfg)
     load_converted(model, result.state_dict)
-    lors_cfg = cfg.model.decoder.get('lors')
-    if direction == 'to-stock' or lors_cfg is None:
-        lors_cfg = None
-    else:  # plain types only: the checkpoint must load with weights_only
-        lors_cfg = lors_cfg.to_dict() if hasattr(lors_cfg, 'to_dict') \
-            else copy.deepcopy(dict(lors_cfg))
     meta['lors_conversion'] = dict(
-        direction=direction, source=checkpoint, model_type=model_cfg.type,
-        lors=lors_cfg)
+        direction=direction, source=checkpoint, model_type=model_cfg.type)
+    # What shapes the LORS decoder, by config key (plain types: the file
+    # loads with weights_only); a stock checkpoint has none.
+    meta.pop(LORS_SETTINGS_META, None)
+    if direction == 'to-lors':
+        result.lors_settings = {LORS_KEY: plain(cfg.model.decoder.get('lors'),
+                                                LORS_KEY)}
+        meta[LORS_SETTINGS_META] = result.lors_settings
     torch.save(dict(meta=meta, state_dict=model.state_dict()), out)
     return result
 

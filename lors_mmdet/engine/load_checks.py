@@ -1,0 +1,184 @@
+"""Refuse checkpoints that do not fit the model's LORS stacks.
+
+mmengine loads checkpoints with ``strict=False``: a tensor whose shape differs
+from the model's is skipped with a "size mismatch" warning and the run goes on.
+That is what mmdet users want for a classification head with another number of
+classes, but for a LORS stack (a checkpoint made at another rank, say) it leaves
+part of every layer at its random initialisation and scores a broken model.
+
+:class:`LorsCheckpointCheckHook` raises :class:`CheckpointMismatchError` instead,
+for the tensors of LORS modules only: the modules of the types that the method
+library itself counts as LORS (:mod:`lors_mmdet.lors.accounting`: shared
+weights and generators, LORS layers), found in the model, not guessed from key
+names. Every other tensor keeps mmengine's behaviour.
+"""
+from typing import Iterable, List, Mapping, Optional, Set, Tuple
+
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+from torch import Tensor, nn
+
+from lors_mmdet.lors.accounting import LORS_LAYER_TYPES, SHARED_TYPES
+from .lors_settings import (META_KEY, cfg_options, differences,
+                            format_cfg_options, recorded_settings)
+
+LORS_MODULE_TYPES = SHARED_TYPES + LORS_LAYER_TYPES
+# The key revision mmengine's Runner.load_checkpoint applies by default.
+_WRAPPER_PREFIX = 'module.'
+_SHOWN = 10
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's LORS tensors do not fit the model."""
+
+
+def lors_module_names(model: nn.Module) -> Set[str]:
+    """Names (as in ``state_dict`` keys) of the LORS modules of ``model``."""
+    return {name for name, module in model.named_modules()
+            if isinstance(module, LORS_MODULE_TYPES)}
+
+
+def lors_owner(key: str, module_names: Set[str]) -> Optional[str]:
+    """The LORS module (of ``module_names``) that ``key`` lies in, if any."""
+    parts = key.split('.')
+    for end in range(len(parts) - 1, 0, -1):
+        prefix = '.'.join(parts[:end])
+        if prefix in module_names:
+            return prefix
+    return None
+
+
+def checkpoint_state_dict(checkpoint: Mapping) -> Mapping[str, Tensor]:
+    """The state dict mmengine copies into the model from ``checkpoint``
+    (its ``state_dict`` entry, keys without the DDP ``module.`` prefix)."""
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    return {(key[len(_WRAPPER_PREFIX):] if key.startswith(_WRAPPER_PREFIX)
+             else key): value
+            for key, value in state_dict.items()}
+
+
+def find_lors_mismatches(
+        model: nn.Module, state_dict: Mapping[str, Tensor]
+) -> Tuple[List[Tuple[str, tuple, tuple]], List[str]]:
+    """Tensors of the model's LORS modules that ``state_dict`` cannot fill.
+
+    Returns:
+        ``([(key, checkpoint shape, model shape)], [unexpected keys])``: keys
+        whose shapes differ, and checkpoint keys inside a LORS module of the
+        model that the model does not have (a dense layer's ``weight``, an
+        adaptive branch the model lacks). Keys the checkpoint lacks are
+        mmengine's missing keys (the model keeps its own init), not listed.
+    """
+    modules = lors_module_names(model)
+    model_state = model.state_dict()
+    shapes, unexpected = [], []
+    for key, value in state_dict.items():
+        if lors_owner(key, modules) is None or not hasattr(value, 'shape'):
+            continue
+        if key not in model_state:
+            unexpected.append(key)
+        elif value.shape != model_state[key].shape:
+            shapes.append((key, tuple(value.shape),
+                           tuple(model_state[key].shape)))
+    return shapes, unexpected
+
+
+def _listed(lines: Iterable[str], count: int) -> List[str]:
+    lines = list(lines)[:_SHOWN]
+    if count > len(lines):
+        lines.append(f'  ... and {count - len(lines)} more')
+    return lines
+
+
+def check_lors_checkpoint(model: nn.Module, checkpoint: Mapping,
+                          cfg: Optional[Config] = None,
+                          source: Optional[str] = None) -> None:
+    """Raise if ``checkpoint`` does not fit the LORS modules of ``model``.
+
+    Args:
+        model: the model about to be loaded (unwrapped).
+        checkpoint: the loaded checkpoint (``state_dict`` and ``meta``).
+        cfg: the config the model was built from; with it, the message says
+            which ``--cfg-options`` load the checkpoint, when the checkpoint
+            records its LORS settings.
+        source: the checkpoint's file name, for the message.
+
+    Raises:
+        CheckpointMismatchError: naming every mismatching key (the first
+            ten) with both shapes, the recorded LORS settings and the fix.
+    """
+    shapes, unexpected = find_lors_mismatches(
+        model, checkpoint_state_dict(checkpoint))
+    if not shapes and not unexpected:
+        return
+    where = f'checkpoint {source}' if source else 'the checkpoint'
+    lines = [f'{where} does not fit the LORS modules of the model built from '
+             'the config']
+    if shapes:
+        lines.append(f'{len(shapes)} tensor(s) differ in shape '
+                     '(checkpoint vs model):')
+        lines += _listed((f'  {key}: checkpoint {tuple(ckpt)}, model '
+                          f'{tuple(own)}' for key, ckpt, own in shapes),
+                         len(shapes))
+    if unexpected:
+        lines.append(f'{len(unexpected)} tensor(s) of the checkpoint have no '
+                     'place in these LORS modules (a dense checkpoint, or '
+                     'another adaptive-branch setting):')
+        lines += _listed((f'  {key}' for key in unexpected), len(unexpected))
+    settings = recorded_settings(checkpoint)
+    if not settings:
+        lines.append(
+            f'The checkpoint records no LORS settings (meta.{META_KEY}): '
+            'load it with the config it was trained or converted with. A '
+            'dense DINO / Deformable-DETR checkpoint must first be converted: '
+            'tools/convert_detr_checkpoint.py to-lors CONFIG IN OUT.')
+    else:
+        lines.append(f'The checkpoint was made with these LORS settings '
+                     f'(meta.{META_KEY}):')
+        lines += [f'  {key} = {value!r}' for key, value in settings.items()]
+        found = differences(cfg, settings) if cfg is not None else {}
+        options = cfg_options(cfg, settings) if found else None
+        if options:
+            lines.append('Load it with the same config plus: '
+                         f'{format_cfg_options(options)}')
+        elif found:
+            lines.append('Load it with a config that sets them (the '
+                         'converter writes one beside the checkpoint).')
+        elif cfg is not None:
+            lines.append('The config has the same LORS settings: the shapes '
+                         'differ for another reason (layer sizes, number of '
+                         'layers).')
+    raise CheckpointMismatchError('\n'.join(lines))
+
+
+@HOOKS.register_module()
+class LorsCheckpointCheckHook(Hook):
+    """Make a checkpoint that does not fit the model's LORS stacks an error.
+
+    mmengine calls ``after_load_checkpoint`` after reading a checkpoint and
+    before copying it into the model (``Runner.load_checkpoint``, used by
+    ``load_from`` and ``resume``). The lowest priority lets other hooks
+    (EMAHook swapping in its weights) go first: what is checked is what is
+    copied. tools/train.py and tools/test.py add it
+    (:func:`add_lors_checkpoint_check`).
+    """
+
+    priority = 'LOWEST'
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        check_lors_checkpoint(model, checkpoint, runner.cfg,
+                              runner.cfg.get('load_from'))
+
+
+def add_lors_checkpoint_check(cfg: Config) -> None:
+    """Add :class:`LorsCheckpointCheckHook` to ``cfg.custom_hooks`` (once)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(hook.get('type') in ('LorsCheckpointCheckHook',
+                                    LorsCheckpointCheckHook)
+               for hook in hooks):
+        hooks.append(dict(type='LorsCheckpointCheckHook'))
+    cfg.custom_hooks = hooks

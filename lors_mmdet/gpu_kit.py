@@ -448,11 +448,13 @@ def install_kit(kit_dir: str, python: str, mmcv_mode: str = 'auto',
         flavours = {'auto': ['cuda', 'cpu'], 'cuda': ['cuda'], 'cpu': ['cpu']}[mmcv_mode]
         limits = dict(cuda=cuda_build_seconds, cpu=cpu_build_seconds)
         for flavour in flavours:
+            env = mmcv_build_env(flavour, jobs, cuda_arch)
+            # the venv's tools (ninja: parallel compiles) even when it is not activated
+            env['PATH'] = os.pathsep.join([osp.dirname(python), env.get('PATH', '')])
             outcome = timer.run(
                 f'build mmcv {sdist[0].version} ({flavour} ops, limit '
-                f'{limits[flavour]:.0f} s, log {build_log})', run_with_limit, build,
-                mmcv_build_env(flavour, jobs, cuda_arch), limits[flavour], build_log,
-                f'mmcv {flavour} build')
+                f'{limits[flavour]:.0f} s, log {build_log})', run_with_limit, build, env,
+                limits[flavour], build_log, f'mmcv {flavour} build')
             if outcome == 'ok':
                 break
         state = mmcv_state(python)

@@ -175,7 +175,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     if cuda and os.environ.get('FAKE_CUDA_BUILD') == 'hang':
         time.sleep(600)
     keys = ('MMCV_WITH_OPS', 'FORCE_CUDA', 'MAX_JOBS', 'TORCH_CUDA_ARCH_LIST',
-            'CUDA_VISIBLE_DEVICES')
+            'CUDA_VISIBLE_DEVICES', 'PATH')
     build_env = {key: os.environ.get(key) for key in keys}
     files = {
         'mmcv/__init__.py': f'__version__ = {VERSION!r}\\n',
@@ -277,6 +277,8 @@ def test_install_kit_builds_mmcv_with_cuda_else_cpu_ops(
     if cuda_outcome == 'timeout':
         assert builds[0]['seconds'] < 30  # killed at its limit, compilers included
     build_env = _installed_build_env(throwaway_python)
+    # the target's bin folder (its ninja) comes first, also without an activated venv
+    assert build_env.pop('PATH').split(os.pathsep)[0] == osp.dirname(throwaway_python)
     if expected_path == 'cuda':
         assert len(builds) == 1
         assert build_env == dict(MMCV_WITH_OPS='1', FORCE_CUDA='1', MAX_JOBS='3',
@@ -336,6 +338,29 @@ def test_install_tool_runs_by_path_and_writes_its_report(fake_kit, throwaway_pyt
     assert '-- install wheels: ok (' in result.stdout
     assert '-- mmcv path: cpu-ops + pytorch fallback' in result.stdout
     assert json.loads(report.read_text())['path'] == 'cpu-ops + pytorch fallback'
+
+
+def test_gpu_check_leaves_only_files_the_device_tool_returns(fake_kit, throwaway_python,
+                                                            tmp_path):
+    """The prepared GPU command, run here as far as a machine without CUDA allows:
+    every step is logged with its time, and $OUT holds at most 8 plainly named files
+    (the device tool returns no more)."""
+    import re
+    _uninstall_mmcv(throwaway_python)
+    out = tmp_path / 'out'
+    env = dict(os.environ, OUT=str(out), KIT=fake_kit, PYTHON=throwaway_python,
+               MMCV_BUILD='cpu', REPEATS='1', WARMUP='0')
+    result = subprocess.run(['bash', osp.join(REPO, 'tools', 'gpu', 'gpu_check.sh')],
+                            capture_output=True, text=True, env=env, timeout=300)
+    log = (out / 'gpu_check.log').read_text()
+    assert '== install: ok in' in log, result.stdout + result.stderr
+    assert 'mmcv path: cpu-ops + pytorch fallback' in log
+    assert re.search(r'== tests: exit \d+ in \d+ s', log)  # no pytest in the venv
+    assert re.search(r'== benchmark: exit [1-9]\d* in \d+ s', log)  # no torch there
+    files = sorted(path.name for path in out.rglob('*') if path.is_file())
+    assert {'gpu_check.log', 'env.txt', 'install.json', 'mmcv_build.log',
+            'tests.log'} <= set(files)
+    assert len(files) <= 8 and all(re.fullmatch(r'[A-Za-z0-9._-]+', f) for f in files)
 
 
 # --------------------------------------------------------------------------
@@ -496,3 +521,22 @@ def test_cuda_deformable_attention_and_focal_loss_match_cpu():
             torch.testing.assert_close(attn(**on_cuda), compiled, atol=1e-5, rtol=1e-4)
         finally:
             compat.use_pytorch_ops(False)
+
+
+def test_benchmark_memory_counts_the_model_state_once():
+    """benchmark.py's CUDA memory adds the model's own parameters, gradients and
+    AdamW moments to the step's peak: 4 tensors of each parameter's size, plus
+    AdamW's per-parameter step counter."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'benchmark', osp.join(REPO, 'tools', 'analysis', 'benchmark.py'))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    model = torch.nn.Linear(10, 5)
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert benchmark.state_bytes(model, optimizer) == 55 * 4  # no grads, no state yet
+    model(torch.randn(3, 10)).sum().backward()
+    optimizer.step()
+    steps = sum(state['step'].numel() * state['step'].element_size()
+                for state in optimizer.state.values())
+    assert benchmark.state_bytes(model, optimizer) == 4 * 55 * 4 + steps

@@ -118,10 +118,25 @@ def sha256_of(path: str) -> str:
 
 
 def read_manifest(path: str) -> List[KitFile]:
-    """The kit's files as recorded by :func:`fetch_kit` (a JSON list)."""
+    """The kit's files as recorded by :func:`fetch_kit`.
+
+    Raises:
+        FileNotFoundError: No manifest at ``path``.
+        ValueError: The manifest is not a ``{"files": [...]}`` of kit file entries.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path}: no kit manifest (tools/gpu/fetch_kit.py writes it)')
     with open(path) as f:
-        entries = json.load(f)['files']
-    return [KitFile(**entry) for entry in entries]
+        entries = json.load(f).get('files')
+    if not isinstance(entries, list):
+        raise ValueError(f'{path}: expected {{"files": [...]}}')
+    fields = set(KitFile.__dataclass_fields__)
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not {f for f in fields if f != 'why'} <= set(entry):
+            raise ValueError(f'{path}: files[{index}] must have the keys {sorted(fields)}, '
+                             f'got {entry!r}')
+    return [KitFile(**{key: entry[key] for key in fields if key in entry})
+            for entry in entries]
 
 
 def write_manifest(path: str, files: Sequence[KitFile]) -> None:
@@ -384,7 +399,8 @@ class StepTimer:
 def install_kit(kit_dir: str, python: str, mmcv_mode: str = 'auto',
                 cuda_build_seconds: float = 300, cpu_build_seconds: float = 300,
                 jobs: int = 16, cuda_arch: str = '9.0',
-                build_log: str = 'mmcv_build.log') -> Dict:
+                build_log: str = 'mmcv_build.log',
+                manifest_path: Optional[str] = None) -> Dict:
     """Install the kit into ``python``'s environment, without network.
 
     Args:
@@ -397,6 +413,8 @@ def install_kit(kit_dir: str, python: str, mmcv_mode: str = 'auto',
         jobs: Parallel compile jobs (MAX_JOBS).
         cuda_arch: TORCH_CUDA_ARCH_LIST of the CUDA build ('9.0': Hopper).
         build_log: File that receives pip's output of the mmcv builds.
+        manifest_path: The manifest to check the files against (default: the
+            kit's own ``manifest.json``; the tool passes the committed one).
 
     Returns:
         A report: ``steps`` (name, seconds, result), ``mmcv`` (the final state),
@@ -408,7 +426,7 @@ def install_kit(kit_dir: str, python: str, mmcv_mode: str = 'auto',
     if mmcv_mode not in ('auto', 'cuda', 'cpu'):
         raise ValueError(f'mmcv_mode must be auto, cuda or cpu, got {mmcv_mode!r}')
     timer = StepTimer()
-    files = read_manifest(osp.join(kit_dir, 'manifest.json'))
+    files = read_manifest(manifest_path or osp.join(kit_dir, 'manifest.json'))
     timer.run('verify kit files', verify_kit, kit_dir, files)
     pip = [python, '-m', 'pip', 'install', '--no-index', '--find-links', kit_dir,
            '--no-deps', '--disable-pip-version-check', '-q']

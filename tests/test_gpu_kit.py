@@ -118,6 +118,15 @@ def test_find_downloaded_names_the_file_or_says_what_is_missing(tmp_path):
         gpu_kit.find_downloaded(str(tmp_path), 'mmcv', '2.1.0', 'wheel')
 
 
+def test_read_manifest_names_the_file_and_the_bad_entry(tmp_path):
+    with pytest.raises(FileNotFoundError, match='no-such.json: no kit manifest'):
+        gpu_kit.read_manifest(str(tmp_path / 'no-such.json'))
+    bad = tmp_path / 'manifest.json'
+    bad.write_text(json.dumps(dict(files=[dict(name='mmdet', version='3.3.0')])))
+    with pytest.raises(ValueError, match=r'manifest.json: files\[0\] must have the keys'):
+        gpu_kit.read_manifest(str(bad))
+
+
 def test_needs_setuptools_only_without_pkg_resources():
     assert gpu_kit.needs_setuptools(None)
     assert gpu_kit.needs_setuptools('81.0.0') and gpu_kit.needs_setuptools('82.1')
@@ -331,7 +340,8 @@ def test_install_tool_runs_by_path_and_writes_its_report(fake_kit, throwaway_pyt
     report = tmp_path / 'install.json'
     result = subprocess.run(
         [throwaway_python, osp.join(REPO, 'tools', 'gpu', 'install_offline.py'),
-         '--kit', fake_kit, '--python', throwaway_python, '--mmcv', 'cpu',
+         '--kit', fake_kit, '--manifest', osp.join(fake_kit, 'manifest.json'),
+         '--python', throwaway_python, '--mmcv', 'cpu',
          '--build-log', str(tmp_path / 'b.log'), '--report', str(report)],
         capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -349,6 +359,7 @@ def test_gpu_check_leaves_only_files_the_device_tool_returns(fake_kit, throwaway
     _uninstall_mmcv(throwaway_python)
     out = tmp_path / 'out'
     env = dict(os.environ, OUT=str(out), KIT=fake_kit, PYTHON=throwaway_python,
+               MANIFEST=osp.join(fake_kit, 'manifest.json'),
                MMCV_BUILD='cpu', REPEATS='1', WARMUP='0')
     result = subprocess.run(['bash', osp.join(REPO, 'tools', 'gpu', 'gpu_check.sh')],
                             capture_output=True, text=True, env=env, timeout=300)

@@ -14,7 +14,7 @@
 #
 # Files in $OUT: gpu_check.log (everything, with the time of each step), env.txt,
 # install.json (steps, times, mmcv path), mmcv_build.log, tests.log, benchmark_cuda.md.
-# Knobs: PYTHON, KIT, MMCV_BUILD=auto|cuda|cpu, MMCV_CUDA_BUILD_S, MMCV_CPU_BUILD_S, REPEATS, WARMUP.
+# Knobs: PYTHON, KIT, MANIFEST, MMCV_BUILD=auto|cuda|cpu, MMCV_CUDA_BUILD_S, MMCV_CPU_BUILD_S, REPEATS, WARMUP.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-work_dirs/gpu_check}
@@ -23,6 +23,7 @@ OUT=$(cd "$OUT" && pwd)
 PYTHON=${PYTHON:-/opt/torch/.venv/bin/python3}
 [ -x "$PYTHON" ] || PYTHON=python3
 KIT=${KIT:-gpu_kit}
+MANIFEST=${MANIFEST:-tools/gpu/kit_manifest.json}
 MMCV_BUILD=${MMCV_BUILD:-auto}
 MMCV_CUDA_BUILD_S=${MMCV_CUDA_BUILD_S:-150}  # a full CUDA build needs ~5 min; this catches a quick failure
 MMCV_CPU_BUILD_S=${MMCV_CPU_BUILD_S:-240}
@@ -47,7 +48,7 @@ cat "$OUT/env.txt"
 done_step environment ok
 
 step "install the kit (mmcv build: $MMCV_BUILD, CUDA limit ${MMCV_CUDA_BUILD_S} s, CPU-ops limit ${MMCV_CPU_BUILD_S} s)"
-if ! "$PYTHON" tools/gpu/install_offline.py --kit "$KIT" --python "$PYTHON" \
+if ! "$PYTHON" tools/gpu/install_offline.py --kit "$KIT" --manifest "$MANIFEST" --python "$PYTHON" \
     --mmcv "$MMCV_BUILD" --cuda-build-seconds "$MMCV_CUDA_BUILD_S" \
     --cpu-build-seconds "$MMCV_CPU_BUILD_S" --jobs "$(nproc)" --cuda-arch 9.0 \
     --build-log "$OUT/mmcv_build.log" --report "$OUT/install.json"; then

@@ -3,6 +3,7 @@
     python3 tools/gpu/install_offline.py [--kit gpu_kit] [--python /opt/torch/.venv/bin/python3]
         [--mmcv auto|cuda|cpu] [--cuda-build-seconds 120] [--cpu-build-seconds 240]
         [--report install.json] [--build-log mmcv_build.log]
+        [--manifest tools/gpu/kit_manifest.json]
 
 Wheels go in with `pip install --no-index`; mmcv 2.1.0 is built from the carried sdist
 with CUDA ops (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=9.0) within its time limit, else with
@@ -31,6 +32,9 @@ def load_gpu_kit():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--kit', default=osp.join(REPO, 'gpu_kit'))
+    parser.add_argument('--manifest',
+                        default=osp.join(REPO, 'tools', 'gpu', 'kit_manifest.json'),
+                        help='check the files against this (default: the committed one)')
     parser.add_argument('--python', default=sys.executable,
                         help='the interpreter to install into (default: this one)')
     parser.add_argument('--mmcv', choices=['auto', 'cuda', 'cpu'], default='auto')
@@ -47,8 +51,9 @@ def main() -> None:
             args.kit, args.python, mmcv_mode=args.mmcv,
             cuda_build_seconds=args.cuda_build_seconds,
             cpu_build_seconds=args.cpu_build_seconds, jobs=args.jobs,
-            cuda_arch=args.cuda_arch, build_log=osp.abspath(args.build_log))
-    except gpu_kit.KitError as error:
+            cuda_arch=args.cuda_arch, build_log=osp.abspath(args.build_log),
+            manifest_path=args.manifest)
+    except (gpu_kit.KitError, FileNotFoundError, ValueError) as error:
         sys.exit(f'install_offline: {error}')
     if args.report:
         with open(args.report, 'w') as f:

@@ -212,7 +212,8 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
     for model in models.values():
         model.eval()
     infer = interleaved_medians(
-        {name: (lambda n=name: predict(models[n], batch, args.device)) for name in models}, args.repeats, args.warmup)
+        {name: (lambda n=name: predict(models[n], batch, args.device)) for name in models},
+        args.repeats, args.warmup)
 
     plain, lors = rows['plain'], rows['LORS']
     memory_key = 'peak_mb' if args.device == 'cuda' else 'saved_mb'

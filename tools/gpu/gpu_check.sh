@@ -14,7 +14,8 @@
 #
 # Files in $OUT: gpu_check.log (everything, with the time of each step), env.txt,
 # install.json (steps, times, mmcv path), mmcv_build.log, tests.log, benchmark_cuda.md.
-# Knobs: PYTHON, KIT, MANIFEST, MMCV_BUILD=auto|cuda|cpu, MMCV_CUDA_BUILD_S, MMCV_CPU_BUILD_S, REPEATS, WARMUP.
+# Knobs: PYTHON, KIT, MANIFEST, MMCV_BUILD=auto|cuda|cpu, MMCV_CUDA_BUILD_S,
+# MMCV_CPU_BUILD_S, REPEATS, WARMUP.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-work_dirs/gpu_check}
@@ -25,7 +26,8 @@ PYTHON=${PYTHON:-/opt/torch/.venv/bin/python3}
 KIT=${KIT:-gpu_kit}
 MANIFEST=${MANIFEST:-tools/gpu/kit_manifest.json}
 MMCV_BUILD=${MMCV_BUILD:-auto}
-MMCV_CUDA_BUILD_S=${MMCV_CUDA_BUILD_S:-150}  # a full CUDA build needs ~5 min; this catches a quick failure
+# A full CUDA build likely needs ~5 minutes: the default limit takes a quick result only.
+MMCV_CUDA_BUILD_S=${MMCV_CUDA_BUILD_S:-150}
 MMCV_CPU_BUILD_S=${MMCV_CPU_BUILD_S:-240}
 REPEATS=${REPEATS:-5}
 WARMUP=${WARMUP:-2}
@@ -41,7 +43,9 @@ step "environment"
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   echo "cores: $(nproc)"
-  "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], sys.executable); print("torch", torch.__version__, "CUDA", torch.version.cuda, "available", torch.cuda.is_available())'
+  "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], sys.executable)
+print("torch", torch.__version__, "CUDA", torch.version.cuda,
+      "available", torch.cuda.is_available())'
   nvcc --version | tail -2
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -70,4 +74,6 @@ step "benchmark, plain vs LORS, R-50 COCO configs, 800x1333, batch 2"
 timeout 300 "$PYTHON" tools/analysis/benchmark.py --device cuda --repeats "$REPEATS" \
   --warmup "$WARMUP" --out "$OUT/benchmark_cuda.md"
 done_step benchmark "exit $?"
-echo "mmcv path: $("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' "$OUT/install.json")"
+path_used=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' \
+  "$OUT/install.json")
+echo "mmcv path: $path_used"

@@ -95,3 +95,104 @@ def _install_cpu_distributed_init() -> None:
 check_openmmlab_stack()
 install_safe_checkpoint_loaders()
 _install_cpu_distributed_init()
+
+
+# ==========================================================================
+# PyTorch fallback for mmcv built with CPU ops only (GPU machines where the
+# CUDA build of mmcv is not possible, see lors_mmdet/gpu_kit.py).
+# Kept apart from the fixes above: it changes nothing unless switched on.
+# ==========================================================================
+import os  # noqa: E402  (this section stays self-contained)
+
+PYTORCH_OPS_ENV = 'LORS_MMDET_PYTORCH_OPS'  # '1': on, '0': off, unset/'auto': auto
+
+
+def mmcv_has_cuda_kernels() -> bool:
+    """Whether the installed ``mmcv._ext`` was compiled with CUDA kernels."""
+    from mmcv.ops import get_compiling_cuda_version
+    return get_compiling_cuda_version() != 'not available'
+
+
+def pytorch_ops_wanted(setting: Optional[str], cuda_available: bool,
+                       mmcv_cuda: bool) -> bool:
+    """Decide the fallback from ``$LORS_MMDET_PYTORCH_OPS`` and the machine.
+
+    Args:
+        setting: The variable's value (None when unset).
+        cuda_available: ``torch.cuda.is_available()``.
+        mmcv_cuda: :func:`mmcv_has_cuda_kernels`.
+    """
+    if setting in (None, '', 'auto'):
+        return cuda_available and not mmcv_cuda
+    if setting in ('0', '1'):
+        return setting == '1'
+    raise ValueError(f'{PYTORCH_OPS_ENV}={setting!r}: expected 1 (route mmcv\'s CUDA '
+                     'ops to PyTorch), 0 (never) or auto (when mmcv lacks CUDA kernels)')
+
+
+def _pytorch_sigmoid_focal_loss(pred: torch.Tensor, target: torch.Tensor,
+                                gamma: float = 2.0, alpha: float = 0.25,
+                                weight: Optional[torch.Tensor] = None,
+                                reduction: str = 'mean') -> torch.Tensor:
+    """mmcv's compiled ``sigmoid_focal_loss`` (class-index targets, index
+    ``num_classes`` = background) through mmdet's PyTorch focal loss."""
+    from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
+    if weight is not None:
+        raise NotImplementedError('the PyTorch route of sigmoid_focal_loss takes no '
+                                  'per-class weight (mmdet never passes one)')
+    num_classes = pred.size(1)
+    one_hot = torch.nn.functional.one_hot(target, num_classes + 1)[:, :num_classes]
+    loss = py_sigmoid_focal_loss(pred, one_hot.type_as(pred), None, gamma=gamma,
+                                 alpha=alpha, reduction='none')
+    if reduction == 'mean':  # mmcv's 'mean' divides by the number of samples
+        return loss.sum() / pred.size(0)
+    return loss.sum() if reduction == 'sum' else loss
+
+
+class _PytorchMultiScaleDeformableAttnFunction:
+    """Stands in for mmcv's compiled ``MultiScaleDeformableAttnFunction``."""
+
+    @staticmethod
+    def apply(value: torch.Tensor, spatial_shapes: torch.Tensor,
+              level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+              attention_weights: torch.Tensor, im2col_step: int) -> torch.Tensor:
+        from mmcv.ops.multi_scale_deform_attn import \
+            multi_scale_deformable_attn_pytorch
+        return multi_scale_deformable_attn_pytorch(value, spatial_shapes,
+                                                   sampling_locations, attention_weights)
+
+
+_COMPILED_OPS: dict = {}  # the originals, while the fallback is on
+
+
+def use_pytorch_ops(enabled: bool) -> None:
+    """Route mmcv's multi-scale deformable attention and mmdet's sigmoid focal loss
+    to their PyTorch implementations (``enabled``), or back to the compiled ops."""
+    if not enabled and not _COMPILED_OPS:
+        return
+    import mmcv.ops.multi_scale_deform_attn as msda
+    import mmdet.models.losses.focal_loss as focal_loss
+    targets = {(msda, 'MultiScaleDeformableAttnFunction'):
+               _PytorchMultiScaleDeformableAttnFunction,
+               (focal_loss, '_sigmoid_focal_loss'): _pytorch_sigmoid_focal_loss}
+    for (module, name), replacement in targets.items():
+        if enabled and (module, name) not in _COMPILED_OPS:
+            _COMPILED_OPS[(module, name)] = getattr(module, name)
+            setattr(module, name, replacement)
+        elif not enabled and (module, name) in _COMPILED_OPS:
+            setattr(module, name, _COMPILED_OPS.pop((module, name)))
+
+
+def pytorch_ops_active() -> bool:
+    """Whether :func:`use_pytorch_ops` currently routes to PyTorch."""
+    return bool(_COMPILED_OPS)
+
+
+def _use_pytorch_ops_as_configured() -> None:
+    cuda_available = torch.cuda.is_available()
+    mmcv_cuda = cuda_available and mmcv_has_cuda_kernels()
+    if pytorch_ops_wanted(os.environ.get(PYTORCH_OPS_ENV), cuda_available, mmcv_cuda):
+        use_pytorch_ops(True)
+
+
+_use_pytorch_ops_as_configured()

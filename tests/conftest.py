@@ -43,3 +43,14 @@ def synthetic_coco(synthetic_coco_factory) -> str:
     """Data root of a small synthetic COCO set: 64 train and 16 val images
     of 128x128 px, seed 0 (generated once per session)."""
     return synthetic_coco_factory()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` run only where torch sees a CUDA device."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs CUDA (marker "cuda")')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)

@@ -7,6 +7,12 @@ Timings are medians over repeats, plain and LORS interleaved (machines are noisy
 
     python tools/analysis/benchmark.py                    # CPU: toy configs, 128 px
     python tools/analysis/benchmark.py --device cuda      # R-50 COCO configs, 800x1333, batch 2
+    python tools/analysis/benchmark.py --device cuda --out benchmark_cuda.md   # also to a file
+
+On a GPU, memory is the peak of one training step / prediction as if the model were
+alone on the device: the step's peak above what was resident before it, plus the
+model's own parameters, gradients and optimizer state (both models of a family stay
+on the device, so the raw peak would count the other one too).
 """
 import argparse
 import copy
@@ -57,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--out', help='also write the report to this file')
     return parser.parse_args()
 
 
@@ -96,12 +103,36 @@ class SavedActivations:
         return sum(self.storages.values())
 
 
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer = None) -> int:
+    """Bytes of the model's parameters and gradients and the optimizer's state."""
+    tensors = [p for p in model.parameters()]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    if optimizer is not None:
+        tensors += [value for state in optimizer.state.values()
+                    for value in state.values() if torch.is_tensor(value)]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def start_peak(device: str) -> int:
+    """Reset the CUDA peak counter; returns the bytes allocated now."""
+    if device != 'cuda':
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def alone_peak_mb(resident: int, own_state: int) -> float:
+    """The peak since :func:`start_peak`, as if only this model were resident."""
+    return (torch.cuda.max_memory_allocated() - resident + own_state) / 2**20
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
                device: str) -> Dict[str, float]:
     """One optimizer step; returns its time and memory."""
     saved = SavedActivations()
-    if device == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
+    own_state = state_bytes(model, optimizer) if device == 'cuda' else 0
+    resident = start_peak(device)
     synchronize(device)
     start = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
@@ -114,17 +145,34 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
     seconds = time.perf_counter() - start
     result = dict(seconds=seconds, saved_mb=saved.total() / 2**20)
     if device == 'cuda':
-        result['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        result['peak_mb'] = alone_peak_mb(resident, own_state)
     return result
 
 
-def predict_seconds(model: nn.Module, batch: dict, device: str) -> float:
-    synchronize(device)
+def predict(model: nn.Module, batch: dict, device: str) -> Dict[str, float]:
+    """One prediction; returns its time (and peak memory on CUDA)."""
+    own_state = state_bytes(model) if device == 'cuda' else 0
+    resident = start_peak(device)
     start = time.perf_counter()
     with torch.no_grad():
         model(**batch, mode='predict')
     synchronize(device)
-    return time.perf_counter() - start
+    result = dict(seconds=time.perf_counter() - start)
+    if device == 'cuda':
+        result['peak_mb'] = alone_peak_mb(resident, own_state)
+    return result
+
+
+def device_description(device: str) -> str:
+    """The device, and on CUDA which implementation runs mmcv's ops."""
+    if device != 'cuda':
+        return f'device cpu, torch {torch.__version__}, {torch.get_num_threads()} threads'
+    from lors_mmdet import compat
+    ops = ('PyTorch implementations (mmcv with CPU ops only; lors_mmdet.compat route)'
+           if compat.pytorch_ops_active() else
+           'mmcv\'s compiled CUDA kernels')
+    return (f'device {torch.cuda.get_device_name()}, torch {torch.__version__} '
+            f'(CUDA {torch.version.cuda}), deformable attention and focal loss: {ops}')
 
 
 def interleaved_medians(runs: Dict[str, Callable[[], Dict[str, float]]], repeats: int,
@@ -164,8 +212,8 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
     for model in models.values():
         model.eval()
     infer = interleaved_medians(
-        {name: (lambda n=name: dict(seconds=predict_seconds(models[n], batch, args.device)))
-         for name in models}, args.repeats, args.warmup)
+        {name: (lambda n=name: predict(models[n], batch, args.device)) for name in models},
+        args.repeats, args.warmup)
 
     plain, lors = rows['plain'], rows['LORS']
     memory_key = 'peak_mb' if args.device == 'cuda' else 'saved_mb'
@@ -194,6 +242,12 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
         f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
         f'{infer["LORS merged"]["seconds"] / infer["plain"]["seconds"]:.3f} |',
     ]
+    if args.device == 'cuda':
+        lines += [
+            f'| {family} | inference memory (peak_mb, {name}) | '
+            f'{infer["plain"]["peak_mb"]:.0f} MiB | {infer[name]["peak_mb"]:.0f} MiB | '
+            f'{infer[name]["peak_mb"] / infer["plain"]["peak_mb"]:.3f} |'
+            for name in ('LORS', 'LORS merged')]
     return lines
 
 
@@ -206,17 +260,28 @@ def main() -> None:
     torch.manual_seed(0)
     MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights reports
     height, width = IMAGE[args.device]
-    print(f'# `python tools/analysis/benchmark.py {" ".join(sys.argv[1:])}`')
-    print(f'device {args.device}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads, batch {args.batch_size} x {height}x{width}, '
-          f'median of {args.repeats} (after {args.warmup} warm-up), plain and LORS '
-          'interleaved. CPU memory = bytes autograd saves for backward; '
-          'CUDA memory = peak allocated.\n')
-    print('| family | measure | plain | LORS | LORS / plain |')
-    print('|---|---|---|---|---|')
+    out = open(args.out, 'w') if args.out else None
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+        if out is not None:
+            out.write(line + '\n')
+            out.flush()
+
+    report(f'# `python tools/analysis/benchmark.py {" ".join(sys.argv[1:])}`')
+    report(f'{device_description(args.device)}, batch {args.batch_size} x {height}x{width}, '
+           f'median of {args.repeats} (after {args.warmup} warm-up), plain and LORS '
+           'interleaved. CPU memory = bytes autograd saves for backward; '
+           'CUDA memory = peak of the step as if the model were alone on the device.\n')
+    report('| family | measure | plain | LORS | LORS / plain |')
+    report('|---|---|---|---|---|')
     for family in args.families:
+        start = time.perf_counter()
         for line in benchmark_family(family, args):
-            print(line, flush=True)
+            report(line)
+        print(f'({family}: {time.perf_counter() - start:.0f} s)', file=sys.stderr, flush=True)
+    if out is not None:
+        out.close()
 
 
 if __name__ == '__main__':

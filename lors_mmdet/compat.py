@@ -17,7 +17,8 @@ Nothing else in the package patches third-party code. Importing this module:
 """
 import importlib
 import importlib.util
-from typing import Tuple
+import os
+from typing import Optional, Tuple
 
 import torch
 
@@ -102,7 +103,6 @@ _install_cpu_distributed_init()
 # CUDA build of mmcv is not possible, see lors_mmdet/gpu_kit.py).
 # Kept apart from the fixes above: it changes nothing unless switched on.
 # ==========================================================================
-import os  # noqa: E402  (this section stays self-contained)
 
 PYTORCH_OPS_ENV = 'LORS_MMDET_PYTORCH_OPS'  # '1': on, '0': off, unset/'auto': auto
 

@@ -1,9 +1,11 @@
 """Runtime pieces for mmengine: hooks, model wrappers, launch-time config checks."""
+from .data_checks import CocoAudit, audit_coco_file, check_coco_annotations
 from .hooks import RNGStateHook
 from .model_wrappers import DeviceAwareDistributedDataParallel
 from .runtime import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
-                      load_tool_config)
+                      enable_amp, load_tool_config)
 
 __all__ = ['RNGStateHook', 'DeviceAwareDistributedDataParallel',
            'adapt_cfg_to_machine', 'check_data_paths', 'check_pretrained_paths',
-           'load_tool_config']
+           'load_tool_config', 'enable_amp', 'CocoAudit', 'audit_coco_file',
+           'check_coco_annotations']

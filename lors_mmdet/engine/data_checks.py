@@ -204,8 +204,10 @@ def check_coco_annotations(cfg: Config, splits: Iterable[str] = ('train', 'val')
       ``metainfo.classes`` that no category of the file has.
 
     Image files on a remote backend (``backend_args`` set, or a ``://`` path)
-    are not checked. Every annotation file is read once more than mmdet itself
-    does (about 20 s for COCO train2017).
+    are not checked. Each annotation file is read once more than mmdet reads it:
+    a file the size of COCO train2017's (450 MB, 118,287 images, 860,001
+    annotations) took 74 s here, against 69 s for pycocotools' own load of it
+    (2 shared CPU cores), and its memory is returned before the runner starts.
 
     Args:
         cfg: The full config.

@@ -86,9 +86,9 @@ def _reason(ann: dict, image: Optional[dict], known_ids: set,
     if ann.get('ignore', False):
         return 'ignored'
     bbox = ann.get('bbox')
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-            and all(_is_number(v) for v in bbox)) or not _is_number(
-                ann.get('area')) or 'category_id' not in ann:
+    is_box = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+        _is_number(v) for v in bbox)
+    if not is_box or not _is_number(ann.get('area')) or 'category_id' not in ann:
         return MALFORMED
     if not all(math.isfinite(v) for v in bbox):
         return NOT_FINITE

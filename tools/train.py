@@ -9,9 +9,9 @@ import lors_mmdet.compat  # noqa: F401  (before mmengine loads any checkpoint)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from lors_mmdet.engine import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
-                               load_tool_config)
-from lors_mmdet.engine.load_checks import add_lors_checkpoint_check
+from lors_mmdet.engine import (add_lors_checkpoint_check, adapt_cfg_to_machine,
+                               check_coco_annotations, check_data_paths, check_pretrained_paths,
+                               enable_amp, load_tool_config)
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,8 +38,7 @@ def main() -> None:
     args = parse_args()
     cfg = load_tool_config(args.config, args.launcher, args.work_dir, args.cfg_options)
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        enable_amp(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise KeyError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in '
@@ -51,6 +50,7 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, args.resume
     adapt_cfg_to_machine(cfg, args.launcher)
     check_data_paths(cfg, splits=('train', 'val'))
+    check_coco_annotations(cfg, splits=('train', 'val'))
     check_pretrained_paths(cfg)
 
     add_lors_checkpoint_check(cfg)  # a checkpoint that misfits a LORS stack is an error

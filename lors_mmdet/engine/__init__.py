@@ -1,4 +1,5 @@
 """Runtime pieces for mmengine: hooks, model wrappers, launch-time config checks."""
+from .data_checks import CocoAudit, audit_coco_file, check_coco_annotations
 from .hooks import RNGStateHook
 from .load_checks import (CheckpointMismatchError, LorsCheckpointCheckHook,
                           add_lors_checkpoint_check, check_lors_checkpoint)
@@ -6,10 +7,11 @@ from .lors_settings import (ConfigFit, cfg_options, fit_config, format_config_fi
                             matching_config_path)
 from .model_wrappers import DeviceAwareDistributedDataParallel
 from .runtime import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
-                      load_tool_config)
+                      enable_amp, load_tool_config)
 
 __all__ = ['RNGStateHook', 'LorsCheckpointCheckHook', 'CheckpointMismatchError',
            'add_lors_checkpoint_check', 'check_lors_checkpoint', 'ConfigFit',
            'cfg_options', 'fit_config', 'format_config_fit', 'matching_config_path',
            'DeviceAwareDistributedDataParallel', 'adapt_cfg_to_machine',
-           'check_data_paths', 'check_pretrained_paths', 'load_tool_config']
+           'check_data_paths', 'check_pretrained_paths', 'load_tool_config', 'enable_amp',
+           'CocoAudit', 'audit_coco_file', 'check_coco_annotations']

@@ -4,6 +4,8 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                             is_npu_available)
 from mmengine.logging import print_log
 
 DATA_HINTS = {
@@ -51,6 +53,27 @@ def adapt_cfg_to_machine(cfg: Config, launcher: str) -> None:
         dist_cfg['backend'] = 'gloo'
     if launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(type='DeviceAwareDistributedDataParallel')
+
+
+def enable_amp(cfg: Config) -> None:
+    """Switch the config to mixed-precision training (``--amp``), in place.
+
+    mmengine 0.10's ``AmpOptimWrapper`` (a ``torch.cuda.amp`` GradScaler around
+    autocast) asserts a CUDA, NPU, MLU or MUSA device, and only once the runner has
+    built the model and the data; on a machine without one refuse here instead.
+
+    Args:
+        cfg: The full config; its ``optim_wrapper`` becomes an ``AmpOptimWrapper``
+            with dynamic loss scaling.
+    """
+    if not (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available()):
+        raise RuntimeError(
+            '--amp needs a CUDA, NPU, MLU or MUSA device (mmengine\'s AmpOptimWrapper '
+            'runs on nothing else) and this machine has none: train without --amp '
+            '(float32) here, or with --amp on a GPU machine')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
 
 
 def _datasets(key: str, dataset: dict) -> Iterator[Tuple[str, dict]]:

@@ -1,5 +1,6 @@
 """Argument checks shared by the LORS modules."""
-from typing import List, Sequence, Union
+import math
+from typing import List, Mapping, Sequence, Tuple, Union
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -30,3 +31,51 @@ def per_layer(value: Union[int, Sequence[int]], num_layers: int,
         return [check_positive_int(v, f'{name}[{i}]')
                 for i, v in enumerate(value)]
     return [check_positive_int(value, name)] * num_layers
+
+
+def max_useful_terms(shape: Tuple[int, int], core_size: int) -> int:
+    """The most adaptive terms an ``m x n`` matrix can use with ``k x k`` cores.
+
+    ``ceil(m / k) * ceil(n / k)`` terms, each with ``L_t`` / ``R_t`` selecting
+    the rows / columns of one ``k x k`` tile, already cover the matrix: the
+    private residual ``sum_t L_t Z_t(q) R_t`` can then be any affine function
+    of the query, i.e. everything a dense private generator could produce.
+    A further term adds parameters but nothing the layer can express.
+
+    Args:
+        shape: ``(m, n)`` of the generated matrix.
+        core_size: ``k``.
+    """
+    m, n = shape
+    return math.ceil(m / core_size) * math.ceil(n / core_size)
+
+
+def check_adaptive_terms(num_terms: int, core_size: int,
+                         shapes: Mapping[str, Tuple[int, int]],
+                         name: str) -> int:
+    """Return ``num_terms`` unless no matrix of ``shapes`` can use that many.
+
+    The same ``K`` terms correct every matrix of a layer, so the bound is the
+    largest :func:`max_useful_terms` of them: above it every matrix is already
+    fully covered.
+
+    Args:
+        num_terms: ``K`` (checked to be a positive int).
+        core_size: ``k``.
+        shapes: a description of each generated matrix -> its ``(m, n)``,
+            e.g. ``{'channel-mixing M': (c, c)}``.
+        name: the config key, used in the error message.
+    """
+    check_positive_int(num_terms, name)
+    limits = {label: max_useful_terms(shape, core_size)
+              for label, shape in shapes.items()}
+    bound = max(limits.values())
+    if num_terms > bound:
+        tiles = ', '.join(f'{label} {m}x{n} takes {limits[label]}'
+                          for label, (m, n) in shapes.items())
+        raise ValueError(
+            f'{name} = {num_terms} is out of range [1, {bound}]: {bound} terms '
+            f'of {core_size}x{core_size} cores already tile every matrix they '
+            f'correct ({tiles}), so more terms add parameters but nothing the '
+            'private residual could express')
+    return num_terms

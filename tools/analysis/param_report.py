@@ -93,6 +93,14 @@ def _millions(value: int) -> str:
     return f'{value / 1e6:9.3f}M'
 
 
+def saving_text(lors: int, dense: int) -> str:
+    """'LORS saves X%' of ``dense``, or 'LORS adds X%' when LORS is larger."""
+    change = 100 * (lors - dense) / dense
+    if change > 0:
+        return f'LORS adds {change:.1f}%'
+    return f'LORS saves {-change:.1f}%'
+
+
 def format_report(config: str, report: dict) -> str:
     """Human-readable table of :func:`parameter_report`."""
     total, dec = report['total'], report['decoder']
@@ -122,9 +130,9 @@ def format_report(config: str, report: dict) -> str:
             'dense equivalent (same architecture, every stage with its own '
             'plain copy of the shared weights, no LORS factors):',
             f'  {"decoder":<32}{_millions(dec["dense_equivalent"])}'
-            f'  (LORS saves {100 * (1 - dec["total"] / dec["dense_equivalent"]):.1f}%)',
+            f'  ({saving_text(dec["total"], dec["dense_equivalent"])})',
             f'  {"whole model":<32}{_millions(total["dense_equivalent"])}'
-            f'  (LORS saves {100 * (1 - total["total"] / total["dense_equivalent"]):.1f}%)',
+            f'  ({saving_text(total["total"], total["dense_equivalent"])})',
         ]
     return '\n'.join(lines)
 

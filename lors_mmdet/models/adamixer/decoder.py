@@ -13,6 +13,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from lors_mmdet.lors import SharedGenerator, SharedLinear
+from lors_mmdet.lors._validate import check_adaptive_terms
 from .mixing import check_mixing_dims
 
 
@@ -276,7 +277,10 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
         num_stages (int): Number of stages. Defaults to 6.
         core_sizes (int | Sequence[int]): k of each stage, in
             [1, min(c, P_in, P_out)]. Defaults to 16.
-        num_terms (int | Sequence[int]): K_i of each stage (>= 1).
+        num_terms (int | Sequence[int]): K_i of each stage, in [1, the
+            terms needed to tile the larger of M (c x c) and S (P_out x P_in)
+            with k x k cores] (see
+            ``lors_mmdet.lors._validate.max_useful_terms``).
             Defaults to (1, 1, 2, 2, 3, 3).
         out_proj_ranks (int | Sequence[int]): r of each stage, in
             [1, min(c * P_out * G, content_dim)]. Defaults to 8.
@@ -308,6 +312,11 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
             min(group_channels, in_points, out_points))
         self.num_terms = self._per_stage('num_terms', num_terms, num_stages, 1,
                                          None)
+        for stage, (k, terms) in enumerate(zip(self.core_sizes,
+                                               self.num_terms)):
+            shapes = {'channel-mixing M': (group_channels, group_channels),
+                      'spatial-mixing S': (out_points, in_points)}
+            check_adaptive_terms(terms, k, shapes, f'num_terms[{stage}]')
         self.out_proj_ranks = self._per_stage('out_proj_ranks', out_proj_ranks,
                                               num_stages, 1,
                                               min(out_proj_in, content_dim))

@@ -11,8 +11,8 @@ import lors_mmdet.compat  # noqa: F401  (before mmengine loads any checkpoint)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from lors_mmdet.engine import adapt_cfg_to_machine, check_data_paths, load_tool_config
-from lors_mmdet.engine.load_checks import add_lors_checkpoint_check
+from lors_mmdet.engine import (add_lors_checkpoint_check, adapt_cfg_to_machine, check_data_paths,
+                               load_tool_config)
 
 
 def parse_args() -> argparse.Namespace:

@@ -160,17 +160,39 @@ def test_decoder_parameter_counts_match_the_architecture():
     projection = c * p_out * G * D
     counts = count_parameters(lors.roi_head)
     assert counts.shared == generator + projection
+    # per stage, the published private mixing tensors (spec): core generator
+    # Linear(D -> 2 G K k k); L^M (G K, c, k), R^M (G K, k, c), L^S (G K,
+    # P_out, k), R^S (G K, k, P_in); A (r, c P_out G), B (D, r), bias (D)
+    private_mixing = 0
     private = 0
     for terms in [1, 1, 2, 2, 3, 3]:
+        mixing = (D + 1) * 2 * G * terms * k * k \
+            + G * terms * (c * k + k * c + p_out * k + k * p_in) \
+            + r * c * p_out * G + D * r + D
+        private_mixing += mixing
         private += stage_count(D, H, F, C, G, c, p_in, p_out) \
-            - generator - projection \
-            + (D + 1) * 2 * G * terms * k * k \
-            + terms * (c * k + k * c + p_out * k + k * p_in) \
-            + r * c * p_out * G + D * r
+            - generator - projection - D + mixing
     assert counts.private == private
+    assert counts.total == 35_348_264  # the published R-50 decoder
+    # the published mixing module also holds the 6 output LayerNorms (our
+    # stages' mixing_norm)
+    assert generator + projection + private_mixing + 6 * 2 * D == 25_940_480
+    assert count_parameters(lors.rpn_head).total == 100 * D == 25_600
     # the paper's headline: about 70% fewer decoder parameters than AdaMixer
     ratio = counts.total / (6 * per_stage)
     assert 0.25 < ratio < 0.35
+
+
+def test_param_report_prints_the_published_count(monkeypatch, capsys):
+    path = osp.join(ROOT, 'configs/lors_adamixer/'
+                    'lors-adamixer_r50_8xb2-1x-100q_coco.py')
+    text = run_report([path], monkeypatch, capsys)
+    decoder_line = next(line for line in text.splitlines()
+                        if line.startswith('roi_head'))
+    assert decoder_line.split()[-1] == '35,348,264'
+    query_line = next(line for line in text.splitlines()
+                      if line.startswith('rpn_head'))
+    assert query_line.split()[-1] == '25,600'
 
 
 def run_report(argv, monkeypatch, capsys) -> str:

@@ -357,15 +357,26 @@ class LorsAdaMixerDecoderStage(AdaMixerDecoderStage):
         core_size (int): Size k of the private adaptive cores.
         num_terms (int): Number K_i of private adaptive terms.
         out_proj_rank (int): Rank r of the private output-projection residual.
+        per_group_factors (bool): Per-group adaptive factors (published).
+            Defaults to True.
+        factor_init (str): ``'kaiming'`` (published, default) or
+            ``'linear'``; see :class:`LorsAdaptiveMixing`.
         **kwargs: As :class:`AdaMixerDecoderStage`.
     """
 
-    def __init__(self, shared_generator: nn.Module, shared_out_proj: nn.Module,
-                 core_size: int, num_terms: int, out_proj_rank: int,
+    def __init__(self,
+                 shared_generator: nn.Module,
+                 shared_out_proj: nn.Module,
+                 core_size: int,
+                 num_terms: int,
+                 out_proj_rank: int,
+                 per_group_factors: bool = True,
+                 factor_init: str = 'kaiming',
                  **kwargs) -> None:
         # read by _build_mixing during the parent's __init__
         self._lors_args = (shared_generator, shared_out_proj, core_size,
-                           num_terms, out_proj_rank)
+                           num_terms, out_proj_rank, per_group_factors,
+                           factor_init)
         super().__init__(**kwargs)
         del self._lors_args
 

@@ -289,3 +289,28 @@ def test_lors_adaptive_validation():
         LorsAdaptive(shared, 4, 1)
     with pytest.raises(TypeError, match='shared must be a SharedGenerator'):
         LorsAdaptive(nn.Linear(8, 8), 2, 1)
+
+
+@pytest.mark.parametrize('per_group_factors', [False, True])
+def test_to_linear_generates_the_same_matrices(per_group_factors):
+    """The merged generator (shared + folded private residual) gives the
+    layer's full matrices for every query, in float64 to rounding."""
+    shared, layer = build(num_terms=3, per_group_factors=per_group_factors)
+    shared.double()
+    layer.double()
+    randomise(shared, layer)
+    query = torch.randn(4, 3, QUERY_DIM, dtype=torch.float64)
+    merged = layer.to_linear()
+    assert isinstance(merged, nn.Linear)
+    assert merged.weight.shape == shared.generator.weight.shape
+    params = merged(query).unflatten(-1, (GROUPS, -1))
+    generated = layer(query)
+    start = 0
+    for j, (m, n) in enumerate(SHAPES):
+        got = params[..., start:start + m * n].unflatten(-1, (m, n))
+        start += m * n
+        expected = reference_matrix(shared, layer, query, j)
+        assert (got - expected).abs().max() < 1e-12
+        assert (got - generated.materialise(j)).abs().max() < 1e-12
+    # the layer's parameters are left alone
+    assert not merged.weight.data_ptr() == shared.generator.weight.data_ptr()

@@ -338,6 +338,50 @@ class LorsAdaptive(nn.Module):
                                  self._factor_views(self.lors_R),
                                  self.recompute)
 
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """One plain generator of this layer's full matrices (deployment).
+
+        The cores are an affine function of the query, so the private part
+        ``sum_t L_t Z_t(q) R_t`` is affine in ``q`` too: element ``(a, b)``
+        of group ``g`` of shape ``j`` has weight ``sum_{t,u,v} L[a, u]
+        W_core[(j, g, t, u, v), :] R[v, b]`` (bias likewise). Added to the
+        shared generator this gives an ``nn.Linear(query_dim,
+        G * sum(m * n))`` with :class:`SharedGenerator`'s output layout,
+        exactly equal to the layer up to rounding (merge in float64 for a
+        float32 model to keep it below float32 rounding).
+        """
+        shared = self.shared
+        groups, k = shared.groups, self.core_size
+        generator = shared.generator
+        query_dim = shared.query_dim
+        cores_w = self.core_generator.weight.view(
+            len(shared.shapes), groups, self.num_terms, k, k, query_dim)
+        cores_b = self.core_generator.bias.view(
+            len(shared.shapes), groups, self.num_terms, k, k)
+        weight = generator.weight.view(groups, -1, query_dim).clone()
+        bias = generator.bias.view(groups, -1).clone()
+        lefts = self._factor_views(self.lors_L)
+        rights = self._factor_views(self.lors_R)
+        start = 0
+        for j, (m, n) in enumerate(shared.shapes):
+            left = lefts[j].expand(groups, *lefts[j].shape[1:])
+            right = rights[j].expand(groups, *rights[j].shape[1:])
+            # (G, K, m, k) (G, K, k, k, D) (G, K, k, n) -> (G, m, n, D)
+            delta_w = torch.einsum('gtau,gtuvd,gtvb->gabd', left, cores_w[j],
+                                   right)
+            delta_b = torch.einsum('gtau,gtuv,gtvb->gab', left, cores_b[j],
+                                   right)
+            weight[:, start:start + m * n] += delta_w.reshape(
+                groups, m * n, query_dim)
+            bias[:, start:start + m * n] += delta_b.reshape(groups, m * n)
+            start += m * n
+        linear = nn.Linear(query_dim, generator.out_features,
+                           device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(weight.view(-1, query_dim))
+        linear.bias.copy_(bias.view(-1))
+        return linear
+
     def extra_repr(self) -> str:
         return (f'core_size={self.core_size}, num_terms={self.num_terms}, '
                 f'recompute={self.recompute}, '

@@ -14,7 +14,7 @@ import copy
 import inspect
 import os.path as osp
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 from mmengine.config import Config

@@ -252,3 +252,26 @@ def test_param_report_cfg_options_change_the_model(monkeypatch, capsys):
          f'model.rpn_head.num_query={num_query - 10}'], monkeypatch, capsys))
     assert default['total']['total'] - fewer['total']['total'] == \
         10 * content_dim
+
+
+def test_a_top_level_variable_in_a_child_config_does_not_reach_the_base_model(
+        tmp_path):
+    """Why the authors' "300-query" LORS configs build 100 queries
+    (docs/adamixer.md): they only set ``num_query = 300`` on top of a base
+    whose model dict used ``num_query`` when the base was read. Same pattern,
+    same config semantics (a base file is evaluated on its own)."""
+    (tmp_path / 'base_100q.py').write_text(
+        'num_query = 100\n'
+        'model = dict(rpn_head=dict(num_query=num_query),\n'
+        '             test_cfg=dict(rcnn=dict(max_per_img=num_query)))\n')
+    (tmp_path / 'child_300q.py').write_text(
+        "_base_ = './base_100q.py'\nnum_query = 300\n")
+    cfg = Config.fromfile(str(tmp_path / 'child_300q.py'))
+    assert cfg.num_query == 300
+    assert cfg.model.rpn_head.num_query == 100
+    assert cfg.model.test_cfg.rcnn.max_per_img == 100
+    # ours set the model keys themselves
+    ours = Config.fromfile(osp.join(
+        ROOT, 'configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-300q_coco.py'))
+    assert ours.model.rpn_head.num_query == 300
+    assert ours.model.test_cfg.rcnn.max_per_img == 300

@@ -38,9 +38,12 @@ def build(cfg: Config):
 def test_the_expected_configs_exist():
     assert NAMES == sorted([
         'adamixer_r50_8xb2-1x-100q_coco.py',
+        'adamixer_r50_8xb2-ms-480-800-3x-100q_coco.py',
         'adamixer_r50_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'adamixer_r101_8xb2-ms-480-800-3x-100q_coco.py',
         'adamixer_r101_8xb2-crop-ms-480-800-3x-300q_coco.py',
         'adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'adamixer_x101-32x4d-dcn_8xb2-crop-ms-480-800-3x-300q_coco.py',
         'lors-adamixer_r50_8xb2-1x-100q_coco.py',
         'lors-adamixer_r50_8xb2-1x-300q_coco.py',
         'lors-adamixer_r50_8xb2-crop-ms-480-800-3x-100q_coco.py',
@@ -69,9 +72,21 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert backbone.type == 'SwinTransformer'
         assert backbone.depths == [2, 2, 18, 2]
         assert cfg.model.neck.in_channels == [96, 192, 384, 768]
+    elif 'x101-32x4d-dcn' in name:
+        backbone = Config.fromfile(path).model.backbone  # unchanged by build
+        assert backbone.type == 'ResNeXt' and backbone.depth == 101
+        assert (backbone.groups, backbone.base_width) == (32, 4)
+        assert backbone.dcn == dict(type='DCN', deform_groups=1,
+                                    fallback_on_stride=False)
+        assert backbone.stage_with_dcn == (False, True, True, True)
+        assert backbone.frozen_stages == 1 and backbone.norm_eval
+        assert backbone.init_cfg.checkpoint == \
+            'open-mmlab://resnext101_32x4d'
     else:
         depth = int(re.search(r'_r(\d+)_', name).group(1))
         assert backbone.type == 'ResNet' and backbone.depth == depth
+        assert Config.fromfile(path).model.backbone.init_cfg.checkpoint \
+            == f'torchvision://resnet{depth}'
     # decoder
     decoder = model.roi_head
     assert decoder.num_stages == 6 and len(decoder.bbox_head) == 6
@@ -117,6 +132,19 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert cfg.train_cfg.max_epochs == 12
         assert steps.milestones == [8, 11]
         assert cfg.train_pipeline[2].type == 'Resize'
+    elif '-ms-480-800-3x-' in name and 'crop' not in name:
+        # the authors' mstrain 3x: multi-scale resize only, steps 27 and 33
+        assert cfg.train_cfg.max_epochs == 36
+        assert steps.milestones == [27, 33]
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        assert [t.type for t in pipeline] == [
+            'LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
+            'RandomFlip', 'PackDetInputs'
+        ]
+        assert sorted(min(scale) for scale in pipeline[2].scales) == list(
+            range(480, 801, 32))
+        assert {max(scale) for scale in pipeline[2].scales} == {1333}
+        assert pipeline[2].keep_ratio and pipeline[3].prob == 0.5
     else:
         assert cfg.train_cfg.max_epochs == 36
         assert steps.milestones == [24, 33]
@@ -129,6 +157,34 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert crop_branch[1].crop_size == (384, 600)
         assert min(crop_branch[2].scales)[0] == 480
         assert max(crop_branch[2].scales)[0] == 800
+
+
+def test_x101_dcn_builds_and_predicts_on_cpu():
+    """mmcv's compiled deformable convolution runs on the CPU: the
+    X-101-DCN AdaMixer predicts on one small image."""
+    from mmdet.structures import DetDataSample
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/adamixer/'
+        'adamixer_x101-32x4d-dcn_8xb2-crop-ms-480-800-3x-300q_coco.py'))
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    dcn_stages = [
+        any(type(m).__name__ == 'DeformConv2dPack' for m in layer.modules())
+        for layer in (model.backbone.layer1, model.backbone.layer2,
+                      model.backbone.layer3, model.backbone.layer4)
+    ]
+    assert dcn_stages == [False, True, True, True]
+    # (the CPU op refuses maps smaller than its kernel: 96 x 128 is enough)
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(
+        img_shape=(96, 128), ori_shape=(96, 128), scale_factor=(1.0, 1.0)))
+    data = model.data_preprocessor(
+        dict(inputs=[image], data_samples=[sample]), False)
+    with torch.no_grad():
+        results = model.predict(data['inputs'], data['data_samples'])
+    pred = results[0].pred_instances
+    assert pred.bboxes.shape == (300, 4) and torch.isfinite(pred.bboxes).all()
 
 
 def stage_count(D, H, F, C, G, c, p_in, p_out):

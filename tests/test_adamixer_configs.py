@@ -331,3 +331,30 @@ def test_a_top_level_variable_in_a_child_config_does_not_reach_the_base_model(
         ROOT, 'configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-300q_coco.py'))
     assert ours.model.rpn_head.num_query == 300
     assert ours.model.test_cfg.rcnn.max_per_img == 300
+
+
+def test_toy_and_coco_adamixer_share_one_model_base():
+    """The toy AdaMixer restates only sizes: every other model key (losses,
+    matching, mixing layout, init-relevant settings) comes from the same
+    base as the COCO config."""
+    coco = Config.fromfile(
+        osp.join(ROOT, 'configs/adamixer/adamixer_r50_8xb2-1x-100q_coco.py'))
+    toy = Config.fromfile(osp.join(
+        ROOT, 'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py'))
+    sizes = {'depth', 'base_channels', 'frozen_stages', 'norm_eval',
+             'init_cfg', 'in_channels', 'out_channels', 'num_groups',
+             'num_query', 'content_dim', 'num_stages', 'stage_loss_weights',
+             'feat_channels', 'in_points', 'out_points', 'num_classes',
+             'num_heads', 'feedforward_channels', 'max_per_img', 'rcnn'}
+
+    def differing(a, b, path=''):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in set(a) | set(b):
+                yield from differing(a.get(key), b.get(key), f'{path}.{key}')
+        elif a != b:
+            yield path
+
+    diffs = set(differing(coco.model.to_dict(), toy.model.to_dict()))
+    assert diffs and {path.rsplit('.', 1)[-1] for path in diffs} <= sizes
+    # the per-stage training targets are the base's, one per toy stage
+    assert toy.model.train_cfg.rcnn == [coco.model.train_cfg.rcnn[0]] * 3

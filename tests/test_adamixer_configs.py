@@ -38,9 +38,12 @@ def build(cfg: Config):
 def test_the_expected_configs_exist():
     assert NAMES == sorted([
         'adamixer_r50_8xb2-1x-100q_coco.py',
+        'adamixer_r50_8xb2-ms-480-800-3x-100q_coco.py',
         'adamixer_r50_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'adamixer_r101_8xb2-ms-480-800-3x-100q_coco.py',
         'adamixer_r101_8xb2-crop-ms-480-800-3x-300q_coco.py',
         'adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py',
+        'adamixer_x101-32x4d-dcn_8xb2-crop-ms-480-800-3x-300q_coco.py',
         'lors-adamixer_r50_8xb2-1x-100q_coco.py',
         'lors-adamixer_r50_8xb2-1x-300q_coco.py',
         'lors-adamixer_r50_8xb2-crop-ms-480-800-3x-100q_coco.py',
@@ -69,9 +72,21 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert backbone.type == 'SwinTransformer'
         assert backbone.depths == [2, 2, 18, 2]
         assert cfg.model.neck.in_channels == [96, 192, 384, 768]
+    elif 'x101-32x4d-dcn' in name:
+        backbone = Config.fromfile(path).model.backbone  # unchanged by build
+        assert backbone.type == 'ResNeXt' and backbone.depth == 101
+        assert (backbone.groups, backbone.base_width) == (32, 4)
+        assert backbone.dcn == dict(type='DCN', deform_groups=1,
+                                    fallback_on_stride=False)
+        assert backbone.stage_with_dcn == (False, True, True, True)
+        assert backbone.frozen_stages == 1 and backbone.norm_eval
+        assert backbone.init_cfg.checkpoint == \
+            'open-mmlab://resnext101_32x4d'
     else:
         depth = int(re.search(r'_r(\d+)_', name).group(1))
         assert backbone.type == 'ResNet' and backbone.depth == depth
+        assert Config.fromfile(path).model.backbone.init_cfg.checkpoint \
+            == f'torchvision://resnet{depth}'
     # decoder
     decoder = model.roi_head
     assert decoder.num_stages == 6 and len(decoder.bbox_head) == 6
@@ -117,6 +132,19 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert cfg.train_cfg.max_epochs == 12
         assert steps.milestones == [8, 11]
         assert cfg.train_pipeline[2].type == 'Resize'
+    elif '-ms-480-800-3x-' in name and 'crop' not in name:
+        # the authors' mstrain 3x: multi-scale resize only, steps 27 and 33
+        assert cfg.train_cfg.max_epochs == 36
+        assert steps.milestones == [27, 33]
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        assert [t.type for t in pipeline] == [
+            'LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
+            'RandomFlip', 'PackDetInputs'
+        ]
+        assert sorted(min(scale) for scale in pipeline[2].scales) == list(
+            range(480, 801, 32))
+        assert {max(scale) for scale in pipeline[2].scales} == {1333}
+        assert pipeline[2].keep_ratio and pipeline[3].prob == 0.5
     else:
         assert cfg.train_cfg.max_epochs == 36
         assert steps.milestones == [24, 33]
@@ -129,6 +157,34 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert crop_branch[1].crop_size == (384, 600)
         assert min(crop_branch[2].scales)[0] == 480
         assert max(crop_branch[2].scales)[0] == 800
+
+
+def test_x101_dcn_builds_and_predicts_on_cpu():
+    """mmcv's compiled deformable convolution runs on the CPU: the
+    X-101-DCN AdaMixer predicts on one small image."""
+    from mmdet.structures import DetDataSample
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/adamixer/'
+        'adamixer_x101-32x4d-dcn_8xb2-crop-ms-480-800-3x-300q_coco.py'))
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    dcn_stages = [
+        any(type(m).__name__ == 'DeformConv2dPack' for m in layer.modules())
+        for layer in (model.backbone.layer1, model.backbone.layer2,
+                      model.backbone.layer3, model.backbone.layer4)
+    ]
+    assert dcn_stages == [False, True, True, True]
+    # (the CPU op refuses maps smaller than its kernel: 96 x 128 is enough)
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(
+        img_shape=(96, 128), ori_shape=(96, 128), scale_factor=(1.0, 1.0)))
+    data = model.data_preprocessor(
+        dict(inputs=[image], data_samples=[sample]), False)
+    with torch.no_grad():
+        results = model.predict(data['inputs'], data['data_samples'])
+    pred = results[0].pred_instances
+    assert pred.bboxes.shape == (300, 4) and torch.isfinite(pred.bboxes).all()
 
 
 def stage_count(D, H, F, C, G, c, p_in, p_out):
@@ -160,17 +216,39 @@ def test_decoder_parameter_counts_match_the_architecture():
     projection = c * p_out * G * D
     counts = count_parameters(lors.roi_head)
     assert counts.shared == generator + projection
+    # per stage, the published private mixing tensors (spec): core generator
+    # Linear(D -> 2 G K k k); L^M (G K, c, k), R^M (G K, k, c), L^S (G K,
+    # P_out, k), R^S (G K, k, P_in); A (r, c P_out G), B (D, r), bias (D)
+    private_mixing = 0
     private = 0
     for terms in [1, 1, 2, 2, 3, 3]:
+        mixing = (D + 1) * 2 * G * terms * k * k \
+            + G * terms * (c * k + k * c + p_out * k + k * p_in) \
+            + r * c * p_out * G + D * r + D
+        private_mixing += mixing
         private += stage_count(D, H, F, C, G, c, p_in, p_out) \
-            - generator - projection \
-            + (D + 1) * 2 * G * terms * k * k \
-            + terms * (c * k + k * c + p_out * k + k * p_in) \
-            + r * c * p_out * G + D * r
+            - generator - projection - D + mixing
     assert counts.private == private
+    assert counts.total == 35_348_264  # the published R-50 decoder
+    # the published mixing module also holds the 6 output LayerNorms (our
+    # stages' mixing_norm)
+    assert generator + projection + private_mixing + 6 * 2 * D == 25_940_480
+    assert count_parameters(lors.rpn_head).total == 100 * D == 25_600
     # the paper's headline: about 70% fewer decoder parameters than AdaMixer
     ratio = counts.total / (6 * per_stage)
     assert 0.25 < ratio < 0.35
+
+
+def test_param_report_prints_the_published_count(monkeypatch, capsys):
+    path = osp.join(ROOT, 'configs/lors_adamixer/'
+                    'lors-adamixer_r50_8xb2-1x-100q_coco.py')
+    text = run_report([path], monkeypatch, capsys)
+    decoder_line = next(line for line in text.splitlines()
+                        if line.startswith('roi_head'))
+    assert decoder_line.split()[-1] == '35,348,264'
+    query_line = next(line for line in text.splitlines()
+                      if line.startswith('rpn_head'))
+    assert query_line.split()[-1] == '25,600'
 
 
 def run_report(argv, monkeypatch, capsys) -> str:
@@ -230,3 +308,53 @@ def test_param_report_cfg_options_change_the_model(monkeypatch, capsys):
          f'model.rpn_head.num_query={num_query - 10}'], monkeypatch, capsys))
     assert default['total']['total'] - fewer['total']['total'] == \
         10 * content_dim
+
+
+def test_a_top_level_variable_in_a_child_config_does_not_reach_the_base_model(
+        tmp_path):
+    """Why the authors' "300-query" LORS configs build 100 queries
+    (docs/adamixer.md): they only set ``num_query = 300`` on top of a base
+    whose model dict used ``num_query`` when the base was read. Same pattern,
+    same config semantics (a base file is evaluated on its own)."""
+    (tmp_path / 'base_100q.py').write_text(
+        'num_query = 100\n'
+        'model = dict(rpn_head=dict(num_query=num_query),\n'
+        '             test_cfg=dict(rcnn=dict(max_per_img=num_query)))\n')
+    (tmp_path / 'child_300q.py').write_text(
+        "_base_ = './base_100q.py'\nnum_query = 300\n")
+    cfg = Config.fromfile(str(tmp_path / 'child_300q.py'))
+    assert cfg.num_query == 300
+    assert cfg.model.rpn_head.num_query == 100
+    assert cfg.model.test_cfg.rcnn.max_per_img == 100
+    # ours set the model keys themselves
+    ours = Config.fromfile(osp.join(
+        ROOT, 'configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-300q_coco.py'))
+    assert ours.model.rpn_head.num_query == 300
+    assert ours.model.test_cfg.rcnn.max_per_img == 300
+
+
+def test_toy_and_coco_adamixer_share_one_model_base():
+    """The toy AdaMixer restates only sizes: every other model key (losses,
+    matching, mixing layout, init-relevant settings) comes from the same
+    base as the COCO config."""
+    coco = Config.fromfile(
+        osp.join(ROOT, 'configs/adamixer/adamixer_r50_8xb2-1x-100q_coco.py'))
+    toy = Config.fromfile(osp.join(
+        ROOT, 'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py'))
+    sizes = {'depth', 'base_channels', 'frozen_stages', 'norm_eval',
+             'init_cfg', 'in_channels', 'out_channels', 'num_groups',
+             'num_query', 'content_dim', 'num_stages', 'stage_loss_weights',
+             'feat_channels', 'in_points', 'out_points', 'num_classes',
+             'num_heads', 'feedforward_channels', 'max_per_img', 'rcnn'}
+
+    def differing(a, b, path=''):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in set(a) | set(b):
+                yield from differing(a.get(key), b.get(key), f'{path}.{key}')
+        elif a != b:
+            yield path
+
+    diffs = set(differing(coco.model.to_dict(), toy.model.to_dict()))
+    assert diffs and {path.rsplit('.', 1)[-1] for path in diffs} <= sizes
+    # the per-stage training targets are the base's, one per toy stage
+    assert toy.model.train_cfg.rcnn == [coco.model.train_cfg.rcnn[0]] * 3

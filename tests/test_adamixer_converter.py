@@ -18,12 +18,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from mmengine.config import ConfigDict
+from mmengine.config import Config, ConfigDict
 
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
+from lors_mmdet.compat import safe_load_checkpoint
 from lors_mmdet.models.adamixer.checkpoint_converter import (
-    convert_adamixer_checkpoint, convert_adamixer_state_dict, detect_release)
+    convert_adamixer_checkpoint, convert_adamixer_state_dict, detect_release,
+    settings_mismatches)
 
 register_all_modules(init_default_scope=True)
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -86,40 +88,43 @@ def build_detector(lors: bool, groups: int, p_in: int, p_out: int,
     return MODELS.build(ConfigDict(cfg))
 
 
-def official_common(backbone_state: dict, gen: torch.Generator) -> dict:
+def official_common(backbone_state: dict, gen: torch.Generator, d=D,
+                    ffn=FFN, heads=HEADS, classes=NUM_CLASSES,
+                    num_query=NUM_QUERY, feat=FEAT, stages=STAGES,
+                    in_channels=(8, 16, 32, 64)) -> dict:
     """Backbone, neck, query generator and the non-mixing stage tensors."""
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen) * 0.1
 
     state = {f'backbone.{k}': v.clone() for k, v in backbone_state.items()}
-    for level, channels in enumerate([8, 16, 32, 64]):
+    for level, channels in enumerate(in_channels):
         state[f'neck.lateral_convs.{level}.conv.weight'] = rand(
-            FEAT, channels, 1, 1)
-        state[f'neck.lateral_convs.{level}.conv.bias'] = rand(FEAT)
-    state['neck.gn_out.weight'] = rand(FEAT) + 1
-    state['neck.gn_out.bias'] = rand(FEAT)
+            feat, channels, 1, 1)
+        state[f'neck.lateral_convs.{level}.conv.bias'] = rand(feat)
+    state['neck.gn_out.weight'] = rand(feat) + 1
+    state['neck.gn_out.bias'] = rand(feat)
     state['rpn_head.init_proposal_bboxes.weight'] = torch.tensor(
-        [[0.5, 0.5, 1.0, 1.0]]).repeat(NUM_QUERY, 1)
-    state['rpn_head.init_content_features.weight'] = rand(NUM_QUERY, D)
-    for s in range(STAGES):
+        [[0.5, 0.5, 1.0, 1.0]]).repeat(num_query, 1)
+    state['rpn_head.init_content_features.weight'] = rand(num_query, d)
+    for s in range(stages):
         p = f'roi_head.bbox_head.{s}.'
         shapes = {
-            'fc_cls.weight': (NUM_CLASSES, D), 'fc_cls.bias': (NUM_CLASSES, ),
-            'fc_reg.weight': (4, D), 'fc_reg.bias': (4, ),
-            'attention.attn.in_proj_weight': (3 * D, D),
-            'attention.attn.in_proj_bias': (3 * D, ),
-            'attention.attn.out_proj.weight': (D, D),
-            'attention.attn.out_proj.bias': (D, ),
-            'attention_norm.weight': (D, ), 'attention_norm.bias': (D, ),
-            'ffn.layers.0.0.weight': (FFN, D), 'ffn.layers.0.0.bias': (FFN, ),
-            'ffn.layers.1.weight': (D, FFN), 'ffn.layers.1.bias': (D, ),
-            'ffn_norm.weight': (D, ), 'ffn_norm.bias': (D, ),
-            'cls_fcs.0.weight': (D, D), 'cls_fcs.0.bias': (D, ),
-            'cls_fcs.1.weight': (D, ), 'cls_fcs.1.bias': (D, ),
-            'reg_fcs.0.weight': (D, D), 'reg_fcs.0.bias': (D, ),
-            'reg_fcs.1.weight': (D, ), 'reg_fcs.1.bias': (D, ),
-            'iof_tau': (HEADS, ),
+            'fc_cls.weight': (classes, d), 'fc_cls.bias': (classes, ),
+            'fc_reg.weight': (4, d), 'fc_reg.bias': (4, ),
+            'attention.attn.in_proj_weight': (3 * d, d),
+            'attention.attn.in_proj_bias': (3 * d, ),
+            'attention.attn.out_proj.weight': (d, d),
+            'attention.attn.out_proj.bias': (d, ),
+            'attention_norm.weight': (d, ), 'attention_norm.bias': (d, ),
+            'ffn.layers.0.0.weight': (ffn, d), 'ffn.layers.0.0.bias': (ffn, ),
+            'ffn.layers.1.weight': (d, ffn), 'ffn.layers.1.bias': (d, ),
+            'ffn_norm.weight': (d, ), 'ffn_norm.bias': (d, ),
+            'cls_fcs.0.weight': (d, d), 'cls_fcs.0.bias': (d, ),
+            'cls_fcs.1.weight': (d, ), 'cls_fcs.1.bias': (d, ),
+            'reg_fcs.0.weight': (d, d), 'reg_fcs.0.bias': (d, ),
+            'reg_fcs.1.weight': (d, ), 'reg_fcs.1.bias': (d, ),
+            'iof_tau': (heads, ),
         }
         for name, shape in shapes.items():
             state[p + name] = rand(*shape)
@@ -151,20 +156,25 @@ def official_adamixer(backbone_state, groups=2, p_in=8, p_out=6, seed=0):
 
 
 def official_lors(backbone_state, groups=2, p_in=8, p_out=6, k=3,
-                  terms=(1, 2), rank=2, seed=0):
+                  terms=(1, 2), rank=2, seed=0, common=None):
+    """The authors' LORS-AdaMixer keys and shapes; ``common`` overrides the
+    sizes of :func:`official_common` (keys d, ffn, heads, classes, ...)."""
     gen = torch.Generator().manual_seed(seed)
-    state = official_common(backbone_state, gen)
-    c = FEAT // groups
+    common = dict(common or {})
+    common.setdefault('stages', len(terms))
+    state = official_common(backbone_state, gen, **common)
+    d, feat = common.get('d', D), common.get('feat', FEAT)
+    c = feat // groups
     m = 'roi_head.adaptive_mixing.'
     state[m + 'common_parameter_generator.weight'] = torch.randn(
-        groups * (c * c + p_in * p_out), D, generator=gen) * 0.1
+        groups * (c * c + p_in * p_out), d, generator=gen) * 0.1
     state[m + 'common_parameter_generator.bias'] = torch.randn(
         groups * (c * c + p_in * p_out), generator=gen)
     state[m + 'base_out_proj.weight'] = torch.randn(
-        D, c * p_out * groups, generator=gen) * 0.1
+        d, c * p_out * groups, generator=gen) * 0.1
     for s, num in enumerate(terms):
         p = f'roi_head.bbox_head.{s}.sampling.sampling_offset_generator.0.'
-        state[p + 'weight'] = torch.randn(groups * p_in * 3, D, generator=gen)
+        state[p + 'weight'] = torch.randn(groups * p_in * 3, d, generator=gen)
         state[p + 'bias'] = torch.randn(groups * p_in * 3, generator=gen)
         gk = groups * num
         state[f'{m}ml_parameters.{s}'] = torch.randn(gk, c, k, generator=gen)
@@ -174,16 +184,16 @@ def official_lors(backbone_state, groups=2, p_in=8, p_out=6, k=3,
         state[f'{m}sr_parameters.{s}'] = torch.randn(gk, k, p_in,
                                                      generator=gen)
         state[f'{m}private_parameter_generator.{s}.weight'] = torch.randn(
-            2 * gk * k * k, D, generator=gen) * 0.1
+            2 * gk * k * k, d, generator=gen) * 0.1
         state[f'{m}private_parameter_generator.{s}.bias'] = torch.randn(
             2 * gk * k * k, generator=gen) * 0.1
         state[f'{m}out_weight_add_A.{s}'] = torch.randn(
             rank, c * p_out * groups, generator=gen) * 0.1
-        state[f'{m}out_weight_add_B.{s}'] = torch.randn(D, rank,
+        state[f'{m}out_weight_add_B.{s}'] = torch.randn(d, rank,
                                                         generator=gen) * 0.1
-        state[f'{m}out_weight_bias.{s}'] = torch.randn(D, generator=gen)
-        state[f'{m}out_norm.{s}.weight'] = torch.randn(D, generator=gen)
-        state[f'{m}out_norm.{s}.bias'] = torch.randn(D, generator=gen)
+        state[f'{m}out_weight_bias.{s}'] = torch.randn(d, generator=gen)
+        state[f'{m}out_norm.{s}.weight'] = torch.randn(d, generator=gen)
+        state[f'{m}out_norm.{s}.bias'] = torch.randn(d, generator=gen)
     return state
 
 
@@ -212,6 +222,9 @@ def test_adamixer_checkpoint_converts_exactly():
     assert report['release'] == 'adamixer'
     assert report['num_stages'] == STAGES
     assert report['dropped'] == ['rpn_head.init_proposal_bboxes.weight']
+    assert report['decoder'] == dict(
+        type='AdaMixerDecoder', n_groups=groups, in_points=p_in,
+        out_points=p_out, feat_channels=FEAT, num_stages=STAGES)
     model.load_state_dict(converted, strict=True)
 
     c = FEAT // groups
@@ -251,10 +264,14 @@ def test_lors_adamixer_checkpoint_converts_exactly():
         groups, p_in, p_out, k, terms, rank)
     converted, report = convert_adamixer_state_dict(official)
     assert report['release'] == 'lors-adamixer'
-    assert report['num_terms'] == [groups * t for t in terms]
+    assert report['decoder'] == dict(
+        type='LorsAdaMixerDecoder', n_groups=groups, in_points=p_in,
+        out_points=p_out, feat_channels=FEAT, core_sizes=[k] * len(terms),
+        num_terms=list(terms), out_proj_ranks=[rank] * len(terms),
+        per_group_factors=True, num_stages=len(terms))
     model = build_detector(
-        True, groups, p_in, p_out, num_terms=report['num_terms'],
-        core_size=k, rank=rank)
+        True, groups, p_in, p_out, num_terms=list(terms), core_size=k,
+        rank=rank)
     model.load_state_dict(converted, strict=True)
 
     m = 'roi_head.adaptive_mixing.'
@@ -294,6 +311,107 @@ def test_lors_adamixer_checkpoint_converts_exactly():
         official[m + 'base_out_proj.weight'])
 
 
+def published_mixing_float64(official, s, x, query, groups, terms, k):
+    """Stage ``s`` of the published LORS-AdaMixer mixing, written from the
+    spec's equations with the authors' tensors, in float64, group by group
+    and term by term:
+    M_g(q) = M_shared,g(q) + sum_t L^M_gt Z^M_gt(q) R^M_gt (likewise S);
+    out = ReLU(LN(x M)); out = ReLU(LN(S out)); LN_s(q + (W + B A) out + b).
+    """
+    m = 'roi_head.adaptive_mixing.'
+
+    def t(key):
+        return official[m + key].double()
+
+    c, p_in = x.shape[-1], x.shape[-2]
+    p_out = official[f'{m}sl_parameters.{s}'].shape[1]
+    common = F.linear(query, t('common_parameter_generator.weight'),
+                      t('common_parameter_generator.bias'))
+    common = common.unflatten(-1, (groups, -1))
+    cores = F.linear(query, t(f'private_parameter_generator.{s}.weight'),
+                     t(f'private_parameter_generator.{s}.bias'))
+    # [M, S][group][term][k][k]
+    cores = cores.unflatten(-1, (2, groups, terms, k, k))
+    outs = []
+    for g in range(groups):
+        channel = common[..., g, :c * c].unflatten(-1, (c, c))
+        spatial = common[..., g, c * c:].unflatten(-1, (p_out, p_in))
+        for term in range(terms):
+            row = g * terms + term
+            channel = channel + t(f'ml_parameters.{s}')[row] @ \
+                cores[..., 0, g, term, :, :] @ t(f'mr_parameters.{s}')[row]
+            spatial = spatial + t(f'sl_parameters.{s}')[row] @ \
+                cores[..., 1, g, term, :, :] @ t(f'sr_parameters.{s}')[row]
+        out = x[..., g, :, :] @ channel
+        out = F.relu(F.layer_norm(out, out.shape[-2:]))
+        out = spatial @ out
+        outs.append(F.relu(F.layer_norm(out, out.shape[-2:])))
+    out = torch.stack(outs, dim=-3).flatten(-3)
+    weight = t('base_out_proj.weight') + \
+        t(f'out_weight_add_B.{s}') @ t(f'out_weight_add_A.{s}')
+    out = F.linear(out, weight, t(f'out_weight_bias.{s}'))
+    return F.layer_norm(query + out, query.shape[-1:],
+                        t(f'out_norm.{s}.weight'), t(f'out_norm.{s}.bias'))
+
+
+PUBLISHED_R50 = 'configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-100q_coco.py'
+
+
+def published_official_lors(backbone_state):
+    """A synthetic authors' checkpoint of the published R-50 LORS-AdaMixer
+    (released sizes: G=2, P_in=64, P_out=128, k=16, K=[1,1,2,2,3,3], r=8)."""
+    return official_lors(
+        backbone_state, groups=2, p_in=64, p_out=128, k=16,
+        terms=(1, 1, 2, 2, 3, 3), rank=8, seed=3,
+        common=dict(d=256, ffn=2048, heads=8, classes=80, num_query=100,
+                    feat=256, in_channels=(256, 512, 1024, 2048)))
+
+
+def test_authors_lors_checkpoint_loads_into_the_published_config(tmp_path):
+    """1:1: the converted checkpoint loads strictly into the published config
+    (no widened num_terms) and every stage's mixing equals the published
+    formula in float64."""
+    cfg = Config.fromfile(osp.join(ROOT, PUBLISHED_R50))
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    official = published_official_lors(model.backbone.state_dict())
+    converted, report = convert_adamixer_checkpoint(
+        dict(state_dict=official, meta=dict(epoch=12)))
+    path = tmp_path / 'converted.pth'
+    torch.save(converted, path)
+    loaded = safe_load_checkpoint(str(path), map_location='cpu')
+    settings = loaded['meta']['adamixer_conversion']['decoder']
+    assert settings['num_terms'] == [1, 1, 2, 2, 3, 3]
+    assert settings_mismatches(settings, cfg.model.roi_head) == []
+    model.load_state_dict(loaded['state_dict'], strict=True)
+
+    decoder = model.roi_head.double()
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 5, 2, 64, 128, generator=gen, dtype=torch.float64)
+    query = torch.randn(1, 5, 256, generator=gen, dtype=torch.float64)
+    worst = 0.0
+    with torch.no_grad():
+        for s, terms in enumerate([1, 1, 2, 2, 3, 3]):
+            stage = decoder.bbox_head[s]
+            got = stage.mixing_norm(stage.adaptive_mixing(x, query))
+            expected = published_mixing_float64(official, s, x, query, 2,
+                                                terms, 16)
+            assert expected.abs().max() > 0.5
+            worst = max(worst, (got - expected).abs().max().item())
+    print(f'max abs diff over the 6 stages (float64): {worst:.3e}')
+    assert worst <= 1e-10
+
+
+def test_settings_mismatches_name_the_key():
+    settings = dict(type='LorsAdaMixerDecoder', n_groups=2,
+                    num_terms=[1, 1, 2, 2, 3, 3], core_sizes=[16] * 6)
+    cfg = dict(type='LorsAdaMixerDecoder', num_stages=6, n_groups=2,
+               num_terms=[2, 2, 4, 4, 6, 6], core_sizes=16)
+    assert settings_mismatches(settings, cfg) == [
+        'num_terms: checkpoint [1, 1, 2, 2, 3, 3], config [2, 2, 4, 4, 6, 6]'
+    ]
+
+
 def test_rejects_other_checkpoints():
     with pytest.raises(ValueError, match='not an AdaMixer'):
         detect_release({'backbone.conv1.weight': torch.zeros(1)})
@@ -321,8 +439,23 @@ def test_conversion_tool(tmp_path, monkeypatch, capsys):
     runpy.run_path(
         osp.join(ROOT, 'tools/convert_adamixer_checkpoint.py'),
         run_name='__main__')
-    assert 'adamixer checkpoint, 2 stages' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'adamixer checkpoint, 2 stages' in out
+    assert 'n_groups=2, in_points=8, out_points=6' in out
     converted = torch.load(dst, weights_only=True)
     assert set(converted) == {'state_dict', 'meta'}
     assert converted['meta']['epoch'] == 12
+    assert converted['meta']['adamixer_conversion']['decoder']['n_groups'] \
+        == 2
     model.load_state_dict(converted['state_dict'], strict=True)
+    # a config of other sizes is refused, naming the settings
+    monkeypatch.setattr(sys, 'argv', [
+        'convert_adamixer_checkpoint.py', str(src),
+        str(tmp_path / 'other.pth'), '--config',
+        osp.join(ROOT, 'configs/adamixer/'
+                 'adamixer_r18-tiny_1xb16-toy_synthetic.py')])
+    with pytest.raises(SystemExit, match='n_groups: checkpoint 2, config 4'):
+        runpy.run_path(
+            osp.join(ROOT, 'tools/convert_adamixer_checkpoint.py'),
+            run_name='__main__')
+    assert not (tmp_path / 'other.pth').exists()

@@ -1,6 +1,7 @@
 """LORS-AdaMixer: sharing, equivalence with AdaMixer, parameter ownership and
 bad input."""
 import copy
+import os.path as osp
 
 import pytest
 import torch
@@ -229,16 +230,82 @@ def test_mixing_modules_match_the_written_out_mixing():
         rtol=1e-4)
 
 
-def test_per_stage_private_sizes():
+@pytest.mark.parametrize('per_group_factors', [True, False])
+def test_per_stage_private_sizes(per_group_factors):
     decoder = build_lors_decoder(
-        core_sizes=[2, 3, 4], num_terms=[3, 1, 2], out_proj_ranks=[1, 5, 2])
+        core_sizes=[2, 3, 4], num_terms=[3, 1, 2], out_proj_ranks=[1, 5, 2],
+        per_group_factors=per_group_factors)
+    rows = G if per_group_factors else 1
     for stage, k, terms, rank in zip(decoder.bbox_head, [2, 3, 4], [3, 1, 2],
                                      [1, 5, 2]):
         generator = stage.adaptive_mixing.generator
         assert generator.core_size == k and generator.num_terms == terms
-        assert generator.lors_L[0].shape == (terms, C // G, k)
-        assert generator.lors_R[1].shape == (terms, k, P_IN)
+        assert generator.per_group_factors == per_group_factors
+        assert generator.lors_L[0].shape == (rows * terms, C // G, k)
+        assert generator.lors_R[0].shape == (rows * terms, k, C // G)
+        assert generator.lors_L[1].shape == (rows * terms, P_OUT, k)
+        assert generator.lors_R[1].shape == (rows * terms, k, P_IN)
         assert stage.adaptive_mixing.out_proj.lors_A.shape[0] == rank
+
+
+def test_published_init_bounds_at_released_sizes():
+    """Each LORS tensor of the R-50 LORS-AdaMixer config after
+    init_weights, against the published init (spec): kaiming_uniform_ with
+    default arguments, U(+-sqrt(6 / fan_in)), fan_in = d1 * d2 of a 3-D and
+    in_features of a 2-D tensor; B, private bias, core generator zero; shared
+    generator weight zero, its bias and the shared projection nn.Linear's
+    U(+-1 / sqrt(in))."""
+    from mmengine.config import Config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(root, 'configs/lors_adamixer/'
+                                   'lors-adamixer_r50_8xb2-1x-100q_coco.py'))
+    torch.manual_seed(0)
+    decoder = MODELS.build(cfg.model.roi_head)
+    decoder.init_weights()
+    c, k, p_out, p_in, r, d = 128, 16, 128, 64, 8, 256
+
+    def check_uniform(tensor, bound, name):
+        assert tensor.abs().max() <= bound, name
+        # a uniform draw of this many values reaches close to the bound
+        assert tensor.abs().max() > 0.99 * bound, name
+
+    bound_2048, bound_1024 = (6 / (c * k))**0.5, (6 / (k * p_in))**0.5
+    bound_a = (6 / (c * p_out * 2))**0.5
+    # the spec's printed values
+    assert (round(bound_2048, 4), round(bound_1024, 4),
+            round(bound_a, 4)) == (0.0541, 0.0765, 0.0135)
+    for s, (stage, terms) in enumerate(
+            zip(decoder.bbox_head, [1, 1, 2, 2, 3, 3])):
+        generator = stage.adaptive_mixing.generator
+        out_proj = stage.adaptive_mixing.out_proj
+        assert generator.lors_L[0].shape == (2 * terms, c, k)
+        check_uniform(generator.lors_L[0], bound_2048, f'L^M {s}')
+        check_uniform(generator.lors_R[0], bound_2048, f'R^M {s}')
+        check_uniform(generator.lors_L[1], bound_2048, f'L^S {s}')
+        check_uniform(generator.lors_R[1], bound_1024, f'R^S {s}')
+        assert out_proj.lors_A.shape == (r, c * p_out * 2)
+        check_uniform(out_proj.lors_A, bound_a, f'A {s}')
+        for zero in (out_proj.lors_B, out_proj.bias,
+                     generator.core_generator.weight,
+                     generator.core_generator.bias):
+            assert torch.count_nonzero(zero) == 0
+    shared = decoder.shared_mixing_generator.generator
+    assert torch.count_nonzero(shared.weight) == 0
+    check_uniform(shared.bias, 1 / d**0.5, 'shared generator bias')
+    check_uniform(decoder.shared_mixing_out_proj.weight,
+                  1 / (c * p_out * 2)**0.5, 'shared out-projection')
+
+
+def test_linear_factor_init_is_the_library_default():
+    """factor_init='linear' (the ablation of the published init) gives
+    the nn.Linear bounds: 1/sqrt(k) for L (per term), 1/sqrt(in) for A."""
+    decoder = build_lors_decoder(factor_init='linear', core_sizes=4)
+    generator = decoder.bbox_head[2].adaptive_mixing.generator
+    assert generator.factor_init == 'linear'
+    assert generator.lors_L[0].abs().max() <= 1 / 4**0.5
+    assert generator.lors_L[0].abs().max() > (6 / (C // G * 4))**0.5
+    a = decoder.bbox_head[2].adaptive_mixing.out_proj.lors_A
+    assert a.abs().max() <= 1 / a.shape[1]**0.5
 
 
 @pytest.mark.parametrize(
@@ -253,6 +320,8 @@ def test_per_stage_private_sizes():
         (dict(out_proj_ranks=[2, 2, 0]), r'out_proj_ranks\[2\] = 0'),
         (dict(out_proj_ranks=D + 1), r'out_proj_ranks\[0\]'),
         (dict(num_terms='2'), 'num_terms must be an int'),
+        (dict(factor_init='xavier'), 'factor_init must be one of'),
+        (dict(per_group_factors='yes'), 'per_group_factors must be a bool'),
         (dict(n_groups=3), 'n_groups=3 must divide feat_channels=32'),
         (dict(in_points=0), 'in_points must be a positive int'),
         (dict(stage_loss_weights=[1, 1]), 'stage_loss_weights has 2'),

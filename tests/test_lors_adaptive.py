@@ -12,10 +12,12 @@ C, P_IN, P_OUT, GROUPS, QUERY_DIM = 16, 8, 12, 2, 24
 SHAPES = [(C, C), (P_OUT, P_IN)]
 
 
-def build(core_size=4, num_terms=2, seed=0, recompute=True):
+def build(core_size=4, num_terms=2, seed=0, recompute=True,
+          per_group_factors=False, factor_init='linear'):
     torch.manual_seed(seed)
     shared = SharedGenerator(QUERY_DIM, GROUPS, SHAPES, num_layers=3)
-    return shared, LorsAdaptive(shared, core_size, num_terms, recompute)
+    return shared, LorsAdaptive(shared, core_size, num_terms, recompute,
+                                per_group_factors, factor_init)
 
 
 def randomise(shared, layer, scale=0.3):
@@ -45,10 +47,17 @@ def reference_matrix(shared, layer, query, j):
                                                       GROUPS, m, n)
     cores = layer.core_generator(query).reshape(*query.shape[:-1], len(SHAPES),
                                                 GROUPS, num_terms, k, k)
-    for t in range(num_terms):
-        matrix = matrix + (layer.lors_L[j][t] @ cores[..., j, :, t, :, :]
-                           @ layer.lors_R[j][t])
-    return matrix
+    terms = []
+    for g in range(GROUPS):
+        group_matrix = matrix[..., g, :, :]
+        for t in range(num_terms):
+            # per-group factors: row g * K + t; shared: row t for every g
+            row = g * num_terms + t if layer.per_group_factors else t
+            group_matrix = group_matrix + (
+                layer.lors_L[j][row] @ cores[..., j, g, t, :, :]
+                @ layer.lors_R[j][row])
+        terms.append(group_matrix)
+    return torch.stack(terms, dim=-3)
 
 
 def test_shapes_and_registration():
@@ -69,6 +78,44 @@ def test_shapes_and_registration():
     assert generated.materialise(1).shape == (2, 5, GROUPS, P_OUT, P_IN)
 
 
+def test_per_group_factors_have_one_row_per_group_and_term():
+    shared, layer = build(core_size=4, num_terms=3, per_group_factors=True)
+    assert [tuple(p.shape) for p in layer.lors_L] == [
+        (GROUPS * 3, C, 4), (GROUPS * 3, P_OUT, 4)]
+    assert [tuple(p.shape) for p in layer.lors_R] == [
+        (GROUPS * 3, 4, C), (GROUPS * 3, 4, P_IN)]
+    assert layer.core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
+    # changing group 1's factors changes group 1's matrices only
+    randomise(shared, layer)
+    query = torch.randn(2, QUERY_DIM)
+    before = layer(query).materialise(0)
+    with torch.no_grad():
+        layer.lors_L[0][3:].mul_(2)
+    after = layer(query).materialise(0)
+    assert torch.equal(before[:, 0], after[:, 0])
+    assert not torch.allclose(before[:, 1], after[:, 1])
+
+
+@pytest.mark.parametrize('per_group_factors', [False, True])
+def test_factor_init_bounds(per_group_factors):
+    """'linear': U(+-1/sqrt(cols)) per term; 'kaiming': kaiming_uniform_'s
+    default U(+-sqrt(6 / (rows * cols))) of the stored 3-D tensor."""
+    for factor_init in ('linear', 'kaiming'):
+        _, layer = build(core_size=4, num_terms=3, seed=1,
+                         per_group_factors=per_group_factors,
+                         factor_init=factor_init)
+        for factor in (*layer.lors_L, *layer.lors_R):
+            _, rows, cols = factor.shape
+            bound = (6 / (rows * cols))**0.5 if factor_init == 'kaiming' \
+                else 1 / cols**0.5
+            assert factor.abs().max() <= bound
+            assert factor.abs().max() > 0.8 * bound  # uses the whole range
+    with pytest.raises(ValueError, match='factor_init must be one of'):
+        build(factor_init='lora')
+    with pytest.raises(TypeError, match='per_group_factors must be a bool'):
+        build(per_group_factors=1)
+
+
 def test_init_equals_shared_and_shared_is_query_independent():
     shared, layer = build()
     assert torch.count_nonzero(shared.generator.weight) == 0
@@ -87,8 +134,9 @@ def test_init_equals_shared_and_shared_is_query_independent():
                           x @ generated.shared[0], atol=1e-6)
 
 
-def test_materialise_matches_term_by_term_reference():
-    shared, layer = build(num_terms=3)
+@pytest.mark.parametrize('per_group_factors', [False, True])
+def test_materialise_matches_term_by_term_reference(per_group_factors):
+    shared, layer = build(num_terms=3, per_group_factors=per_group_factors)
     randomise(shared, layer)
     query = torch.randn(2, 3, QUERY_DIM)
     generated = layer(query)
@@ -97,10 +145,13 @@ def test_materialise_matches_term_by_term_reference():
         assert torch.allclose(generated.materialise(j), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize('per_group_factors', [False, True])
 @pytest.mark.parametrize('recompute', [True, False])
 @pytest.mark.parametrize('num_terms', [1, 3])
-def test_fast_equals_materialised_values_and_gradients(num_terms, recompute):
-    shared, layer = build(num_terms=num_terms, recompute=recompute)
+def test_fast_equals_materialised_values_and_gradients(num_terms, recompute,
+                                                       per_group_factors):
+    shared, layer = build(num_terms=num_terms, recompute=recompute,
+                          per_group_factors=per_group_factors)
     randomise(shared, layer)
     query = torch.randn(2, 5, QUERY_DIM)
     x = torch.randn(2, 5, GROUPS, P_IN, C)
@@ -238,3 +289,28 @@ def test_lors_adaptive_validation():
         LorsAdaptive(shared, 4, 1)
     with pytest.raises(TypeError, match='shared must be a SharedGenerator'):
         LorsAdaptive(nn.Linear(8, 8), 2, 1)
+
+
+@pytest.mark.parametrize('per_group_factors', [False, True])
+def test_to_linear_generates_the_same_matrices(per_group_factors):
+    """The merged generator (shared + folded private residual) gives the
+    layer's full matrices for every query, in float64 to rounding."""
+    shared, layer = build(num_terms=3, per_group_factors=per_group_factors)
+    shared.double()
+    layer.double()
+    randomise(shared, layer)
+    query = torch.randn(4, 3, QUERY_DIM, dtype=torch.float64)
+    merged = layer.to_linear()
+    assert isinstance(merged, nn.Linear)
+    assert merged.weight.shape == shared.generator.weight.shape
+    params = merged(query).unflatten(-1, (GROUPS, -1))
+    generated = layer(query)
+    start = 0
+    for j, (m, n) in enumerate(SHAPES):
+        got = params[..., start:start + m * n].unflatten(-1, (m, n))
+        start += m * n
+        expected = reference_matrix(shared, layer, query, j)
+        assert (got - expected).abs().max() < 1e-12
+        assert (got - generated.materialise(j)).abs().max() < 1e-12
+    # the layer's parameters are left alone
+    assert not merged.weight.data_ptr() == shared.generator.weight.data_ptr()

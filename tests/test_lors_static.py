@@ -228,3 +228,19 @@ def test_shared_linear_default_init_like_nn_linear():
     torch.manual_seed(3)
     linear = nn.Linear(20, 30, bias=False)
     assert torch.equal(shared.weight, linear.weight)
+
+
+def test_factor_init_of_a():
+    """'linear' (default): nn.Linear's / LoRA's bound 1/sqrt(in);
+    'kaiming': kaiming_uniform_'s default bound sqrt(6/in). B stays zero."""
+    shared = SharedLinear(512, 16, num_layers=2)
+    torch.manual_seed(0)
+    for factor_init, bound in (('linear', 512**-0.5),
+                               ('kaiming', (6 / 512)**0.5)):
+        layer = LorsLinear(shared, rank=8, factor_init=factor_init)
+        assert layer.lors_A.abs().max() <= bound
+        assert layer.lors_A.abs().max() > 0.9 * bound
+        assert torch.count_nonzero(layer.lors_B) == 0
+    assert LorsLinear(shared, rank=8).factor_init == 'linear'
+    with pytest.raises(ValueError, match='factor_init must be one of'):
+        LorsLinear(shared, rank=8, factor_init='xavier')

@@ -1,30 +1,29 @@
 """Convert an authors' AdaMixer or LORS-AdaMixer checkpoint (mmdet 2.12
 releases MCG-NJU/AdaMixer and li-jl16/LORS) to this plugin's layout::
 
-    python tools/convert_adamixer_checkpoint.py SRC.pth DST.pth
+    python tools/convert_adamixer_checkpoint.py SRC.pth DST.pth [--config CONFIG]
 
 then evaluate it with the matching config, e.g.::
 
-    python tools/test.py configs/adamixer/adamixer_r50_8xb2-1x-100q_coco.py DST.pth
+    python tools/test.py configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-100q_coco.py DST.pth
 
-A LORS-AdaMixer checkpoint is evaluated with ``num_terms`` multiplied by the
-number of mixing groups (the authors' per-group factors become terms of their
-own; the conversion is exact), which this script prints, e.g.::
-
-    python tools/test.py configs/lors_adamixer/lors-adamixer_r50_8xb2-1x-100q_coco.py \
-        DST.pth --cfg-options "model.roi_head.num_terms=[2,2,4,4,6,6]"
-
-The key mapping is documented in lors_mmdet/models/adamixer/checkpoint_converter.py
-and docs/adamixer.md. The source is loaded with weights_only=True.
+Every tensor is copied one to one (the published LORS-AdaMixer configs store
+the per-group adaptive factors as the authors do). The decoder settings read
+from the tensors' shapes are printed and kept in ``meta['adamixer_conversion']``;
+with ``--config`` they are compared with the config's ``model.roi_head`` and
+any difference is an error. The key mapping is documented in
+lors_mmdet/models/adamixer/checkpoint_converter.py and docs/adamixer.md. The
+source is loaded with weights_only=True.
 """
 import argparse
 import os.path as osp
 
 import torch
 
+from lors_mmdet.analysis import load_config
 from lors_mmdet.compat import safe_load_checkpoint
-from lors_mmdet.models.adamixer.checkpoint_converter import \
-    convert_adamixer_checkpoint
+from lors_mmdet.models.adamixer.checkpoint_converter import (
+    convert_adamixer_checkpoint, settings_mismatches)
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,6 +31,10 @@ def parse_args() -> argparse.Namespace:
         description=__doc__.split('\n\n')[0].replace('\n', ' '))
     parser.add_argument('src', help="the authors' checkpoint (.pth)")
     parser.add_argument('dst', help='where to write the converted checkpoint')
+    parser.add_argument(
+        '--config',
+        help='a config the checkpoint is meant for: its decoder settings '
+        'must match the checkpoint\'s')
     return parser.parse_args()
 
 
@@ -41,15 +44,19 @@ def main() -> None:
         raise SystemExit('error: dst must differ from src')
     checkpoint = safe_load_checkpoint(args.src, map_location='cpu')
     converted, report = convert_adamixer_checkpoint(checkpoint)
+    if args.config:
+        mismatches = settings_mismatches(
+            report['decoder'], load_config(args.config).model.roi_head)
+        if mismatches:
+            raise SystemExit(f'error: {args.src} does not fit {args.config}:'
+                             '\n  ' + '\n  '.join(mismatches))
     torch.save(converted, args.dst)
     print(f'{report["release"]} checkpoint, {report["num_stages"]} stages, '
           f'{len(converted["state_dict"])} tensors -> {args.dst}')
+    print('decoder settings: ' + ', '.join(
+        f'{key}={value}' for key, value in report['decoder'].items()))
     if report['dropped']:
         print('dropped (no counterpart here): ' + ', '.join(report['dropped']))
-    if 'num_terms' in report:
-        terms = ','.join(str(t) for t in report['num_terms'])
-        print('evaluate with --cfg-options '
-              f'"model.roi_head.num_terms=[{terms}]"')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 # A small LORS-AdaMixer for CPU on the synthetic shapes data set: the toy
 # AdaMixer (../adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py) with the LORS
 # decoder: shared mixing generator and output projection, private adaptive
-# cores k=8 with K_i=[1, 2, 3] terms, rank-4 output residuals. The mixing
+# cores k=8 with K_i=[1, 2, 3] terms (static factors per mixing group, as
+# published), rank-4 output residuals, the published init. The mixing
 # shapes stay the toy AdaMixer's (G=4, P_in=16), so that plain and LORS differ
 # only in what the stages share; the COCO configs use the paper's G=2, P_in=64.
 _base_ = '../adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py'
@@ -12,4 +13,6 @@ model = dict(
         core_sizes=8,
         num_terms=[1, 2, 3],
         out_proj_ranks=4,
+        per_group_factors=True,
+        factor_init='kaiming',
         bbox_head=dict(type='LorsAdaMixerDecoderStage')))

@@ -12,12 +12,12 @@ See ``docs/lors_library.md``.
 from .accounting import ParameterCount, count_parameters, reset_lors_parameters
 from .adaptive import GeneratedMatrices, LorsAdaptive, SharedGenerator
 from .merge import lors_from_dense, merge_linears
-from .static import (LorsLinear, LorsLinearStack, SharedLinear,
-                     build_lors_linears)
+from .static import (FACTOR_INITS, LorsLinear, LorsLinearStack,
+                     SharedLinear, build_lors_linears)
 
 __all__ = [
     'SharedLinear', 'LorsLinear', 'LorsLinearStack', 'build_lors_linears',
     'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices', 'merge_linears',
     'lors_from_dense', 'count_parameters', 'ParameterCount',
-    'reset_lors_parameters'
+    'reset_lors_parameters', 'FACTOR_INITS'
 ]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ._validate import check_positive_int
+from .static import check_factor_init
 
 
 def _check_shapes(shapes: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
@@ -130,8 +131,10 @@ class GeneratedMatrices:
     Args:
         shared: per shape, the shared matrices (..., G, m, n).
         cores: per shape, the cores (..., G, K, k, k).
-        lefts: per shape, the static left factors (K, m, k).
-        rights: per shape, the static right factors (K, k, n).
+        lefts: per shape, the static left factors (F, K, m, k), ``F = G``
+            with one factor per group, ``F = 1`` with factors shared by the
+            groups.
+        rights: per shape, the static right factors (F, K, k, n).
         recompute: recompute the low-rank intermediates in backward instead
             of storing them (activation checkpointing of the private term).
     """
@@ -149,11 +152,16 @@ class GeneratedMatrices:
         return len(self.shared)
 
     def _factors(self, j: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """(L as m x K*k, cores, R as K*k x n) of shape ``j``."""
+        """(L as (F,) m x K*k, cores, R as (F,) K*k x n) of shape ``j``;
+        without the F dim when the groups share the factors (one GEMM over
+        the whole batch), else with it (broadcast over the group dim)."""
         left, right = self.lefts[j], self.rights[j]
-        num_terms, m, k = left.shape
-        left = left.transpose(0, 1).reshape(m, num_terms * k)
-        return left, self.cores[j], right.reshape(num_terms * k, -1)
+        num_factors, num_terms, m, k = left.shape
+        left = left.transpose(1, 2).reshape(num_factors, m, num_terms * k)
+        right = right.reshape(num_factors, num_terms * k, -1)
+        if num_factors == 1:
+            left, right = left[0], right[0]
+        return left, self.cores[j], right
 
     def apply_right(self, x: Tensor, j: int) -> Tensor:
         """``x @ M_j(q)`` without building the private ``m x n`` matrices.
@@ -200,11 +208,15 @@ class GeneratedMatrices:
             (..., G, m, n).
         """
         left, cores, right = self.lefts[j], self.cores[j], self.rights[j]
-        num_terms, m, k = left.shape
-        # (K, m, k) x (..., K, k, k) -> (..., m, K*k), then one product with R.
-        lz = torch.einsum('tmk,...tkl->...mtl', left, cores).flatten(-2)
-        return self.shared[j] + torch.matmul(lz, right.reshape(num_terms * k,
-                                                               -1))
+        groups = cores.shape[-4]
+        num_factors, num_terms, m, k = left.shape
+        left = left.expand(groups, num_terms, m, k)
+        right = right.expand(groups, *right.shape[1:])
+        # (G, K, m, k) x (..., G, K, k, k) -> (..., G, m, K*k), then one
+        # product with R (G, K*k, n).
+        lz = torch.einsum('gtmk,...gtkl->...gmtl', left, cores).flatten(-2)
+        return self.shared[j] + torch.matmul(
+            lz, right.reshape(groups, num_terms * k, -1))
 
 
 def _uniform_like_linear_(factor: Tensor) -> None:
@@ -216,14 +228,29 @@ def _uniform_like_linear_(factor: Tensor) -> None:
     nn.init.uniform_(factor, -bound, bound)
 
 
+def _init_factor_(factor: Tensor, factor_init: str) -> None:
+    """Initialise a stored (terms, rows, cols) factor.
+
+    ``'kaiming'`` is torch's ``kaiming_uniform_`` with default arguments on
+    the whole 3-D tensor: its fan_in is ``rows * cols``, so the bound is
+    ``sqrt(6 / (rows * cols))``.
+    """
+    if factor_init == 'kaiming':
+        nn.init.kaiming_uniform_(factor)
+    else:
+        _uniform_like_linear_(factor)
+
+
 class LorsAdaptive(nn.Module):
     """One layer's private part of an adaptive LORS stack.
 
     Registers a core generator ``nn.Linear(query_dim,
     len(shapes) * groups * K * k * k)`` (weight and bias zero: the layer starts
-    as the shared generator) and per shape ``j`` the factors ``lors_L[j]``
-    (K, m, k) and ``lors_R[j]`` (K, k, n). The :class:`SharedGenerator` is
-    referenced, not registered.
+    as the shared generator; output order [shape][group][term][k][k]) and per
+    shape ``j`` the factors ``lors_L[j]`` and ``lors_R[j]``: (K, m, k) and
+    (K, k, n) when the groups share them, (G * K, m, k) and (G * K, k, n)
+    with ``per_group_factors`` (row ``g * K + t`` = term ``t`` of group
+    ``g``). The :class:`SharedGenerator` is referenced, not registered.
 
     Args:
         shared: the stack's shared generator.
@@ -232,10 +259,20 @@ class LorsAdaptive(nn.Module):
         recompute: in the factored products, recompute the low-rank
             intermediates in backward rather than store them. Defaults to
             True (see ``docs/lors_library.md`` for the measured effect).
+        per_group_factors: give every group its own ``L`` and ``R``
+            (the published LORS-AdaMixer) instead of one pair shared by the
+            groups. Defaults to False.
+        factor_init: init of ``L`` and ``R``: ``'linear'`` (default, each
+            term like an nn.Linear weight, bound ``1/sqrt(cols)``) or
+            ``'kaiming'`` (``kaiming_uniform_`` with default arguments on
+            each stored tensor, bound ``sqrt(6/(rows*cols))``, as published
+            for LORS-AdaMixer).
     """
 
     def __init__(self, shared: SharedGenerator, core_size: int,
-                 num_terms: int, recompute: bool = True) -> None:
+                 num_terms: int, recompute: bool = True,
+                 per_group_factors: bool = False,
+                 factor_init: str = 'linear') -> None:
         super().__init__()
         if not isinstance(shared, SharedGenerator):
             raise TypeError(f'shared must be a SharedGenerator, got '
@@ -252,6 +289,12 @@ class LorsAdaptive(nn.Module):
         self.core_size = core_size
         self.num_terms = num_terms
         self.recompute = recompute
+        if not isinstance(per_group_factors, bool):
+            raise TypeError(f'per_group_factors must be a bool, got '
+                            f'{per_group_factors!r}')
+        self.per_group_factors = per_group_factors
+        self.factor_init = check_factor_init(factor_init)
+        rows = shared.groups * num_terms if per_group_factors else num_terms
         weight = shared.generator.weight
         factory = dict(device=weight.device, dtype=weight.dtype)
         self.core_generator = nn.Linear(
@@ -259,10 +302,10 @@ class LorsAdaptive(nn.Module):
             len(shared.shapes) * shared.groups * num_terms * core_size**2,
             **factory)
         self.lors_L = nn.ParameterList(
-            nn.Parameter(torch.empty(num_terms, m, core_size, **factory))
+            nn.Parameter(torch.empty(rows, m, core_size, **factory))
             for m, _ in shared.shapes)
         self.lors_R = nn.ParameterList(
-            nn.Parameter(torch.empty(num_terms, core_size, n, **factory))
+            nn.Parameter(torch.empty(rows, core_size, n, **factory))
             for _, n in shared.shapes)
         self.reset_parameters()
 
@@ -272,11 +315,17 @@ class LorsAdaptive(nn.Module):
         return self._shared
 
     def reset_parameters(self) -> None:
-        """Core generator zero, L and R like nn.Linear weights."""
+        """Core generator zero, L and R as ``factor_init`` says."""
         nn.init.zeros_(self.core_generator.weight)
         nn.init.zeros_(self.core_generator.bias)
         for factor in (*self.lors_L, *self.lors_R):
-            _uniform_like_linear_(factor)
+            _init_factor_(factor, self.factor_init)
+
+    def _factor_views(self, factors: nn.ParameterList) -> List[Tensor]:
+        """The stored factors as (F, K, rows, cols) views, F = G or 1."""
+        num_factors = self.shared.groups if self.per_group_factors else 1
+        return [f.view(num_factors, self.num_terms, *f.shape[1:])
+                for f in factors]
 
     def forward(self, query: Tensor) -> GeneratedMatrices:
         """Generate this layer's matrices for ``query`` (..., query_dim)."""
@@ -284,9 +333,57 @@ class LorsAdaptive(nn.Module):
         k = self.core_size
         cores = self.core_generator(query).unflatten(
             -1, (len(shared), self.shared.groups, self.num_terms, k, k))
-        return GeneratedMatrices(shared, cores.unbind(-5), list(self.lors_L),
-                                 list(self.lors_R), self.recompute)
+        return GeneratedMatrices(shared, cores.unbind(-5),
+                                 self._factor_views(self.lors_L),
+                                 self._factor_views(self.lors_R),
+                                 self.recompute)
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """One plain generator of this layer's full matrices (deployment).
+
+        The cores are an affine function of the query, so the private part
+        ``sum_t L_t Z_t(q) R_t`` is affine in ``q`` too: element ``(a, b)``
+        of group ``g`` of shape ``j`` has weight ``sum_{t,u,v} L[a, u]
+        W_core[(j, g, t, u, v), :] R[v, b]`` (bias likewise). Added to the
+        shared generator this gives an ``nn.Linear(query_dim,
+        G * sum(m * n))`` with :class:`SharedGenerator`'s output layout,
+        exactly equal to the layer up to rounding (merge in float64 for a
+        float32 model to keep it below float32 rounding).
+        """
+        shared = self.shared
+        groups, k = shared.groups, self.core_size
+        generator = shared.generator
+        query_dim = shared.query_dim
+        cores_w = self.core_generator.weight.view(
+            len(shared.shapes), groups, self.num_terms, k, k, query_dim)
+        cores_b = self.core_generator.bias.view(
+            len(shared.shapes), groups, self.num_terms, k, k)
+        weight = generator.weight.view(groups, -1, query_dim).clone()
+        bias = generator.bias.view(groups, -1).clone()
+        lefts = self._factor_views(self.lors_L)
+        rights = self._factor_views(self.lors_R)
+        start = 0
+        for j, (m, n) in enumerate(shared.shapes):
+            left = lefts[j].expand(groups, *lefts[j].shape[1:])
+            right = rights[j].expand(groups, *rights[j].shape[1:])
+            # (G, K, m, k) (G, K, k, k, D) (G, K, k, n) -> (G, m, n, D)
+            delta_w = torch.einsum('gtau,gtuvd,gtvb->gabd', left, cores_w[j],
+                                   right)
+            delta_b = torch.einsum('gtau,gtuv,gtvb->gab', left, cores_b[j],
+                                   right)
+            weight[:, start:start + m * n] += delta_w.reshape(
+                groups, m * n, query_dim)
+            bias[:, start:start + m * n] += delta_b.reshape(groups, m * n)
+            start += m * n
+        linear = nn.Linear(query_dim, generator.out_features,
+                           device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(weight.view(-1, query_dim))
+        linear.bias.copy_(bias.view(-1))
+        return linear
 
     def extra_repr(self) -> str:
         return (f'core_size={self.core_size}, num_terms={self.num_terms}, '
-                f'recompute={self.recompute}')
+                f'recompute={self.recompute}, '
+                f'per_group_factors={self.per_group_factors}, '
+                f'factor_init={self.factor_init!r}')

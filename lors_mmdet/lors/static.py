@@ -19,6 +19,20 @@ from torch import Tensor, nn
 from ._validate import check_positive_int, per_layer
 
 PATHS = ('auto', 'dense', 'low_rank')
+# How the non-zero private factors start (the zero ones always start at 0):
+# 'linear': nn.Linear's default, U(+-1/sqrt(fan_in)) (kaiming_uniform_ with
+#     a=sqrt(5)), the LoRA convention;
+# 'kaiming': torch's kaiming_uniform_ with default arguments on the stored
+#     tensor, U(+-sqrt(6/fan_in)), as the published LORS-AdaMixer.
+FACTOR_INITS = ('linear', 'kaiming')
+
+
+def check_factor_init(value: object) -> str:
+    """Return ``value`` if it names a factor init, else raise."""
+    if value not in FACTOR_INITS:
+        raise ValueError(f'factor_init must be one of {FACTOR_INITS}, got '
+                         f'{value!r}')
+    return value
 
 
 class SharedLinear(nn.Module):
@@ -64,10 +78,14 @@ class LorsLinear(nn.Module):
         rank: rank ``r`` of each low-rank term.
         num_terms: number ``K`` of low-rank terms. Defaults to 1.
         bias: whether the layer has a private bias. Defaults to True.
+        factor_init: init of ``A``: ``'linear'`` (default, nn.Linear's and
+            LoRA's, bound ``1/sqrt(in)``) or ``'kaiming'`` (kaiming_uniform_
+            with default arguments, bound ``sqrt(6/in)``, as published for
+            LORS-AdaMixer).
     """
 
     def __init__(self, shared: SharedLinear, rank: int, num_terms: int = 1,
-                 bias: bool = True) -> None:
+                 bias: bool = True, factor_init: str = 'linear') -> None:
         super().__init__()
         if not isinstance(shared, SharedLinear):
             raise TypeError(f'shared must be a SharedLinear, got '
@@ -88,6 +106,7 @@ class LorsLinear(nn.Module):
         self.out_features = out_features
         self.rank = rank
         self.num_terms = num_terms
+        self.factor_init = check_factor_init(factor_init)
         factory = dict(device=shared.weight.device, dtype=shared.weight.dtype)
         self.lors_A = nn.Parameter(torch.empty(total_rank, in_features,
                                                **factory))
@@ -105,8 +124,12 @@ class LorsLinear(nn.Module):
         return self._shared
 
     def reset_parameters(self) -> None:
-        """A kaiming-uniform, B and bias zero: the layer equals the shared."""
-        nn.init.kaiming_uniform_(self.lors_A, a=math.sqrt(5))
+        """A kaiming-uniform (``factor_init``), B and bias zero: the layer
+        equals the shared."""
+        if self.factor_init == 'kaiming':
+            nn.init.kaiming_uniform_(self.lors_A)
+        else:
+            nn.init.kaiming_uniform_(self.lors_A, a=math.sqrt(5))
         nn.init.zeros_(self.lors_B)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -161,7 +184,8 @@ class LorsLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, '
                 f'out_features={self.out_features}, rank={self.rank}, '
-                f'num_terms={self.num_terms}, bias={self.bias is not None}')
+                f'num_terms={self.num_terms}, bias={self.bias is not None}, '
+                f'factor_init={self.factor_init!r}')
 
 
 def build_lors_linears(

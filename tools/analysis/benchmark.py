@@ -2,7 +2,9 @@
 
 For each family (AdaMixer, DINO, Deformable-DETR): total and decoder parameters,
 checkpoint size, training-step time and memory, inference latency of the LORS model
-as trained and merged for deployment (every LORS linear map folded into a plain one).
+as trained and merged for deployment (every LORS linear map folded into a plain one;
+LORS-AdaMixer merges exactly into a plain AdaMixer of its own geometry, which is
+timed as well).
 Timings are medians over repeats, plain and LORS interleaved (machines are noisy).
 
     python tools/analysis/benchmark.py                    # CPU: toy configs, 128 px
@@ -21,15 +23,19 @@ import logging
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.analysis import build_detector, decoder_of, synthetic_batch
+from lors_mmdet.analysis import (build_detector, decoder_of, load_config,
+                                 synthetic_batch)
 from lors_mmdet.lors import LorsLinear, count_parameters
+from lors_mmdet.models.adamixer import LorsAdaMixerDecoder
+from lors_mmdet.models.adamixer.merge import (merge_lors_adamixer_state_dict,
+                                              plain_adamixer_config)
 
 PAIRS = {
     'cpu': {
@@ -67,8 +73,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def merged_for_deployment(model: nn.Module) -> nn.Module:
-    """A copy where every LorsLinear is replaced by the plain nn.Linear it equals."""
+def merged_for_deployment(model: nn.Module, config: Optional[str] = None) -> nn.Module:
+    """The plain model a LORS model equals: LORS-AdaMixer as the plain AdaMixer of
+    its geometry (exact merge), else a copy where every LorsLinear is replaced by the
+    plain nn.Linear it equals."""
+    if isinstance(getattr(model, 'roi_head', None), LorsAdaMixerDecoder):
+        if config is None:
+            raise ValueError('merging a LORS-AdaMixer needs its config')
+        device = next(model.parameters()).device
+        merged = build_detector(plain_adamixer_config(load_config(config)), device,
+                                init_weights=False)
+        merged.load_state_dict(merge_lors_adamixer_state_dict(model))
+        return merged
     merged = copy.deepcopy(model)
     for name, module in list(merged.named_modules()):
         if type(module) is LorsLinear:  # a subclass may add per-query terms
@@ -208,7 +224,11 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
     train = interleaved_medians(
         {name: (lambda n=name: train_step(models[n], optimizers[n], batch, args.device))
          for name in models}, args.repeats, args.warmup)
-    models['LORS merged'] = merged_for_deployment(models['LORS'])
+    models['LORS merged'] = merged_for_deployment(models['LORS'], lors_config)
+    if isinstance(decoder_of(models['LORS']), LorsAdaMixerDecoder):
+        # a plain AdaMixer with the LORS model's G and P_in (its own weights)
+        models['plain, LORS geometry'] = build_detector(
+            plain_adamixer_config(load_config(lors_config)), args.device)
     for model in models.values():
         model.eval()
     infer = interleaved_medians(
@@ -241,6 +261,10 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
         f'{infer["plain"]["seconds"] * 1e3:.1f} ms | '
         f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
         f'{infer["LORS merged"]["seconds"] / infer["plain"]["seconds"]:.3f} |',
+        f'| {family} | inference latency, LORS merged / as trained | '
+        f'{infer["LORS"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["LORS merged"]["seconds"] / infer["LORS"]["seconds"]:.3f} |',
     ]
     if args.device == 'cuda':
         lines += [
@@ -248,6 +272,13 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
             f'{infer["plain"]["peak_mb"]:.0f} MiB | {infer[name]["peak_mb"]:.0f} MiB | '
             f'{infer[name]["peak_mb"] / infer["plain"]["peak_mb"]:.3f} |'
             for name in ('LORS', 'LORS merged')]
+    if 'plain, LORS geometry' in infer:
+        same = infer['plain, LORS geometry']['seconds']
+        lines.append(
+            f'| {family} | inference latency, LORS merged / plain of the same '
+            f'geometry | {same * 1e3:.1f} ms | '
+            f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
+            f'{infer["LORS merged"]["seconds"] / same:.3f} |')
     return lines
 
 

@@ -90,7 +90,7 @@ def parameter_report(model: nn.Module) -> dict:
 
 
 def _millions(value: int) -> str:
-    return f'{value / 1e6:9.3f}M'
+    return f'{value / 1e6:9.3f}M {value:>13,}'
 
 
 def saving_text(lors: int, dense: int) -> str:
@@ -109,7 +109,7 @@ def format_report(config: str, report: dict) -> str:
         f'model {report["model"]}, decoder {dec["name"]} ({dec["type"]}), '
         f'LORS: {"yes" if report["lors"] else "no"}', ''
     ]
-    lines.append(f'{"part":<34}{"parameters":>11}')
+    lines.append(f'{"part":<34}{"parameters":>11} {"exact":>13}')
     for name, value in report['parts'].items():
         lines.append(f'{name:<34}{_millions(value)}')
     lines.append(f'{"total":<34}{_millions(total["total"])}')

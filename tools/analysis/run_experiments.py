@@ -48,6 +48,11 @@ ABLATION = {
     'lors-adamixer adaptive-only': ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0'],
     'lors-adamixer rank-2': ['model.roi_head.out_proj_ranks=2'],
     'lors-adamixer rank-8': ['model.roi_head.out_proj_ranks=8'],
+    # the published model with the library's nn.Linear-style factor init (the
+    # init LORS-AdaMixer used here before it followed the published one)
+    'lors-adamixer linear-init': ['model.roi_head.factor_init=linear'],
+    # static adaptive factors shared by the mixing groups (not published)
+    'lors-adamixer shared-factors': ['model.roi_head.per_group_factors=false'],
 }
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY},

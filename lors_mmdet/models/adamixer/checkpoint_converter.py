@@ -43,16 +43,17 @@ backbone, ``rpn_head.init_content_features``, and per stage ``attention``,
                           -> roi_head.bbox_head.{s}.adaptive_mixing.generator.
                              {core_generator.*, lors_L.{0,1}, lors_R.{0,1}}
 
-The adaptive factors need a reshaping. The authors give every *group* its own
-left / right factors (``ml`` is ``(G * K, c, k)``), while
-:class:`~lors_mmdet.lors.LorsAdaptive` shares them across groups
-(``lors_L[0]`` is ``(K, c, k)``). The conversion is exact all the same: the
-authors' ``K`` terms of group ``g`` become terms ``g * K .. g * K + K - 1``
-of a layer with ``G * K`` terms, whose core generator rows for the terms of
-the other groups are zero (so those terms vanish). Evaluate a converted
-LORS-AdaMixer checkpoint with ``num_terms`` multiplied by ``G``
-(:func:`convert_adamixer_state_dict` reports the values, e.g.
-``[2, 2, 4, 4, 6, 6]`` for the published models).
+The published LORS-AdaMixer gives every mixing group its own static
+adaptive factors (``ml`` is ``(G * K, c, k)``, row ``g * K + t`` = term
+``t`` of group ``g``) and orders the private generator's outputs
+[M, S][group][term][k][k]; :class:`LorsAdaMixerDecoder` with
+``per_group_factors=True`` (the published configs) stores both the same way,
+so every tensor is copied unchanged and the checkpoint loads into the
+published config itself.
+
+The converted checkpoint's ``meta['adamixer_conversion']`` records the
+settings read from the tensors' shapes (plain ints / lists / bools): compare
+them with a config by :func:`settings_mismatches`.
 """
 import re
 from collections import OrderedDict
@@ -102,9 +103,9 @@ def _require(state: Mapping[str, Tensor], key: str) -> Tensor:
 
 
 def _convert_lors_mixing(state: Mapping[str, Tensor],
-                         out: Dict[str, Tensor]) -> List[int]:
-    """Move the authors' FactorizedAdaptiveMixing tensors; return the
-    ``num_terms`` per stage of the converted layout."""
+                         out: Dict[str, Tensor]) -> dict:
+    """Move the authors' FactorizedAdaptiveMixing tensors one to one; return
+    the decoder settings their shapes imply."""
     prefix = _LORS_PREFIX
     common_w = _require(state, prefix + 'common_parameter_generator.weight')
     out['roi_head.shared_mixing_generator.generator.weight'] = common_w
@@ -121,7 +122,7 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
     if stages != list(range(len(stages))) or not stages:
         raise KeyError(f'expected {prefix}ml_parameters.0 .. N-1, found '
                        f'stages {stages}')
-    num_terms = []
+    settings = dict(core_sizes=[], num_terms=[], out_proj_ranks=[])
     for s in stages:
         ml = _require(state, f'{prefix}ml_parameters.{s}')  # (G*K, c, k)
         mr = _require(state, f'{prefix}mr_parameters.{s}')  # (G*K, k, c)
@@ -129,43 +130,32 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
         sr = _require(state, f'{prefix}sr_parameters.{s}')  # (G*K, k, Pin)
         core_w = _require(state,
                           f'{prefix}private_parameter_generator.{s}.weight')
-        core_b = _require(state,
-                          f'{prefix}private_parameter_generator.{s}.bias')
+        out_a = _require(state, f'{prefix}out_weight_add_A.{s}')
         group_terms, c, k = ml.shape
         p_out, p_in = sl.shape[1], sr.shape[2]
         groups, rest = divmod(common_w.shape[0], c * c + p_in * p_out)
-        if rest or groups == 0 or group_terms % groups:
+        if rest or groups == 0 or group_terms % groups or \
+                mr.shape != (group_terms, k, c) or \
+                sl.shape != (group_terms, p_out, k) or \
+                sr.shape != (group_terms, k, p_in):
             raise ValueError(
                 f'stage {s}: inconsistent shapes: common generator '
-                f'{tuple(common_w.shape)}, ml {tuple(ml.shape)}, '
-                f'sl {tuple(sl.shape)}, sr {tuple(sr.shape)}')
-        terms = group_terms // groups
+                f'{tuple(common_w.shape)}, ml {tuple(ml.shape)}, mr '
+                f'{tuple(mr.shape)}, sl {tuple(sl.shape)}, sr '
+                f'{tuple(sr.shape)}')
         if core_w.shape[0] != 2 * group_terms * k * k:
             raise ValueError(
                 f'stage {s}: private generator has {core_w.shape[0]} outputs, '
                 f'expected 2 * G * K * k * k = {2 * group_terms * k * k}')
-        # Authors: cores (2 [M, S], G, K, k, k); ours with K' = G * K terms:
-        # (2, G, K', k, k), term g' * K + t of group g is the authors' term t
-        # of group g when g' == g, else zero.
-        wide = groups * terms
-        src_w = core_w.view(2, groups, terms, k * k, -1)
-        src_b = core_b.view(2, groups, terms, k * k)
-        new_w = core_w.new_zeros(2, groups, wide, k * k, core_w.shape[1])
-        new_b = core_b.new_zeros(2, groups, wide, k * k)
-        for g in range(groups):
-            new_w[:, g, g * terms:(g + 1) * terms] = src_w[:, g]
-            new_b[:, g, g * terms:(g + 1) * terms] = src_b[:, g]
         stage = f'roi_head.bbox_head.{s}.adaptive_mixing.'
-        out[stage + 'generator.core_generator.weight'] = new_w.view(
-            -1, core_w.shape[1])
-        out[stage + 'generator.core_generator.bias'] = new_b.view(-1)
-        # the factors keep the (g, t) order: index g * K + t
-        out[stage + 'generator.lors_L.0'] = ml.clone()
-        out[stage + 'generator.lors_R.0'] = mr.clone()
-        out[stage + 'generator.lors_L.1'] = sl.clone()
-        out[stage + 'generator.lors_R.1'] = sr.clone()
-        out[stage + 'out_proj.lors_A'] = _require(
-            state, f'{prefix}out_weight_add_A.{s}')
+        out[stage + 'generator.core_generator.weight'] = core_w
+        out[stage + 'generator.core_generator.bias'] = _require(
+            state, f'{prefix}private_parameter_generator.{s}.bias')
+        out[stage + 'generator.lors_L.0'] = ml
+        out[stage + 'generator.lors_R.0'] = mr
+        out[stage + 'generator.lors_L.1'] = sl
+        out[stage + 'generator.lors_R.1'] = sr
+        out[stage + 'out_proj.lors_A'] = out_a
         out[stage + 'out_proj.lors_B'] = _require(
             state, f'{prefix}out_weight_add_B.{s}')
         out[stage + 'out_proj.bias'] = _require(
@@ -173,8 +163,76 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
         for name in ('weight', 'bias'):
             out[f'roi_head.bbox_head.{s}.mixing_norm.{name}'] = _require(
                 state, f'{prefix}out_norm.{s}.{name}')
-        num_terms.append(wide)
-    return num_terms
+        settings['core_sizes'].append(int(k))
+        settings['num_terms'].append(int(group_terms // groups))
+        settings['out_proj_ranks'].append(int(out_a.shape[0]))
+    settings.update(
+        type='LorsAdaMixerDecoder',
+        n_groups=int(groups),
+        in_points=int(p_in),
+        out_points=int(p_out),
+        feat_channels=int(c * groups),
+        per_group_factors=True)
+    return settings
+
+
+def _plain_mixing_settings(state: Mapping[str, Tensor]) -> dict:
+    """Decoder settings implied by the shapes of an AdaMixer checkpoint."""
+    offsets = _require(
+        state, 'roi_head.bbox_head.0.sampling_n_mixing.'
+        'sampling_offset_generator.0.weight')
+    generator = _require(
+        state, 'roi_head.bbox_head.0.sampling_n_mixing.adaptive_mixing.'
+        'parameter_generator.0.weight')
+    out_proj = _require(
+        state,
+        'roi_head.bbox_head.0.sampling_n_mixing.adaptive_mixing.out_proj.weight')
+    feat_channels = _require(state, 'neck.gn_out.weight').shape[0]
+    # offsets: G * P_in * 3 rows; generator: G * (c^2 + P_out * P_in) rows;
+    # out_proj: c * P_out * G columns; c * G = feat_channels
+    rows = offsets.shape[0] // 3
+    for groups in range(1, feat_channels + 1):
+        c = feat_channels // groups
+        if feat_channels % groups or rows % groups or \
+                out_proj.shape[1] % feat_channels:
+            continue
+        p_in, p_out = rows // groups, out_proj.shape[1] // feat_channels
+        if generator.shape[0] == groups * (c * c + p_out * p_in):
+            return dict(type='AdaMixerDecoder', n_groups=groups,
+                        in_points=p_in, out_points=p_out,
+                        feat_channels=feat_channels)
+    raise ValueError('cannot read the mixing sizes from the shapes of '
+                     f'{tuple(offsets.shape)}, {tuple(generator.shape)}, '
+                     f'{tuple(out_proj.shape)}')
+
+
+def settings_mismatches(settings: Mapping, roi_head_cfg: Mapping) -> List[str]:
+    """Where a config's decoder differs from a converted checkpoint.
+
+    Args:
+        settings: ``meta['adamixer_conversion']['decoder']`` of a converted
+            checkpoint (or the report's ``decoder``).
+        roi_head_cfg: the ``model.roi_head`` dict of a config.
+
+    Returns:
+        One ``"key: checkpoint X, config Y"`` line per differing setting
+        (a per-stage int in the config is expanded to all stages); empty when
+        they agree. Keys the config leaves out are compared with the
+        decoder's defaults only for ``type``.
+    """
+    lines = []
+    num_stages = roi_head_cfg.get('num_stages', 6)
+    for key, value in settings.items():
+        if key not in roi_head_cfg:
+            continue
+        expected = roi_head_cfg[key]
+        if isinstance(value, list) and isinstance(expected, int):
+            expected = [expected] * num_stages
+        if isinstance(expected, tuple):
+            expected = list(expected)
+        if expected != value:
+            lines.append(f'{key}: checkpoint {value!r}, config {expected!r}')
+    return lines
 
 
 def convert_adamixer_state_dict(
@@ -188,8 +246,11 @@ def convert_adamixer_state_dict(
     Returns:
         tuple: the converted state dict (this plugin's key names and
         layouts) and a report dict: ``release``, ``num_stages``,
-        ``dropped`` (keys with no counterpart) and, for LORS-AdaMixer,
-        ``num_terms`` (the per-stage ``num_terms`` to evaluate it with).
+        ``dropped`` (keys with no counterpart) and ``decoder``: the decoder
+        settings the shapes imply (``type``, ``n_groups``, ``in_points``,
+        ``out_points``, ``feat_channels`` and for LORS-AdaMixer
+        ``core_sizes``, ``num_terms``, ``out_proj_ranks``,
+        ``per_group_factors``).
 
     Raises:
         ValueError / KeyError: for a state dict of another model or with
@@ -223,9 +284,13 @@ def convert_adamixer_state_dict(
                     break
             new_key = f'roi_head.bbox_head.{stage.group(1)}.{rest}'
         out[new_key] = value
-    report = dict(release=release, num_stages=len(stages), dropped=dropped)
     if release == LORS_ADAMIXER:
-        report['num_terms'] = _convert_lors_mixing(state_dict, out)
+        decoder = _convert_lors_mixing(state_dict, out)
+    else:
+        decoder = _plain_mixing_settings(state_dict)
+    decoder['num_stages'] = len(stages)
+    report = dict(release=release, num_stages=len(stages), dropped=dropped,
+                  decoder=decoder)
     return out, report
 
 
@@ -246,4 +311,9 @@ def convert_adamixer_checkpoint(checkpoint: Mapping) -> Tuple[dict, dict]:
         if 'state_dict' in checkpoint else {}
     meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float))}
     meta['converted_from'] = report['release'] + ' (mmdet 2.12 release)'
+    # plain types only: loads with weights_only=True, readable anywhere
+    meta['adamixer_conversion'] = dict(
+        release=report['release'],
+        dropped=list(report['dropped']),
+        decoder=dict(report['decoder']))
     return dict(state_dict=converted, meta=meta), report

@@ -14,6 +14,7 @@ from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from lors_mmdet.lors import SharedGenerator, SharedLinear
 from lors_mmdet.lors._validate import check_adaptive_terms
+from lors_mmdet.lors.static import check_factor_init
 from .mixing import check_mixing_dims
 
 
@@ -284,6 +285,15 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
             Defaults to (1, 1, 2, 2, 3, 3).
         out_proj_ranks (int | Sequence[int]): r of each stage, in
             [1, min(c * P_out * G, content_dim)]. Defaults to 8.
+        per_group_factors (bool): Every mixing group has its own static
+            adaptive factors ``L``, ``R`` (per stage (G * K_i, ., .), as
+            published). False shares them across the groups (fewer
+            parameters, not the published model). Defaults to True.
+        factor_init (str): Init of the non-zero private factors (``L``,
+            ``R``, the projection's ``A``): ``'kaiming'`` (default: torch's
+            ``kaiming_uniform_`` with default arguments on each stored
+            tensor, as published) or ``'linear'`` (nn.Linear's bound, the
+            LoRA convention the library defaults to).
         in_points (int): P_in. Defaults to 64.
         n_groups (int): G. Defaults to 2.
         **kwargs: As :class:`AdaMixerDecoder`.
@@ -294,6 +304,8 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
                  core_sizes: Union[int, Sequence[int]] = 16,
                  num_terms: Union[int, Sequence[int]] = (1, 1, 2, 2, 3, 3),
                  out_proj_ranks: Union[int, Sequence[int]] = 8,
+                 per_group_factors: bool = True,
+                 factor_init: str = 'kaiming',
                  in_points: int = 64,
                  n_groups: int = 2,
                  content_dim: int = 256,
@@ -320,6 +332,11 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
         self.out_proj_ranks = self._per_stage('out_proj_ranks', out_proj_ranks,
                                               num_stages, 1,
                                               min(out_proj_in, content_dim))
+        if not isinstance(per_group_factors, bool):
+            raise TypeError('per_group_factors must be a bool, got '
+                            f'{per_group_factors!r}')
+        self.per_group_factors = per_group_factors
+        self.factor_init = check_factor_init(factor_init)
         super().__init__(
             num_stages=num_stages,
             content_dim=content_dim,
@@ -380,13 +397,15 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
             shared_out_proj=self.shared_mixing_out_proj,
             core_size=self.core_sizes[stage],
             num_terms=self.num_terms[stage],
-            out_proj_rank=self.out_proj_ranks[stage])
+            out_proj_rank=self.out_proj_ranks[stage],
+            per_group_factors=self.per_group_factors,
+            factor_init=self.factor_init)
         return MODELS.build(head_cfg, default_args=defaults)
 
     def init_weights(self) -> None:
         """Stages first (their private parts), then the shared modules:
         zero generator weight (default bias), default Linear init of the
-        shared projection, as in the authors' LORS-AdaMixer."""
+        shared projection, as in the published LORS-AdaMixer."""
         super().init_weights()
         with torch.no_grad():
             self.shared_mixing_generator.reset_parameters()

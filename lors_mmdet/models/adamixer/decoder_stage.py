@@ -5,14 +5,12 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
-from mmengine.config import ConfigDict
 from mmengine.model import bias_init_with_prob
 from torch import Tensor
 
 from mmdet.models.losses import accuracy
-from mmdet.models.roi_heads.bbox_heads import BBoxHead
+from mmdet.models.roi_heads.bbox_heads import BBoxHead, DIIHead
 from mmdet.models.task_modules import SamplingResult
-from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
 from mmdet.utils import ConfigType, reduce_mean
@@ -254,7 +252,11 @@ class AdaMixerDecoderStage(BBoxHead):
 
         Focal loss over all queries; L1 on boxes normalised by the image
         size and GIoU on the matched queries. All are averaged by the number
-        of matched queries (over all GPUs, at least 1).
+        of matched queries (over all GPUs, at least 1). This is Sparse
+        R-CNN's ``DIIHead.loss_and_target`` but for two documented changes:
+        the average factor is clamped to at least 1 (DIIHead divides by ~0
+        for a batch without objects) and ``pos_acc`` is 0, not NaN, without
+        matched queries.
 
         Args:
             cls_score (Tensor): (B * N, cls_channels).
@@ -300,46 +302,11 @@ class AdaMixerDecoderStage(BBoxHead):
             losses['loss_iou'] = bbox_pred.sum() * 0
         return dict(loss_bbox=losses, bbox_targets=targets)
 
-    def _get_targets_single(self, pos_inds: Tensor, neg_inds: Tensor,
-                            pos_priors: Tensor, neg_priors: Tensor,
-                            pos_gt_bboxes: Tensor, pos_gt_labels: Tensor,
-                            cfg: ConfigDict) -> tuple:
-        """Targets of one image, in query order (a matched query gets its
-        object's class and box, the others the background class)."""
-        num_queries = pos_priors.size(0) + neg_priors.size(0)
-        labels = pos_priors.new_full((num_queries, ),
-                                     self.num_classes,
-                                     dtype=torch.long)
-        label_weights = pos_priors.new_zeros(num_queries)
-        bbox_targets = pos_priors.new_zeros(num_queries, 4)
-        bbox_weights = pos_priors.new_zeros(num_queries, 4)
-        if pos_inds.numel() > 0:
-            labels[pos_inds] = pos_gt_labels
-            label_weights[pos_inds] = 1.0 if cfg.pos_weight <= 0 \
-                else cfg.pos_weight
-            bbox_targets[pos_inds] = pos_gt_bboxes
-            bbox_weights[pos_inds] = 1.0
-        if neg_inds.numel() > 0:
-            label_weights[neg_inds] = 1.0
-        return labels, label_weights, bbox_targets, bbox_weights
-
-    def get_targets(self,
-                    sampling_results: List[SamplingResult],
-                    rcnn_train_cfg: ConfigDict,
-                    concat: bool = True) -> tuple:
-        """Targets of all images (see :meth:`_get_targets_single`)."""
-        outputs = multi_apply(
-            self._get_targets_single,
-            [res.pos_inds for res in sampling_results],
-            [res.neg_inds for res in sampling_results],
-            [res.pos_priors for res in sampling_results],
-            [res.neg_priors for res in sampling_results],
-            [res.pos_gt_bboxes for res in sampling_results],
-            [res.pos_gt_labels for res in sampling_results],
-            cfg=rcnn_train_cfg)
-        if concat:
-            outputs = tuple(torch.cat(items, 0) for items in outputs)
-        return outputs
+    # Sparse R-CNN's targets, reused as they are: in query order, a matched
+    # query gets its object's class and (decoded, reg_decoded_bbox=True) box,
+    # the others the background class.
+    get_targets = DIIHead.get_targets
+    _get_targets_single = DIIHead._get_targets_single
 
 
 @MODELS.register_module()
@@ -357,15 +324,26 @@ class LorsAdaMixerDecoderStage(AdaMixerDecoderStage):
         core_size (int): Size k of the private adaptive cores.
         num_terms (int): Number K_i of private adaptive terms.
         out_proj_rank (int): Rank r of the private output-projection residual.
+        per_group_factors (bool): Per-group adaptive factors (published).
+            Defaults to True.
+        factor_init (str): ``'kaiming'`` (published, default) or
+            ``'linear'``; see :class:`LorsAdaptiveMixing`.
         **kwargs: As :class:`AdaMixerDecoderStage`.
     """
 
-    def __init__(self, shared_generator: nn.Module, shared_out_proj: nn.Module,
-                 core_size: int, num_terms: int, out_proj_rank: int,
+    def __init__(self,
+                 shared_generator: nn.Module,
+                 shared_out_proj: nn.Module,
+                 core_size: int,
+                 num_terms: int,
+                 out_proj_rank: int,
+                 per_group_factors: bool = True,
+                 factor_init: str = 'kaiming',
                  **kwargs) -> None:
         # read by _build_mixing during the parent's __init__
         self._lors_args = (shared_generator, shared_out_proj, core_size,
-                           num_terms, out_proj_rank)
+                           num_terms, out_proj_rank, per_group_factors,
+                           factor_init)
         super().__init__(**kwargs)
         del self._lors_args
 

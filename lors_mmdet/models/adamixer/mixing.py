@@ -123,15 +123,36 @@ class LorsAdaptiveMixing(nn.Module):
         num_terms (int): Number K_i of adaptive low-rank terms.
         out_proj_rank (int): Rank r of the private residual of the output
             projection.
+        per_group_factors (bool): One pair of static factors ``L``, ``R``
+            per mixing group (the published model) instead of one pair
+            shared by the groups. Defaults to True.
+        factor_init (str): Init of ``L``, ``R`` and the projection's ``A``:
+            ``'kaiming'`` (default, the published model's
+            ``kaiming_uniform_`` with default arguments) or ``'linear'``
+            (nn.Linear's bound, the LoRA convention).
     """
 
-    def __init__(self, shared_generator: nn.Module, shared_out_proj: nn.Module,
-                 core_size: int, num_terms: int, out_proj_rank: int) -> None:
+    def __init__(self,
+                 shared_generator: nn.Module,
+                 shared_out_proj: nn.Module,
+                 core_size: int,
+                 num_terms: int,
+                 out_proj_rank: int,
+                 per_group_factors: bool = True,
+                 factor_init: str = 'kaiming') -> None:
         super().__init__()
         self.generator = LorsAdaptive(
-            shared_generator, core_size=core_size, num_terms=num_terms)
+            shared_generator,
+            core_size=core_size,
+            num_terms=num_terms,
+            per_group_factors=per_group_factors,
+            factor_init=factor_init)
         self.out_proj = LorsLinear(
-            shared_out_proj, rank=out_proj_rank, num_terms=1, bias=True)
+            shared_out_proj,
+            rank=out_proj_rank,
+            num_terms=1,
+            bias=True,
+            factor_init=factor_init)
 
     def reset_parameters(self) -> None:
         """LORS init of the private parts (zero residuals at step 0)."""

@@ -1,0 +1,161 @@
+"""LORS-AdaMixer -> plain AdaMixer of the same geometry, exactly (deployment).
+
+Each stage's mixing is ``shared generator + private adaptive residual`` and
+``W_shared + B_i A_i``. The private residual's cores are affine in the query,
+so the sum folds into one generator per stage
+(:meth:`~lors_mmdet.lors.LorsAdaptive.to_linear`), and the output projection
+into one Linear (:meth:`~lors_mmdet.lors.LorsLinear.to_linear`). The result
+is an :class:`AdaMixerDecoder` with the LORS model's ``n_groups``,
+``in_points`` and ``out_points`` (G=2, P_in=64 for the published model) that
+runs at plain AdaMixer's cost with any AdaMixer tool, mmdet's ``test.py``
+included.
+"""
+import copy
+import inspect
+import os.path as osp
+from collections import OrderedDict
+from typing import Dict
+
+import torch
+from mmengine.config import Config
+from torch import Tensor, nn
+
+from .decoder import LorsAdaMixerDecoder
+
+# Keys of LorsAdaMixerDecoder that AdaMixerDecoder does not take.
+_LORS_DECODER_KEYS = ('core_sizes', 'num_terms', 'out_proj_ranks',
+                      'per_group_factors', 'factor_init')
+_STAGE_TYPES = {'LorsAdaMixerDecoderStage': 'AdaMixerDecoderStage'}
+
+
+def _lors_decoder(model: nn.Module) -> LorsAdaMixerDecoder:
+    decoder = getattr(model, 'roi_head', None)
+    if not isinstance(decoder, LorsAdaMixerDecoder):
+        raise TypeError('expected an AdaMixer detector whose roi_head is a '
+                        'LorsAdaMixerDecoder, got roi_head of type '
+                        f'{type(decoder).__name__}')
+    return decoder
+
+
+@torch.no_grad()
+def merge_lors_adamixer_state_dict(model: nn.Module) -> 'OrderedDict[str, Tensor]':
+    """The state dict of the plain AdaMixer equal to a LORS-AdaMixer.
+
+    The folding runs in float64 and the merged tensors are cast back to the
+    model's dtype, so the merged model differs from the LORS one by the
+    rounding of its own dtype only.
+
+    Args:
+        model: an AdaMixer detector with a :class:`LorsAdaMixerDecoder`.
+
+    Returns:
+        Every tensor of ``model`` outside the LORS mixing unchanged, and per
+        stage ``adaptive_mixing.parameter_generator.{weight,bias}`` and
+        ``adaptive_mixing.out_proj.{weight,bias}`` (the keys of
+        :class:`~lors_mmdet.models.adamixer.AdaptiveMixing`).
+    """
+    decoder = _lors_decoder(model)
+    merged: Dict[str, Tensor] = OrderedDict()
+    lors_prefixes = ('roi_head.shared_mixing_generator.',
+                     'roi_head.shared_mixing_out_proj.') + tuple(
+                         f'roi_head.bbox_head.{s}.adaptive_mixing.'
+                         for s in range(decoder.num_stages))
+    for key, value in model.state_dict().items():
+        if not key.startswith(lors_prefixes):
+            merged[key] = value.detach().clone()
+    for s, stage in enumerate(decoder.bbox_head):
+        mixing = copy.deepcopy(stage.adaptive_mixing)  # keeps its shared refs
+        dtype = mixing.out_proj.lors_A.dtype
+        mixing.generator.shared.double()
+        mixing.out_proj.shared.double()
+        mixing.double()
+        prefix = f'roi_head.bbox_head.{s}.adaptive_mixing.'
+        for name, linear in (('parameter_generator',
+                              mixing.generator.to_linear()),
+                             ('out_proj', mixing.out_proj.to_linear())):
+            merged[f'{prefix}{name}.weight'] = linear.weight.to(dtype)
+            merged[f'{prefix}{name}.bias'] = linear.bias.to(dtype)
+    return merged
+
+
+def plain_adamixer_config(cfg: Config) -> Config:
+    """The config of the plain AdaMixer a LORS-AdaMixer config merges into.
+
+    ``model.roi_head`` becomes an ``AdaMixerDecoder`` with the LORS
+    decoder's mixing sizes written out (its defaults differ from the LORS
+    decoder's) and ``AdaMixerDecoderStage`` stages; the LORS-only keys are
+    removed. Everything else (backbone, data, schedule, hooks) is kept.
+
+    Args:
+        cfg: a config whose ``model.roi_head`` is a ``LorsAdaMixerDecoder``.
+    """
+    cfg = copy.deepcopy(cfg)
+    roi_head = cfg.model.roi_head
+    if roi_head.get('type') != 'LorsAdaMixerDecoder':
+        raise ValueError('model.roi_head.type must be "LorsAdaMixerDecoder", '
+                         f'got {roi_head.get("type")!r}')
+    # write out the LORS decoder's sizes, defaults included
+    signature = inspect.signature(LorsAdaMixerDecoder.__init__).parameters
+    for key in ('n_groups', 'in_points', 'out_points', 'feat_channels',
+                'content_dim'):
+        roi_head.setdefault(key, signature[key].default)
+    for key in _LORS_DECODER_KEYS:
+        roi_head.pop(key, None)
+    roi_head.type = 'AdaMixerDecoder'
+    heads = roi_head.bbox_head
+    for head in (heads if isinstance(heads, (list, tuple)) else [heads]):
+        head.type = _STAGE_TYPES.get(head.get('type'), head.get('type'))
+        for key in ('per_group_factors', 'factor_init'):
+            head.pop(key, None)
+    return cfg
+
+
+def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
+                                   out_config: str,
+                                   out_checkpoint: str) -> dict:
+    """Write the plain AdaMixer config + checkpoint equal to a LORS-AdaMixer
+    config + checkpoint.
+
+    The checkpoint is loaded with the safe loader (``weights_only=True``) and
+    strictly into the model built from ``config``; the new checkpoint holds
+    ``state_dict`` and ``meta`` (the source's plain-typed meta plus
+    ``merged_from``: the source files and the merged decoder's sizes).
+
+    Returns:
+        ``meta['merged_from']``.
+    """
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from lors_mmdet.analysis import load_config, strip_pretrained
+    from lors_mmdet.compat import safe_load_checkpoint
+    register_all_modules()
+    for out in (out_config, out_checkpoint):
+        if osp.abspath(out) in (osp.abspath(config), osp.abspath(checkpoint)):
+            raise ValueError(f'output {out} would overwrite an input')
+    cfg = load_config(config)
+    plain_cfg = plain_adamixer_config(cfg)
+    source = safe_load_checkpoint(checkpoint, map_location='cpu')
+    state_dict = source.get('state_dict', source)
+    model = MODELS.build(strip_pretrained(copy.deepcopy(cfg)).model)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f'checkpoint {checkpoint} does not fit config '
+                         f'{config}: {error}') from error
+    merged = merge_lors_adamixer_state_dict(model)
+    roi_head = plain_cfg.model.roi_head
+    merged_from = dict(
+        config=osp.abspath(config),
+        checkpoint=osp.abspath(checkpoint),
+        n_groups=int(roi_head.n_groups),
+        in_points=int(roi_head.in_points),
+        out_points=int(roi_head.out_points),
+        num_stages=int(model.roi_head.num_stages))
+    meta = source.get('meta', {}) if 'state_dict' in source else {}
+    meta = {k: v for k, v in (meta or {}).items()
+            if isinstance(v, (str, int, float, bool))}
+    meta['merged_from'] = merged_from
+    torch.save(dict(state_dict=merged, meta=meta), out_checkpoint)
+    plain_cfg.dump(out_config)
+    return merged_from

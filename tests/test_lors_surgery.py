@@ -11,7 +11,8 @@ from torch import nn
 
 from lors_mmdet.lors import (LorsAttention, LorsLinear, LorsStack,
                              LorsStackConfig, SharedLinear, apply_lors,
-                             count_parameters, find_lors_stacks, merge_lors)
+                             count_parameters, find_lors_stacks, init_as_stock,
+                             merge_lors)
 
 DIM, HEADS, FF, NUM_LAYERS = 16, 4, 24, 6
 
@@ -333,8 +334,9 @@ def test_stack_errors():
         apply_lors(model.layers, list(model.layers), name='x')
     with pytest.raises(ValueError, match='not a submodule of the owner'):
         apply_lors(model, list(encoder().layers), name='x')
-    with pytest.raises(ValueError, match='layer 1 differs from layer 0'):
-        model.layers[1].linear1 = nn.Sequential(model.layers[1].linear1)
+    with pytest.raises(ValueError,
+                       match="layer 1 differs from layer 0 at 'linear1'"):
+        model.layers[1].linear1 = nn.Linear(DIM, FF + 1).double()
         apply_lors(model, 'layers')
     with pytest.raises(ValueError, match="'lors_layers'"):
         model = encoder()
@@ -429,3 +431,68 @@ def test_shared_linear_module_types():
                for p in stack.plans)
     assert stack.shared_linear(0, 'mlp.0').num_layers == NUM_LAYERS
     assert stack.group_of(5) == 0
+
+
+def test_projection_missing_in_some_layers_stays_private():
+    """Like Conditional-DETR's qpos_proj, kept by the first layer only."""
+    model = vit()
+    for block in model.blocks[1:]:
+        block.attn.proj = nn.Identity()
+    x = inputs('vit')
+    expected = model(x)
+    stack = apply_lors(model, 'blocks', dict(rank='full', init='dense'))
+    assert sorted(stack.plans) == ['attn.qkv', 'mlp.0', 'mlp.2']
+    assert type(model.blocks[0].attn.proj) is nn.Linear
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="pattern 'attn.proj' matches no"):
+        apply_lors(vit_with_first_proj_only(), 'blocks',
+                   dict(include='attn.proj'))
+
+
+def vit_with_first_proj_only() -> ViT:
+    model = vit()
+    for block in model.blocks[1:]:
+        block.attn.proj = nn.Identity()
+    return model
+
+
+def stock_init(model: nn.Module) -> None:
+    """An init that only knows stock modules: each Linear / MHA of layer i
+    gets weights i + 1 and biases -i; raises on anything LORS."""
+    for module in model.modules():
+        assert not isinstance(module, (LorsLinear, LorsAttention, LorsStack))
+    with torch.no_grad():
+        for index, layer in enumerate(model.layers):
+            for name, param in layer.named_parameters():
+                if 'norm' not in name:
+                    param.fill_(index + 1 if param.dim() > 1 else -index)
+
+
+@pytest.mark.parametrize('init', ['fresh', 'dense'])
+def test_init_as_stock_keeps_parameter_objects(init):
+    model = encoder()
+    stack = apply_lors(model, 'layers',
+                       dict(rank='full', init=init, groups=[2, 4],
+                            exclude='*.k_proj'))
+    before = [id(p) for p in model.parameters()]
+    keys = list(model.state_dict())
+    with init_as_stock(model):
+        stock_init(model)
+    assert [id(p) for p in model.parameters()] == before
+    assert list(model.state_dict()) == keys
+    assert find_lors_stacks(model) == [('lors_layers', stack)]
+    for group, first in ((0, 0), (1, 2)):
+        shared = stack.shared_linear(group, 'linear1').weight
+        expected = first + 1 if init == 'fresh' else (2 * first + 3) / 2 \
+            if group == 0 else 4.5
+        assert torch.all(shared == expected)
+    for index, layer in enumerate(model.layers):
+        assert torch.all(layer.self_attn.k_proj.weight == index + 1)
+        assert torch.all(layer.linear2.bias == -index)
+        effective = layer.linear1.weight
+        if init == 'fresh':
+            assert not layer.linear1.lors_B.any()
+            assert torch.all(effective == (1 if index < 2 else 3))
+        else:  # full rank: every layer has its own init back
+            torch.testing.assert_close(effective,
+                                       torch.full_like(effective, index + 1))

@@ -19,12 +19,13 @@ from .merge import lors_from_dense, merge_linears
 from .stack_config import LorsStackConfig
 from .static import (LorsLinear, LorsLinearStack, SharedLinear,
                      build_lors_linears)
-from .surgery import LorsStack, apply_lors, find_lors_stacks, merge_lors
+from .surgery import (LorsStack, apply_lors, find_lors_stacks, init_as_stock,
+                      merge_lors)
 
 __all__ = [
     'SharedLinear', 'LorsLinear', 'LorsLinearStack', 'build_lors_linears',
     'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices', 'merge_linears',
     'lors_from_dense', 'count_parameters', 'ParameterCount',
     'reset_lors_parameters', 'LorsAttention', 'LorsStackConfig', 'LorsStack',
-    'apply_lors', 'find_lors_stacks', 'merge_lors'
+    'apply_lors', 'find_lors_stacks', 'merge_lors', 'init_as_stock'
 ]

@@ -10,8 +10,10 @@ shared weights are registered once, on the owner of the stack, in a
 :func:`merge_lors` undoes it (stock modules, stock state-dict keys) and
 :func:`find_lors_stacks` lists the stacks of a model for tools.
 """
+import contextlib
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from torch import nn
@@ -72,6 +74,15 @@ class LorsStack(nn.Module):
                 node.add_module(part, nn.Module())
             node = node._modules[part]
         node.add_module(leaf, shared)
+
+    @property
+    def replaced_paths(self) -> List[str]:
+        """Paths of the modules the surgery put into each layer: the
+        attentions and the projections outside them."""
+        return [
+            path for path in self.plans
+            if path.rpartition('.')[0] not in self.attentions
+        ] + list(self.attentions)
 
     def shared_linear(self, group: int, path: str) -> SharedLinear:
         """The shared weight of projection ``path`` in group ``group``."""
@@ -134,13 +145,13 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool]]:
-    """``{path: (in_features, out_features, bias)}`` of a layer's projections.
-
-    The ``nn.Linear`` modules (outside attentions) and the four maps of each
-    ``nn.MultiheadAttention`` (``<path>.q_proj`` ...), in module order.
+def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool, type]]:
+    """``{path: (in_features, out_features, bias, type)}`` of a layer's
+    projections: its ``nn.Linear`` modules (outside attentions) and the four
+    maps of each ``nn.MultiheadAttention`` (``<path>.q_proj`` ...), in module
+    order.
     """
-    found: Dict[str, Tuple[int, int, bool]] = {}
+    found: Dict[str, Tuple[int, int, bool, type]] = {}
     attentions = set()
     for path, module in layer.named_modules():
         if not path:
@@ -151,22 +162,23 @@ def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool]]:
             dim = module.embed_dim
             for name, in_features in zip(
                     PROJECTIONS, (dim, module.kdim, module.vdim, dim)):
-                found[f'{path}.{name}'] = (in_features, dim, bias)
+                found[f'{path}.{name}'] = (in_features, dim, bias,
+                                           nn.MultiheadAttention)
         elif (isinstance(module, nn.Linear)
               and path.rpartition('.')[0] not in attentions):
             found[path] = (module.in_features, module.out_features,
-                           module.bias is not None)
+                           module.bias is not None, type(module))
     return found
 
 
-def _structure(layer: nn.Module) -> List[Tuple[str, str]]:
-    return [(path, type(module).__qualname__)
-            for path, module in layer.named_modules()]
-
-
 def _check_layers(owner: nn.Module, layers: Sequence[nn.Module],
-                  name: str) -> Dict[str, Tuple[int, int, bool]]:
-    """Check the stack and return the projections of its (identical) layers.
+                  name: str) -> Dict[str, Tuple[int, int, bool, type]]:
+    """Check the stack; return the projections common to all its layers.
+
+    A projection present in only some layers (Conditional-DETR drops the
+    ``qpos_proj`` of all but the first decoder layer) is no stack member:
+    it stays private. One present everywhere must have the same type and
+    shape everywhere.
     """
     if isinstance(owner, _CONTAINERS):
         raise TypeError(f'owner must be the module holding the stack, not a '
@@ -180,26 +192,29 @@ def _check_layers(owner: nn.Module, layers: Sequence[nn.Module],
         raise ValueError(f'owner already has an attribute {name!r}; pass '
                          f'another name')
     inside = {id(m) for m in owner.modules()}
-    projections = _projections(layers[0])
-    reference = _structure(layers[0])
-    for index, layer in enumerate(layers):
+    per_layer = [_projections(layer) for layer in layers]
+    common = {
+        path: spec
+        for path, spec in per_layer[0].items()
+        if all(path in found for found in per_layer)
+    }
+    for index, (layer, found) in enumerate(zip(layers, per_layer)):
         if id(layer) not in inside:
             raise ValueError(f'layer {index} is not a submodule of the owner '
                              f'{type(owner).__name__}')
-        structure = _structure(layer)
-        if structure != reference:
-            diff = next((a, b) for a, b in zip(structure + [None],
-                                               reference + [None]) if a != b)
-            raise ValueError(f'layer {index} differs from layer 0: has '
-                             f'{diff[0]}, layer 0 has {diff[1]} (path, type)')
-        if _projections(layer) != projections:
-            raise ValueError(f'layer {index} has other projection shapes '
-                             f'than layer 0: {_projections(layer)} vs '
-                             f'{projections}')
-    if not projections:
-        raise ValueError(f'the layers ({type(layers[0]).__name__}) contain '
-                         f'no nn.Linear or nn.MultiheadAttention')
-    return projections
+        if type(layer) is not type(layers[0]):
+            raise ValueError(f'layer {index} is a {type(layer).__name__}, '
+                             f'layer 0 a {type(layers[0]).__name__}')
+        for path, spec in common.items():
+            if found[path] != spec:
+                raise ValueError(
+                    f'layer {index} differs from layer 0 at {path!r}: '
+                    f'(in, out, bias, type) = {found[path]}, layer 0 has '
+                    f'{spec}')
+    if not common:
+        raise ValueError(f'the layers ({type(layers[0]).__name__}) have no '
+                         f'nn.Linear or nn.MultiheadAttention in common')
+    return common
 
 
 @torch.no_grad()
@@ -350,3 +365,52 @@ def merge_lors(module: nn.Module,
         raise ValueError(f'{len(wanted) - merged} of the given stacks are '
                          f'not in the module')
     return merged
+
+
+@contextlib.contextmanager
+def init_as_stock(module: nn.Module) -> Iterator[None]:
+    """Run an init written for the stock model, then re-derive the LORS
+    stacks from it, keeping their parameter objects.
+
+    Inside the block every LORS stack of ``module`` is merged: the layers hold
+    stock ``nn.Linear`` / ``nn.MultiheadAttention`` modules, so a framework's
+    init (mmdet's DETR ``init_weights``, mmcv's deformable attention init)
+    runs exactly as on the stock model. On exit each stack is initialised
+    from those weights by its config (``'fresh'``: shared = the first layer of
+    each group, ``B = 0``) and the values are copied into the original LORS
+    modules, which are put back: an optimizer or DDP wrapper built before the
+    init still holds the parameters the model uses.
+
+    Args:
+        module: a model (or any module) containing the stacks' owners.
+    """
+    entries = []
+    for owner in list(module.modules()):
+        for name, child in list(owner.named_children()):
+            if isinstance(child, LorsStack):
+                # merging swaps the projections inside the attentions too
+                saved = [{
+                    path: layer.get_submodule(path)
+                    for path in (*child.plans, *child.attentions)
+                } for layer in child.layers]
+                entries.append((owner, name, child, saved))
+    merge_lors(module, [stack for _, _, stack, _ in entries])
+    try:
+        yield
+    finally:
+        for owner, name, stack, saved in entries:
+            new = apply_lors(owner, list(stack.layers), stack.config, name)
+            delattr(owner, name)
+            with torch.no_grad():
+                stack.load_state_dict(new.state_dict())
+                for layer, originals in zip(stack.layers, saved):
+                    for path in stack.plans:
+                        parent, _, child = path.rpartition('.')
+                        if parent in stack.attentions:
+                            setattr(originals[parent], child,
+                                    originals[path])
+                    for path in stack.replaced_paths:
+                        originals[path].load_state_dict(
+                            layer.get_submodule(path).state_dict())
+                        _replace(layer, path, originals[path])
+            owner.add_module(name, stack)

@@ -16,7 +16,7 @@ from mmengine.registry import init_default_scope
 from torch import nn
 
 import lors_mmdet  # noqa: F401  (registers the models)
-from lors_mmdet.lors import LorsLinear, merge_lors
+from lors_mmdet.lors import LorsLinear, apply_lors, merge_lors
 
 EMBED_DIMS, FFN_DIMS, NUM_LAYERS = 32, 32, 3
 MMDET_CONFIGS = {
@@ -281,3 +281,22 @@ def test_training_step_reaches_shared_and_private_parts():
 def test_bad_lors_config_names_the_key(lors, message):
     with pytest.raises((TypeError, ValueError), match=message):
         build(tiny_cfg('DETR', lors))
+
+
+def test_stock_converted_at_full_rank_loads_into_the_lors_model():
+    """Checkpoint conversion: a stock model's stacks turned into LORS from
+    dense at full rank have the registered LORS model's keys and give the
+    stock outputs (float64)."""
+    stock = build(tiny_cfg('DETR')).double().eval()
+    randomise(stock)
+    data = batch(stock)
+    expected = flat(stock(**data, mode='tensor'))
+    full = dict(rank='full', init='dense')
+    for part in ('encoder', 'decoder'):
+        apply_lors(getattr(stock, part), 'layers', full)
+    lors_model = build(tiny_cfg('DETR', dict(encoder=full,
+                                             decoder=full))).double().eval()
+    lors_model.load_state_dict(stock.state_dict())  # strict
+    for model in (stock, lors_model):
+        for a, b in zip(flat(model(**data, mode='tensor')), expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -1,8 +1,9 @@
 """LORS encoders and decoders for mmdet's DETR family, by stack surgery.
 
-mmdet builds its own detector, unchanged; then :func:`~lors_mmdet.lors.apply_lors`
-turns the ``layers`` of its encoder and / or decoder into LORS stacks, the
-shared weights registered once on the encoder / decoder. One config key::
+mmdet builds its own detector, unchanged; then
+:func:`~lors_mmdet.lors.apply_lors` turns the ``layers`` of its encoder and /
+or decoder into LORS stacks, the shared weights registered once on the
+encoder / decoder. One config key::
 
     model = dict(
         type='LorsDETR',            # or LorsConditionalDETR, LorsDABDETR,
@@ -11,9 +12,10 @@ shared weights registered once on the encoder / decoder. One config key::
             decoder=dict(rank=16, ranks={'ffn.*': 32}, groups=None),
             encoder=dict(rank=32, exclude=['self_attn.sampling_offsets'])))
 
-Each of ``encoder`` / ``decoder`` is a :class:`~lors_mmdet.lors.LorsStackConfig`
-(``rank``, ``num_terms``, ``ranks``, ``include``, ``exclude``, ``groups``,
-``init``); a part left out stays stock.
+Each of ``encoder`` / ``decoder`` is a
+:class:`~lors_mmdet.lors.LorsStackConfig` (``rank``, ``num_terms``,
+``ranks``, ``include``, ``exclude``, ``groups``, ``init``); a part left out
+stays stock.
 """
 from typing import Dict, List, Mapping, Optional, Tuple
 

@@ -93,6 +93,13 @@ EXTRA_USES = """
     shared, layers, errors = lors.lors_from_dense(merged, rank=2)
     assert lors.count_parameters(stack).total > 0
     lors.reset_lors_parameters(stack)
+    encoder = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(8, 2, 16), 2,
+        enable_nested_tensor=False)
+    lors_stack = lors.apply_lors(encoder, 'layers', dict(rank=2, groups=1))
+    assert lors.find_lors_stacks(encoder) == [('lors_layers', lors_stack)]
+    encoder(torch.randn(3, 1, 8)).sum().backward()
+    assert lors.merge_lors(encoder) == 1
 """
 
 

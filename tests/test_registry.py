@@ -50,7 +50,8 @@ def test_unknown_key_of_a_plugin_module_is_named():
 @pytest.mark.parametrize('name', [
     'AdaMixer', 'AdaMixerDecoder', 'AdaMixerDecoderStage', 'AdaMixerQueryGenerator',
     'AdaMixerChannelMapping', 'LorsAdaMixerDecoder', 'LorsAdaMixerDecoderStage',
-    'LorsDINO', 'LorsDeformableDETR'
+    'LorsDINO', 'LorsDeformableDETR', 'LorsDETR', 'LorsConditionalDETR',
+    'LorsDABDETR', 'LorsDDQDETR'
 ])
 def test_plugin_models_are_in_mmdet_models(name):
     from mmdet.registry import MODELS

@@ -6,18 +6,26 @@
   low-rank private part ``M_i(q) = M_shared(q) + sum_t L_it Z_it(q) R_it``.
 - :mod:`.merge`: LORS stack <-> N dense weights (deployment, conversion).
 - :mod:`.accounting`: parameter counts, re-initialisation of private parts.
+- :mod:`.surgery`: any stack of identical modules -> LORS in place
+  (:func:`apply_lors`), and back (:func:`merge_lors`); settings in
+  :mod:`.stack_config`, ``nn.MultiheadAttention`` as :mod:`.attention`.
 
 See ``docs/lors_library.md``.
 """
 from .accounting import ParameterCount, count_parameters, reset_lors_parameters
 from .adaptive import GeneratedMatrices, LorsAdaptive, SharedGenerator
+from .attention import LorsAttention
 from .merge import lors_from_dense, merge_linears
-from .static import (FACTOR_INITS, LorsLinear, LorsLinearStack,
-                     SharedLinear, build_lors_linears)
+from .stack_config import LorsStackConfig
+from .static import (FACTOR_INITS, LorsLinear, LorsLinearStack, SharedLinear,
+                     build_lors_linears)
+from .surgery import (LorsStack, apply_lors, find_lors_stacks, init_as_stock,
+                      merge_lors)
 
 __all__ = [
     'SharedLinear', 'LorsLinear', 'LorsLinearStack', 'build_lors_linears',
     'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices', 'merge_linears',
     'lors_from_dense', 'count_parameters', 'ParameterCount',
-    'reset_lors_parameters', 'FACTOR_INITS'
+    'reset_lors_parameters', 'FACTOR_INITS', 'LorsAttention', 'LorsStackConfig',
+    'LorsStack', 'apply_lors', 'find_lors_stacks', 'merge_lors', 'init_as_stock'
 ]

@@ -1,4 +1,6 @@
-"""LORS decoders for mmdet's DINO and Deformable-DETR."""
+"""LORS for mmdet's DETR family: decoders of DINO and Deformable-DETR
+(subclasses), and encoder / decoder stacks of DETR, Conditional-DETR,
+DAB-DETR and DDQ-DETR by stack surgery (:mod:`.stacks`)."""
 from .adaptive import AdaptiveLorsLinear
 from .attention import LorsMultiheadAttention, LorsMultiScaleDeformableAttention
 from .decoders import (LorsDeformableDetrTransformerDecoder,
@@ -7,6 +9,8 @@ from .decoders import (LorsDeformableDetrTransformerDecoder,
 from .detectors import LorsDeformableDETR, LorsDINO
 from .ffn import LorsFFN
 from .lors_config import DEFAULT_RANK, build_lors_plan
+from .stacks import (LorsConditionalDETR, LorsDABDETR, LorsDDQDETR, LorsDETR,
+                     LorsStacksMixin, parse_lors_cfg)
 
 __all__ = [
     'AdaptiveLorsLinear', 'LorsMultiheadAttention',
@@ -14,5 +18,6 @@ __all__ = [
     'LorsDeformableDetrTransformerDecoderLayer',
     'LorsDeformableDetrTransformerDecoder', 'LorsDinoTransformerDecoder',
     'decoder_projection_shapes', 'LorsDeformableDETR', 'LorsDINO',
-    'DEFAULT_RANK', 'build_lors_plan'
+    'DEFAULT_RANK', 'build_lors_plan', 'LorsStacksMixin', 'parse_lors_cfg',
+    'LorsDETR', 'LorsConditionalDETR', 'LorsDABDETR', 'LorsDDQDETR'
 ]

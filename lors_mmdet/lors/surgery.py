@@ -1,0 +1,416 @@
+"""Stack surgery: any stack of identical modules -> a LORS stack, in place.
+
+The way peft injects LoRA: the model is built as usual, then
+:func:`apply_lors` replaces, inside each of the N layers, the selected
+``nn.Linear`` modules by :class:`~lors_mmdet.lors.LorsLinear` maps and the
+selected ``nn.MultiheadAttention`` modules by a
+:class:`~lors_mmdet.lors.LorsAttention` whose projections are LORS maps. The
+shared weights are registered once, on the owner of the stack, in a
+:class:`LorsStack` module that also records what was replaced;
+:func:`merge_lors` undoes it (stock modules, stock state-dict keys) and
+:func:`find_lors_stacks` lists the stacks of a model for tools.
+"""
+import contextlib
+import math
+from typing import (Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
+
+import torch
+from torch import nn
+
+from .attention import PROJECTIONS, LorsAttention
+from .merge import lors_from_dense
+from .stack_config import LorsStackConfig, ProjectionPlan
+from .static import LorsLinear, SharedLinear
+
+_CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+
+
+class LorsStack(nn.Module):
+    """The shared weights of one LORS stack, registered on its owner.
+
+    Made by :func:`apply_lors`. Holds ``shared[g].<path>`` (a
+    :class:`SharedLinear` per group ``g`` and projection path) and a record of
+    the surgery; the layers themselves stay where they are (referenced, not
+    registered).
+
+    Attributes:
+        layers: the N layers (tuple, not registered here).
+        layers_path: owner-relative path of their container, or None.
+        config: the :class:`LorsStackConfig` applied.
+        plans: ``{projection path: ProjectionPlan}`` (ranks, terms per layer).
+        groups: the layer indices of each group of adjacent layers.
+        attentions: paths of the ``nn.MultiheadAttention`` modules turned into
+            :class:`LorsAttention`.
+        dense_types: ``{projection path: class}`` restored by merging.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], layers_path: Optional[str],
+                 config: LorsStackConfig, plans: Mapping[str, ProjectionPlan],
+                 groups: List[List[int]], attentions: Sequence[str],
+                 dense_types: Mapping[str, type]) -> None:
+        super().__init__()
+        # Not registered: the layers belong to their container on the owner.
+        object.__setattr__(self, '_layers', tuple(layers))
+        self.layers_path = layers_path
+        self.config = config
+        self.plans = dict(plans)
+        self.groups = [list(g) for g in groups]
+        self.attentions = tuple(attentions)
+        self.dense_types = dict(dense_types)
+        self.shared = nn.ModuleList(nn.Module() for _ in groups)
+        # torch's TransformerEncoder only: its nested-tensor setting before
+        self.owner_use_nested_tensor: Optional[bool] = None
+
+    @property
+    def layers(self) -> Tuple[nn.Module, ...]:
+        return self._layers
+
+    def add_shared(self, group: int, path: str, shared: SharedLinear) -> None:
+        node = self.shared[group]
+        *parents, leaf = path.split('.')
+        for part in parents:
+            if part not in node._modules:
+                node.add_module(part, nn.Module())
+            node = node._modules[part]
+        node.add_module(leaf, shared)
+
+    @property
+    def replaced_paths(self) -> List[str]:
+        """Paths of the modules the surgery put into each layer: the
+        attentions and the projections outside them."""
+        return [
+            path for path in self.plans
+            if path.rpartition('.')[0] not in self.attentions
+        ] + list(self.attentions)
+
+    def shared_linear(self, group: int, path: str) -> SharedLinear:
+        """The shared weight of projection ``path`` in group ``group``."""
+        return self.shared[group].get_submodule(path)
+
+    def group_of(self, layer: int) -> int:
+        """The group index of layer ``layer``."""
+        for index, group in enumerate(self.groups):
+            if layer in group:
+                return index
+        raise IndexError(f'layer {layer} is not in this stack of '
+                         f'{len(self.layers)} layers')
+
+    def lors_linears(self, path: str) -> List[LorsLinear]:
+        """The N LORS maps of projection ``path``, one per layer."""
+        return [layer.get_submodule(path) for layer in self.layers]
+
+    @torch.no_grad()
+    def reset_private_parameters(self) -> None:
+        """Private residuals back to zero (``B = 0``, ``A`` kaiming-uniform).
+
+        Biases and shared weights are left alone. Call it after a framework's
+        init that touches every matrix (mmdet's xavier init of DETR).
+        """
+        for path in self.plans:
+            for lors in self.lors_linears(path):
+                nn.init.kaiming_uniform_(lors.lors_A, a=math.sqrt(5))
+                nn.init.zeros_(lors.lors_B)
+
+    @torch.no_grad()
+    def merge_layers(self) -> None:
+        """Put stock modules with the merged weights back into the layers.
+
+        Use :func:`merge_lors`, which also removes this module from its
+        owner.
+        """
+        for layer in self.layers:
+            for path in self.plans:
+                lors = layer.get_submodule(path)
+                dense = self.dense_types[path](
+                    lors.in_features, lors.out_features,
+                    bias=lors.bias is not None, device=lors.lors_A.device,
+                    dtype=lors.lors_A.dtype)
+                dense.weight.copy_(lors.weight)
+                if lors.bias is not None:
+                    dense.bias.copy_(lors.bias)
+                _replace(layer, path, dense.train(lors.training))
+            for path in self.attentions:
+                attention = layer.get_submodule(path)
+                _replace(layer, path, attention.to_multihead_attention())
+
+    def extra_repr(self) -> str:
+        return (f'layers={len(self.layers)}, layers_path={self.layers_path!r}'
+                f', groups={[len(g) for g in self.groups]}, '
+                f'init={self.config.init!r}, projections={list(self.plans)}')
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition('.')
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool, type]]:
+    """``{path: (in_features, out_features, bias, type)}`` of a layer's
+    projections: its ``nn.Linear`` modules (outside attentions) and the four
+    maps of each ``nn.MultiheadAttention`` (``<path>.q_proj`` ...), in module
+    order.
+    """
+    found: Dict[str, Tuple[int, int, bool, type]] = {}
+    attentions = set()
+    for path, module in layer.named_modules():
+        if not path:
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            attentions.add(path)
+            bias = module.in_proj_bias is not None
+            dim = module.embed_dim
+            for name, in_features in zip(
+                    PROJECTIONS, (dim, module.kdim, module.vdim, dim)):
+                found[f'{path}.{name}'] = (in_features, dim, bias,
+                                           nn.MultiheadAttention)
+        elif (isinstance(module, nn.Linear)
+              and path.rpartition('.')[0] not in attentions):
+            found[path] = (module.in_features, module.out_features,
+                           module.bias is not None, type(module))
+    return found
+
+
+def _check_layers(owner: nn.Module, layers: Sequence[nn.Module],
+                  name: str) -> Dict[str, Tuple[int, int, bool, type]]:
+    """Check the stack; return the projections common to all its layers.
+
+    A projection present in only some layers (Conditional-DETR drops the
+    ``qpos_proj`` of all but the first decoder layer) is no stack member:
+    it stays private. One present everywhere must have the same type and
+    shape everywhere.
+    """
+    if isinstance(owner, _CONTAINERS):
+        raise TypeError(f'owner must be the module holding the stack, not a '
+                        f'{type(owner).__name__} (its iteration would see '
+                        f'the LorsStack)')
+    if not layers:
+        raise ValueError('the stack has no layers')
+    if len({id(layer) for layer in layers}) != len(layers):
+        raise ValueError('the same module appears twice in the stack')
+    if hasattr(owner, name):
+        raise ValueError(f'owner already has an attribute {name!r}; pass '
+                         f'another name')
+    inside = {id(m) for m in owner.modules()}
+    per_layer = [_projections(layer) for layer in layers]
+    common = {
+        path: spec
+        for path, spec in per_layer[0].items()
+        if all(path in found for found in per_layer)
+    }
+    for index, (layer, found) in enumerate(zip(layers, per_layer)):
+        if id(layer) not in inside:
+            raise ValueError(f'layer {index} is not a submodule of the owner '
+                             f'{type(owner).__name__}')
+        if type(layer) is not type(layers[0]):
+            raise ValueError(f'layer {index} is a {type(layer).__name__}, '
+                             f'layer 0 a {type(layers[0]).__name__}')
+        for path, spec in common.items():
+            if found[path] != spec:
+                raise ValueError(
+                    f'layer {index} differs from layer 0 at {path!r}: '
+                    f'(in, out, bias, type) = {found[path]}, layer 0 has '
+                    f'{spec}')
+    if not common:
+        raise ValueError(f'the layers ({type(layers[0]).__name__}) have no '
+                         f'nn.Linear or nn.MultiheadAttention in common')
+    return common
+
+
+@torch.no_grad()
+def apply_lors(owner: nn.Module,
+               layers: Union[str, Sequence[nn.Module]],
+               config: Union[None, Mapping, LorsStackConfig] = None,
+               name: Optional[str] = None,
+               key: str = 'lors') -> LorsStack:
+    """Turn a stack of N identical layers into a LORS stack, in place.
+
+    Inside each layer, every selected projection becomes a
+    :class:`LorsLinear` on a :class:`SharedLinear` shared by the layers of
+    its group; a selected ``nn.MultiheadAttention`` becomes a
+    :class:`LorsAttention` (its other projections stay private
+    ``nn.Linear``). The shared weights live in a :class:`LorsStack`
+    registered on ``owner`` as ``name``. Initialisation (``config.init``):
+
+    - ``'fresh'``: shared = the weights of the first layer of each group,
+      ``B = 0`` (every layer then computes with those weights), biases kept
+      per layer;
+    - ``'dense'``: shared = the group's mean weight, layer ``i`` keeps the
+      truncated SVD of ``W_i - mean`` (exact at rank ``'full'``).
+
+    Args:
+        owner: the module that owns the stack (e.g. an encoder).
+        layers: owner-relative path of a ``ModuleList`` / ``Sequential`` of
+            the layers, or the layers (submodules of ``owner``).
+        config: a :class:`LorsStackConfig` or its dict.
+        name: attribute of the :class:`LorsStack` on ``owner``; defaults to
+            ``'lors_' + layers`` (dots as underscores) for a path.
+        key: where ``config`` sits in the user's config (error messages).
+
+    Returns:
+        The :class:`LorsStack` (also ``getattr(owner, name)``).
+    """
+    layers_path = None
+    if isinstance(layers, str):
+        layers_path = layers
+        container = owner.get_submodule(layers)
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            raise TypeError(f'{layers!r} must name a ModuleList or '
+                            f'Sequential, got {type(container).__name__}')
+        layers = list(container)
+        name = name or 'lors_' + layers_path.replace('.', '_')
+    elif name is None:
+        raise ValueError('name is needed when the layers are given as '
+                         'modules')
+    layers = list(layers)
+    config = LorsStackConfig.from_dict(config, key)
+    projections = _check_layers(owner, layers, name)
+    plans = config.plan({p: s[:2] for p, s in projections.items()},
+                        len(layers))
+    groups = config.group_layers(len(layers))
+
+    attentions = sorted({
+        path.rpartition('.')[0] for path in plans
+        if isinstance(layers[0].get_submodule(path.rpartition('.')[0]),
+                      nn.MultiheadAttention)
+    })
+    converted = []  # all first, so that an error leaves the layers as they are
+    for index, layer in enumerate(layers):
+        for path in attentions:
+            try:
+                converted.append((layer, path,
+                                  LorsAttention.from_multihead_attention(
+                                      layer.get_submodule(path))))
+            except ValueError as error:
+                raise ValueError(f'layer {index}, {path!r}: {error}') from None
+    for layer, path, attention in converted:
+        _replace(layer, path, attention)
+    dense_types = {path: type(layers[0].get_submodule(path)) for path in plans}
+
+    stack = LorsStack(layers, layers_path, config, plans, groups, attentions,
+                      dense_types)
+    for group_index, group in enumerate(groups):
+        for path, plan in plans.items():
+            denses = [layers[i].get_submodule(path) for i in group]
+            ranks = [plan.ranks[i] for i in group]
+            terms = [plan.num_terms[i] for i in group]
+            has_bias = denses[0].bias is not None
+            if config.init == 'dense':
+                shared, new_layers, _ = lors_from_dense(
+                    [d.weight for d in denses], ranks, terms,
+                    [d.bias for d in denses] if has_bias else None)
+            else:
+                weight = denses[0].weight
+                shared = SharedLinear(weight.shape[1], weight.shape[0],
+                                      len(group)).to(weight)
+                shared.weight.copy_(weight)
+                new_layers = [
+                    LorsLinear(shared, r, k, has_bias)
+                    for r, k in zip(ranks, terms)
+                ]
+                for dense, new in zip(denses, new_layers):
+                    if has_bias:
+                        new.bias.copy_(dense.bias)
+            stack.add_shared(group_index, path, shared)
+            for i, dense, new in zip(group, denses, new_layers):
+                _replace(layers[i], path, new.train(dense.training))
+    if isinstance(owner, nn.TransformerEncoder) and attentions:
+        # Its fused fast path packs padded batches into nested tensors, made
+        # for nn.MultiheadAttention's packed weights; merging turns it back.
+        stack.owner_use_nested_tensor = owner.use_nested_tensor
+        owner.use_nested_tensor = False
+    owner.add_module(name, stack.train(owner.training))
+    return stack
+
+
+def find_lors_stacks(module: nn.Module) -> List[Tuple[str, LorsStack]]:
+    """``(path, stack)`` of every :class:`LorsStack` in ``module``'s tree.
+
+    The protocol for tools: the LORS layers of a stack are
+    ``stack.lors_linears(path)`` for ``path`` in ``stack.plans``; its shared
+    weights ``stack.shared_linear(group, path)``.
+    """
+    return [(path, sub) for path, sub in module.named_modules()
+            if isinstance(sub, LorsStack)]
+
+
+def merge_lors(module: nn.Module,
+               stacks: Optional[Sequence[LorsStack]] = None) -> int:
+    """Merge LORS stacks back into stock modules, in place.
+
+    Each LORS map becomes its original ``nn.Linear`` class with the weight
+    ``W_shared + B A``, each :class:`LorsAttention` made by the surgery an
+    ``nn.MultiheadAttention``; the :class:`LorsStack` is removed from its
+    owner. The state dict then has the stock keys.
+
+    Args:
+        module: a model (or any module) containing the stacks' owners.
+        stacks: the stacks to merge; default every stack in ``module``.
+
+    Returns:
+        The number of stacks merged.
+    """
+    wanted = None if stacks is None else {id(s) for s in stacks}
+    merged = 0
+    for owner in list(module.modules()):
+        for child_name, child in list(owner.named_children()):
+            if isinstance(child, LorsStack) and (wanted is None
+                                                 or id(child) in wanted):
+                child.merge_layers()
+                delattr(owner, child_name)
+                if child.owner_use_nested_tensor is not None:
+                    owner.use_nested_tensor = child.owner_use_nested_tensor
+                merged += 1
+    if wanted is not None and merged != len(wanted):
+        raise ValueError(f'{len(wanted) - merged} of the given stacks are '
+                         f'not in the module')
+    return merged
+
+
+@contextlib.contextmanager
+def init_as_stock(module: nn.Module) -> Iterator[None]:
+    """Run an init written for the stock model, then re-derive the LORS
+    stacks from it, keeping their parameter objects.
+
+    Inside the block every LORS stack of ``module`` is merged: the layers hold
+    stock ``nn.Linear`` / ``nn.MultiheadAttention`` modules, so a framework's
+    init (mmdet's DETR ``init_weights``, mmcv's deformable attention init)
+    runs exactly as on the stock model. On exit each stack is initialised
+    from those weights by its config (``'fresh'``: shared = the first layer of
+    each group, ``B = 0``) and the values are copied into the original LORS
+    modules, which are put back: an optimizer or DDP wrapper built before the
+    init still holds the parameters the model uses.
+
+    Args:
+        module: a model (or any module) containing the stacks' owners.
+    """
+    entries = []
+    for owner in list(module.modules()):
+        for name, child in list(owner.named_children()):
+            if isinstance(child, LorsStack):
+                # merging swaps the projections inside the attentions too
+                saved = [{
+                    path: layer.get_submodule(path)
+                    for path in (*child.plans, *child.attentions)
+                } for layer in child.layers]
+                entries.append((owner, name, child, saved))
+    merge_lors(module, [stack for _, _, stack, _ in entries])
+    try:
+        yield
+    finally:
+        for owner, name, stack, saved in entries:
+            new = apply_lors(owner, list(stack.layers), stack.config, name)
+            delattr(owner, name)
+            with torch.no_grad():
+                stack.load_state_dict(new.state_dict())
+                for layer, originals in zip(stack.layers, saved):
+                    for path in stack.plans:
+                        parent, _, child = path.rpartition('.')
+                        if parent in stack.attentions:
+                            setattr(originals[parent], child,
+                                    originals[path])
+                    for path in stack.replaced_paths:
+                        originals[path].load_state_dict(
+                            layer.get_submodule(path).state_dict())
+                        _replace(layer, path, originals[path])
+            owner.add_module(name, stack)

@@ -11,6 +11,7 @@ from mmengine.runner import Runner
 
 from lors_mmdet.engine import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
                                load_tool_config)
+from lors_mmdet.engine import select_resume_checkpoint, use_atomic_checkpoints
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,11 +45,12 @@ def main() -> None:
             raise KeyError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in '
                            f'{args.config}')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+    if args.resume == 'auto':  # the newest intact checkpoint of the work dir
+        cfg.resume, cfg.load_from = True, select_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     adapt_cfg_to_machine(cfg, args.launcher)
+    use_atomic_checkpoints(cfg)
     check_data_paths(cfg, splits=('train', 'val'))
     check_pretrained_paths(cfg)
 

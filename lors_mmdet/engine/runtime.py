@@ -4,6 +4,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 
 DATA_HINTS = {
@@ -51,6 +52,26 @@ def adapt_cfg_to_machine(cfg: Config, launcher: str) -> None:
         dist_cfg['backend'] = 'gloo'
     if launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(type='DeviceAwareDistributedDataParallel')
+
+
+def use_atomic_checkpoints(cfg: Config) -> None:
+    """Save checkpoints with :class:`AtomicCheckpointHook`, in place.
+
+    A ``default_hooks.checkpoint`` of mmengine's stock ``CheckpointHook`` (as in
+    mmdet's own configs) becomes ``AtomicCheckpointHook`` with the same arguments;
+    any other checkpoint hook is left as it is.
+
+    Args:
+        cfg: The full config.
+    """
+    checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook',
+                                                             'mmengine.CheckpointHook',
+                                                             CheckpointHook):
+        print_log('default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook '
+                  '(atomic saves; outdated checkpoints deleted after the new one is saved)',
+                  logger='current')
+        checkpoint['type'] = 'AtomicCheckpointHook'
 
 
 def _datasets(key: str, dataset: dict) -> Iterator[Tuple[str, dict]]:

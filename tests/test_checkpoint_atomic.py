@@ -420,6 +420,12 @@ def test_find_resumable_falls_back_to_newest_intact(tmp_path, log_records):
     assert select_resume_checkpoint(work_dir) == osp.join(work_dir, 'iter_2.pth')
 
 
+def test_find_resumable_leaves_remote_checkpoints_to_mmengine(tmp_path):
+    with open(tmp_path / 'last_checkpoint', 'w') as f:
+        f.write('s3://bucket/run/iter_8.pth')
+    assert find_resumable_checkpoint(str(tmp_path)) == 's3://bucket/run/iter_8.pth'
+
+
 def test_find_resumable_none_intact(tmp_path):
     work_dir = str(tmp_path)
     assert find_resumable_checkpoint(work_dir) is None

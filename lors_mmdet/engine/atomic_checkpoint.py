@@ -120,6 +120,14 @@ def remove_temp_files(folder: str) -> List[str]:
     return removed
 
 
+def _remove_checkpoint(backend, path: str) -> None:
+    """Delete a checkpoint file, or folder (deepspeed's), if it is there."""
+    if backend.isfile(path):
+        backend.remove(path)
+    elif backend.isdir(path):
+        backend.rmtree(path)
+
+
 class _PostponedRemovals:
     """A file backend whose ``remove``/``rmtree`` wait for :meth:`apply`."""
 
@@ -139,12 +147,8 @@ class _PostponedRemovals:
     def apply(self, keep: Tuple[Optional[str], ...] = ()) -> None:
         """Delete the postponed paths, except those in ``keep``."""
         for path in self._paths:
-            if path in keep:
-                continue
-            if self._backend.isfile(path):
-                self._backend.remove(path)
-            elif self._backend.isdir(path):  # checkpoints saved by deepspeed
-                self._backend.rmtree(path)
+            if path not in keep:
+                _remove_checkpoint(self._backend, path)
 
 
 @HOOKS.register_module()
@@ -210,12 +214,8 @@ class AtomicCheckpointHook(CheckpointHook):
         for old_step in outdated:
             path = self.file_backend.join_path(self.out_dir,
                                                self.filename_tmpl.format(old_step))
-            if path == self.last_ckpt:
-                continue
-            if self.file_backend.isfile(path):
-                self.file_backend.remove(path)
-            elif self.file_backend.isdir(path):  # checkpoints saved by deepspeed
-                self.file_backend.rmtree(path)
+            if path != self.last_ckpt:
+                _remove_checkpoint(self.file_backend, path)
         if self._atomic:
             remove_temp_files(self.out_dir)
         remove_temp_files(runner.work_dir)
@@ -290,12 +290,15 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     (:func:`checkpoint_problem`); otherwise, with a warning that names the file and
     what is wrong with it, the intact ``iter_N.pth`` / ``epoch_N.pth`` with the
     largest N in the work dir (or in the folder ``last_checkpoint`` points into).
-    Temporary files of killed saves are never candidates.
+    Temporary files of killed saves are never candidates. A remote checkpoint
+    (``s3://...``) named by ``last_checkpoint`` is returned unchecked.
 
     Args:
         work_dir: The run's work dir.
     """
     named = _read_last_checkpoint(work_dir)
+    if named is not None and '://' in named:
+        return named  # a remote out_dir: not checked here, mmengine loads it as it is
     if named is not None:
         problem = checkpoint_problem(named)
         if problem is None:
@@ -304,7 +307,7 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
                   f'{problem}. Looking for the newest intact checkpoint.',
                   logger='current', level=logging.WARNING)
     folders = {osp.abspath(work_dir)}
-    if named is not None and '://' not in named:
+    if named is not None:
         folders.add(osp.abspath(osp.dirname(named)))
     candidates = sorted((c for folder in folders for c in _checkpoint_files(folder)),
                         reverse=True)

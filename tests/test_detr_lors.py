@@ -475,6 +475,11 @@ def test_coco_config_is_mmdets_plus_lors_and_builds(config):
     lors = model['decoder'].pop('lors')
     assert lors == dict(rank=16, num_terms=1)
     model['type'] = stock.model.type
+    # our runtime hooks (atomic checkpoints, exact resumption: test_configs_runtime.py)
+    checkpoint = lors_dict['default_hooks']['checkpoint']
+    assert checkpoint.pop('type') == 'AtomicCheckpointHook'
+    checkpoint['type'] = stock.default_hooks.checkpoint.type
+    assert lors_dict.pop('custom_hooks') == [dict(type='RNGStateHook')]
     assert lors_dict == stock.to_dict()  # nothing else changed
     cfg.model.backbone.init_cfg = None
     built = build_model(cfg.model)

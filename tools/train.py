@@ -11,7 +11,8 @@ from mmengine.runner import Runner
 
 from lors_mmdet.engine import (add_lors_checkpoint_check, adapt_cfg_to_machine,
                                check_coco_annotations, check_data_paths, check_pretrained_paths,
-                               enable_amp, load_tool_config)
+                               enable_amp, load_tool_config, select_resume_checkpoint,
+                               use_atomic_checkpoints)
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,11 +45,12 @@ def main() -> None:
             raise KeyError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in '
                            f'{args.config}')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+    if args.resume == 'auto':  # the newest intact checkpoint of the work dir
+        cfg.resume, cfg.load_from = True, select_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     adapt_cfg_to_machine(cfg, args.launcher)
+    use_atomic_checkpoints(cfg)
     check_data_paths(cfg, splits=('train', 'val'))
     check_coco_annotations(cfg, splits=('train', 'val'))
     check_pretrained_paths(cfg)

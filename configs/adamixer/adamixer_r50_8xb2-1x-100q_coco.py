@@ -3,7 +3,7 @@
 _base_ = [
     'mmdet::_base_/datasets/coco_detection.py',
     'mmdet::_base_/schedules/schedule_1x.py',
-    'mmdet::_base_/default_runtime.py', '../_base_/models/adamixer_r50.py'
+    '../_base_/default_runtime_lors.py', '../_base_/models/adamixer_r50.py'
 ]
 custom_imports = dict(imports=['lors_mmdet'], allow_failed_imports=False)
 

@@ -6,6 +6,7 @@ import torch
 from mmengine.config import Config
 from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
                              is_npu_available)
+from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 
 DATA_HINTS = {
@@ -74,6 +75,26 @@ def enable_amp(cfg: Config) -> None:
             '(float32) here, or with --amp on a GPU machine')
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def use_atomic_checkpoints(cfg: Config) -> None:
+    """Save checkpoints with :class:`AtomicCheckpointHook`, in place.
+
+    A ``default_hooks.checkpoint`` of mmengine's stock ``CheckpointHook`` (as in
+    mmdet's own configs) becomes ``AtomicCheckpointHook`` with the same arguments;
+    any other checkpoint hook is left as it is.
+
+    Args:
+        cfg: The full config.
+    """
+    checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook',
+                                                             'mmengine.CheckpointHook',
+                                                             CheckpointHook):
+        print_log('default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook '
+                  '(atomic saves; outdated checkpoints deleted after the new one is saved)',
+                  logger='current')
+        checkpoint['type'] = 'AtomicCheckpointHook'
 
 
 def _datasets(key: str, dataset: dict) -> Iterator[Tuple[str, dict]]:

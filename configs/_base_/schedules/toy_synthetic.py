@@ -11,7 +11,7 @@
 #   default_hooks = dict(checkpoint=dict(interval=max_iters))
 _base_ = [
     '../datasets/synthetic_coco_detection.py',
-    'mmdet::_base_/default_runtime.py'
+    '../default_runtime_lors.py'
 ]
 custom_imports = dict(imports=['lors_mmdet'], allow_failed_imports=False)
 
@@ -40,6 +40,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', interval=max_iters, by_epoch=False))
+    checkpoint=dict(type='AtomicCheckpointHook', interval=max_iters, by_epoch=False))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

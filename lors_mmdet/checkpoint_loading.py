@@ -94,24 +94,26 @@ def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
 # --------------------------------------------------------------------------
 # One file (or buffer)
 # --------------------------------------------------------------------------
-def _check_zip_records(source: Source, name: str) -> None:
-    """Raise :class:`CorruptCheckpointError` if a zip checkpoint is damaged."""
+def zip_checkpoint_problem(source: Source) -> Optional[str]:
+    """Why a checkpoint in torch.save's zip format is damaged, or None if intact.
+
+    The archive must open, hold a ``data.pkl`` and match every record's CRC-32.
+    Nothing is unpickled.
+
+    Args:
+        source: Path of the file, or a binary file object.
+    """
     try:
         with zipfile.ZipFile(source) as archive:
+            if not any(name == 'data.pkl' or name.endswith('/data.pkl')
+                       for name in archive.namelist()):
+                return 'it is a zip archive without data.pkl, not a torch checkpoint'
             damaged = archive.testzip()
-            has_pickle = any(n.endswith('/data.pkl') or n == 'data.pkl'
-                             for n in archive.namelist())
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise CorruptCheckpointError(
-            f'checkpoint {name} is truncated or damaged: its zip directory cannot be '
-            f'read ({error}); expected a complete file written by torch.save') from error
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f'it is not a complete torch zip archive (truncated?): {error}'
     if damaged is not None:
-        raise CorruptCheckpointError(
-            f'checkpoint {name} is damaged: record "{damaged}" fails its CRC-32 check; '
-            'expected a complete file written by torch.save')
-    if not has_pickle:
-        raise CorruptCheckpointError(
-            f'checkpoint {name} is a zip file without data.pkl: not a torch.save file')
+        return f'record {damaged} fails its CRC-32 check (corrupted)'
+    return None
 
 
 def _is_zip(source: Source) -> bool:
@@ -162,7 +164,11 @@ def safe_load_checkpoint(source: Source, map_location: Optional[Any] = None,
                 'torch.save (an interrupted save or copy leaves such files)')
     name = name or repr(source)
     if _is_zip(source):
-        _check_zip_records(source, name)
+        problem = zip_checkpoint_problem(source)
+        if problem is not None:
+            raise CorruptCheckpointError(
+                f'checkpoint {name} cannot be read: {problem}; expected a complete file '
+                'written by torch.save')
         if not isinstance(source, str):
             source.seek(0)
     with torch.serialization.safe_globals(checkpoint_safe_globals()):

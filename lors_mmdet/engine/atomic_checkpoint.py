@@ -17,7 +17,6 @@ import os
 import os.path as osp
 import re
 import secrets
-import zipfile
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -27,6 +26,8 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
+
+from ..checkpoint_loading import zip_checkpoint_problem
 
 TEMP_SUFFIX = '.partial'
 CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
@@ -249,17 +250,7 @@ def checkpoint_problem(path: str) -> Optional[str]:
         return 'it does not exist' if not osp.exists(path) else 'it is not a file'
     if osp.getsize(path) == 0:
         return 'it is empty (0 bytes)'
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if not any(name == 'data.pkl' or name.endswith('/data.pkl') for name in names):
-                return 'it is a zip archive without data.pkl, not a torch checkpoint'
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f'it is not a complete torch zip archive (truncated?): {error}'
-    if damaged is not None:
-        return f'member {damaged} fails its CRC-32 check (corrupted)'
-    return None
+    return zip_checkpoint_problem(path)
 
 
 def _checkpoint_files(folder: str) -> List[Tuple[int, float, str]]:

@@ -297,6 +297,18 @@ def load_from_pavi(filename: str, map_location: Optional[Any] = None) -> Any:
         return safe_load_checkpoint(downloaded, map_location, name=filename)
 
 
+def load_any_checkpoint(source: str, map_location: Optional[Any] = None) -> Any:
+    """Load a checkpoint from a path, a URL or any mmengine scheme, safely.
+
+    Args:
+        source: Local path, ``http(s)://`` URL, ``torchvision://name``...
+        map_location: Same as :func:`torch.load`.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    install_safe_checkpoint_loaders()  # idempotent; covers use without importing compat
+    return CheckpointLoader.load_checkpoint(source, map_location=map_location)
+
+
 # scheme prefixes, as mmengine registers them -> our loader, named as mmengine's
 # (mmengine logs `Loads checkpoint by <name[10:]> backend`)
 SAFE_LOADERS: Dict[Tuple[str, ...], Callable] = {

@@ -448,3 +448,19 @@ def test_hook_removes_temp_leftovers_at_next_save(tmp_path):
     assert not any(osp.exists(osp.join(work_dir, name)) for name in leftovers)
     assert osp.exists(keep)
     assert find_resumable_checkpoint(work_dir) == osp.join(work_dir, 'iter_6.pth')
+
+
+class _FailsToPickle:
+    def __reduce__(self):
+        raise RuntimeError('cannot pickle')
+
+
+def test_save_checkpoint_file_keeps_the_old_file_when_saving_fails(tmp_path):
+    from lors_mmdet.engine import save_checkpoint_file
+    from lors_mmdet.checkpoint_loading import safe_load_checkpoint
+    path = str(tmp_path / 'converted.pth')
+    save_checkpoint_file({'w': torch.ones(3)}, path)
+    with pytest.raises(RuntimeError, match='cannot pickle'):
+        save_checkpoint_file({'w': torch.zeros(3), 'bad': _FailsToPickle()}, path)
+    assert torch.equal(safe_load_checkpoint(path)['w'], torch.ones(3))
+    assert os.listdir(tmp_path) == ['converted.pth']

@@ -13,15 +13,14 @@ from the tensors' shapes are printed and kept in ``meta['adamixer_conversion']``
 with ``--config`` they are compared with the config's ``model.roi_head`` and
 any difference is an error. The key mapping is documented in
 lors_mmdet/models/adamixer/checkpoint_converter.py and docs/adamixer.md. The
-source is loaded with weights_only=True.
+source (a file or a URL) is loaded with weights_only=True.
 """
 import argparse
 import os.path as osp
 
-import torch
-
 from lors_mmdet.analysis import load_config
-from lors_mmdet.compat import safe_load_checkpoint
+from lors_mmdet.checkpoint_loading import load_any_checkpoint
+from lors_mmdet.engine import save_checkpoint_file
 from lors_mmdet.models.adamixer.checkpoint_converter import (
     convert_adamixer_checkpoint, settings_mismatches)
 
@@ -29,7 +28,7 @@ from lors_mmdet.models.adamixer.checkpoint_converter import (
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0].replace('\n', ' '))
-    parser.add_argument('src', help="the authors' checkpoint (.pth)")
+    parser.add_argument('src', help="the authors' checkpoint (.pth file or URL)")
     parser.add_argument('dst', help='where to write the converted checkpoint')
     parser.add_argument(
         '--config',
@@ -42,7 +41,7 @@ def main() -> None:
     args = parse_args()
     if osp.abspath(args.src) == osp.abspath(args.dst):
         raise SystemExit('error: dst must differ from src')
-    checkpoint = safe_load_checkpoint(args.src, map_location='cpu')
+    checkpoint = load_any_checkpoint(args.src, map_location='cpu')
     converted, report = convert_adamixer_checkpoint(checkpoint)
     if args.config:
         mismatches = settings_mismatches(
@@ -50,7 +49,7 @@ def main() -> None:
         if mismatches:
             raise SystemExit(f'error: {args.src} does not fit {args.config}:'
                              '\n  ' + '\n  '.join(mismatches))
-    torch.save(converted, args.dst)
+    save_checkpoint_file(converted, args.dst)
     print(f'{report["release"]} checkpoint, {report["num_stages"]} stages, '
           f'{len(converted["state_dict"])} tensors -> {args.dst}')
     print('decoder settings: ' + ', '.join(

@@ -191,10 +191,11 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
                   f'{time.time() - start:.0f} s', flush=True)
     result = dict(val_accuracy=accuracy(model, val_images, val_rows, window),
                   seconds=time.time() - start)
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    torch.save(dict(state_dict=model.backbone.state_dict(),
-                    meta=dict(backbone=toy_model_cfg()[0], iters=iters, seed=seed,
-                              window=window, extra_images=extra_images, **result)), out)
+    from lors_mmdet.engine import save_checkpoint_file
+    save_checkpoint_file(dict(state_dict=model.backbone.state_dict(),
+                              meta=dict(backbone=toy_model_cfg()[0], iters=iters, seed=seed,
+                                        window=window, extra_images=extra_images, **result)),
+                         out)
     return result
 
 

@@ -1,7 +1,7 @@
 """Runtime pieces for mmengine: hooks, model wrappers, launch-time config checks."""
 from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend,
                                 checkpoint_problem, find_resumable_checkpoint,
-                                select_resume_checkpoint)
+                                save_checkpoint_file, select_resume_checkpoint)
 from .data_checks import CocoAudit, audit_coco_file, check_coco_annotations
 from .hooks import RNGStateHook
 from .load_checks import (CheckpointMismatchError, LorsCheckpointCheckHook,
@@ -13,7 +13,7 @@ from .runtime import (adapt_cfg_to_machine, check_data_paths, check_pretrained_p
                       enable_amp, load_tool_config, use_atomic_checkpoints)
 
 __all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'checkpoint_problem',
-           'find_resumable_checkpoint', 'select_resume_checkpoint', 'RNGStateHook',
+           'find_resumable_checkpoint', 'select_resume_checkpoint', 'save_checkpoint_file', 'RNGStateHook',
            'LorsCheckpointCheckHook', 'CheckpointMismatchError',
            'add_lors_checkpoint_check', 'check_lors_checkpoint', 'ConfigFit',
            'cfg_options', 'fit_config', 'format_config_fit', 'matching_config_path',

@@ -12,15 +12,17 @@ can leave a partial file and no intact checkpoint at all. Here
   damaged files without unpickling anything.
 """
 import contextlib
+import io
 import logging
 import os
 import os.path as osp
 import re
 import secrets
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import mmengine
+import torch
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
@@ -98,6 +100,18 @@ class AtomicLocalBackend(LocalBackend):
             encoding: Text encoding.
         """
         self.put(obj.encode(encoding), filepath)
+
+
+def save_checkpoint_file(checkpoint: Any, path: str) -> None:
+    """``torch.save`` to a local ``path`` atomically (see :class:`AtomicLocalBackend`).
+
+    Args:
+        checkpoint: What to save (tensors, dicts, plain types).
+        path: Target file.
+    """
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    AtomicLocalBackend().put(buffer.getvalue(), path)
 
 
 def remove_temp_files(folder: str) -> List[str]:

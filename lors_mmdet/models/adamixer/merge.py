@@ -128,14 +128,15 @@ def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
     from mmdet.utils import register_all_modules
 
     from lors_mmdet.analysis import load_config, strip_pretrained
-    from lors_mmdet.compat import safe_load_checkpoint
+    from lors_mmdet.checkpoint_loading import load_any_checkpoint
+    from lors_mmdet.engine import save_checkpoint_file
     register_all_modules()
     for out in (out_config, out_checkpoint):
         if osp.abspath(out) in (osp.abspath(config), osp.abspath(checkpoint)):
             raise ValueError(f'output {out} would overwrite an input')
     cfg = load_config(config)
     plain_cfg = plain_adamixer_config(cfg)
-    source = safe_load_checkpoint(checkpoint, map_location='cpu')
+    source = load_any_checkpoint(checkpoint, map_location='cpu')
     state_dict = source.get('state_dict', source)
     model = MODELS.build(strip_pretrained(copy.deepcopy(cfg)).model)
     try:
@@ -156,6 +157,6 @@ def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
     meta = {k: v for k, v in (meta or {}).items()
             if isinstance(v, (str, int, float, bool))}
     meta['merged_from'] = merged_from
-    torch.save(dict(state_dict=merged, meta=meta), out_checkpoint)
+    save_checkpoint_file(dict(state_dict=merged, meta=meta), out_checkpoint)
     plain_cfg.dump(out_config)
     return merged_from

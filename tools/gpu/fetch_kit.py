@@ -7,19 +7,9 @@ The files and their sha256 are in tools/gpu/kit_manifest.json; carry the folder 
 device tool (`carry: ["gpu_kit"]`) and install it there with tools/gpu/install_offline.py.
 """
 import argparse
-import importlib.util
 import os.path as osp
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def load_gpu_kit():
-    # By path: importing the lors_mmdet package would require mmcv.
-    spec = importlib.util.spec_from_file_location(
-        'gpu_kit', osp.join(REPO, 'lors_mmdet', 'gpu_kit.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _gpu_kit import REPO, load_gpu_kit
 
 
 def main() -> None:

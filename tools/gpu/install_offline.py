@@ -11,22 +11,12 @@ CPU ops only, which lors_mmdet.compat then completes with PyTorch implementation
 CUDA. Prints the time of each step and which path was used.
 """
 import argparse
-import importlib.util
 import json
 import os
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def load_gpu_kit():
-    # By path: importing the lors_mmdet package would require mmcv, which this installs.
-    spec = importlib.util.spec_from_file_location(
-        'gpu_kit', osp.join(REPO, 'lors_mmdet', 'gpu_kit.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _gpu_kit import REPO, load_gpu_kit
 
 
 def main() -> None:

@@ -41,8 +41,10 @@ def test_models_belong_to_a_collection_of_their_metafile():
         for model in content['Models']:
             assert model['In Collection'] in collections, (path, model['Name'])
             assert osp.dirname(model['Config']) == osp.dirname(path)
-            for key in ('README', ):
-                assert osp.isfile(osp.join(ROOT, content['Collections'][0][key])), path
+        collection = content['Collections'][0]
+        assert osp.isfile(osp.join(ROOT, collection['README'])), path
+        code = collection['Code']['URL']
+        assert code.startswith('https://') or osp.exists(osp.join(ROOT, code)), path
 
 
 def test_the_files_are_what_the_tool_writes(capsys):

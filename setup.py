@@ -21,7 +21,11 @@ setup(
     # torch, mmcv (with compiled ops) and mmdet are installed by tools/install.sh:
     # mmcv must be built against the installed torch, which pip cannot express.
     install_requires=['numpy', 'Pillow', 'pycocotools', 'tqdm', 'matplotlib'],
-    extras_require={'tests': ['pytest']},
+    extras_require={
+        'tests': ['pytest'],
+        # mmdet's tools/analysis_tools: analyze_logs.py (seaborn, pandas), benchmark.py (psutil)
+        'tools': ['seaborn', 'pandas', 'psutil'],
+    },
     license='Apache-2.0',
     zip_safe=False,
 )

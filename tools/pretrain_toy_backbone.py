@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lors_mmdet.progress import progress_bar
+
 EXTRA_IMAGES = 10000
 DEFAULT_OUT = 'data/synthetic_coco/pretrained/resnet18-tiny_shapes.pth'
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -98,11 +100,14 @@ def render_extra_images(data_root: str, num_images: int,
             'needs a data set made by tools/generate_synthetic_coco.py; pass '
             '--extra-images 0 to train on the training split only')
     images, rows = [], []
+    progress = progress_bar(num_images, 'drawing extra images', unit='img')
     for image_id in range(1, num_images + 1):
         rgb, objects = render_stream_image(generator, len(SPLITS), image_id)
         rows += [centre_row(first_index + len(images), o['bbox'], o['label'])
                  for o in objects]
         images.append(normalise(rgb))
+        progress.update(1)
+    progress.close()
     return images, np.array(rows, dtype=np.float32).reshape(-1, 4)
 
 
@@ -178,6 +183,7 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=iters,
                                                    pct_start=0.05)
     start = time.time()
+    progress = progress_bar(iters, 'pretraining the toy backbone', unit='iter')
     for step in range(1, iters + 1):
         picked = train_rows[rng.integers(len(train_rows), size=batch_size)]
         x, y = cut_windows(train_images, picked, window, rng, jitter)
@@ -186,9 +192,9 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == iters:
-            print(f'iter {step}/{iters}  loss {loss.item():.4f}  '
-                  f'{time.time() - start:.0f} s', flush=True)
+        progress.set_postfix(loss=loss.item())
+        progress.update(1)
+    progress.close()
     result = dict(val_accuracy=accuracy(model, val_images, val_rows, window),
                   seconds=time.time() - start)
     from lors_mmdet.engine import save_checkpoint_file

@@ -446,7 +446,8 @@ def generate_synthetic_coco(out_dir: str,
         size_range: ``(low, high)`` shape sizes as fractions of ``img_size``.
         min_visible_fraction: Least visible fraction of every shape, in
             ``(0, 1]``.
-        show_progress: Show a tqdm progress bar.
+        show_progress: Show a progress bar (plain lines when standard error is
+            not a terminal: see :func:`lors_mmdet.progress.progress_bar`).
 
     Returns:
         dict: ``{'train': ann_file, 'val': ann_file}`` (absolute paths).
@@ -479,10 +480,8 @@ def generate_synthetic_coco(out_dir: str,
     counts = dict(train=num_train, val=num_val)
     progress = None
     if show_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=num_train + num_val,
-                        unit='img',
-                        desc='synthetic COCO')
+        from ..progress import progress_bar
+        progress = progress_bar(num_train + num_val, 'synthetic COCO', unit='img')
     ann_files = {}
     try:
         for split_index, split in enumerate(SPLITS):

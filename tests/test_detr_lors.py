@@ -519,3 +519,24 @@ def test_cuda_uses_compiled_op_and_matches_cpu(monkeypatch):
     stack = stacks_of(model)['decoder']
     assert stack.shared_linear(0, 'cross_attn.sampling_offsets').weight.grad \
         is not None
+
+
+def test_merged_for_deployment_is_the_stock_model_with_the_same_outputs():
+    """The benchmark's merge (in the package): a copy with stock modules and
+    the LORS model's function; the LORS model is left as it is."""
+    from lors_mmdet.analysis import merged_for_deployment
+    model = build_model(tiny_model_cfg('DINO', lors=LORS)).eval()
+    randomize_(model.encoder, scale=0.02, seed=1)
+    randomize_(model.decoder, scale=0.02, seed=2)
+    merged = merged_for_deployment(model)
+    assert find_lors_stacks(merged) == []
+    assert not any(isinstance(m, LorsLinear) for m in merged.modules())
+    assert len(find_lors_stacks(model)) == 2
+    stock = build_model(tiny_model_cfg('DINO'))
+    stock.load_state_dict(merged.state_dict())  # strict: stock keys
+    inputs, samples = tiny_batch(model, training=False)
+    with torch.no_grad():
+        expected = model(inputs, samples, mode='tensor')
+        actual = merged(inputs, samples, mode='tensor')
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)

@@ -215,7 +215,9 @@ def test_checkpoint_with_tensors_the_lors_model_lacks(lors_model):
                               dict(state_dict=grouped.state_dict()))
     stock = build(TINY)
     with pytest.raises(CheckpointMismatchError,
-                       match=r'decoder\.layers\.0\.ffn\.layers\.0\.0\.weight'
+                       match=r'decoder\.layers\.0\.self_attn\.attn\.'
+                       r'in_proj_weight(.|\n)*'
+                       r'decoder\.layers\.0\.ffn\.layers\.0\.0\.weight'
                        r'(.|\n)*convert_detr_checkpoint'):
         check_lors_checkpoint(lors_model, dict(state_dict=stock.state_dict()))
 

@@ -9,9 +9,10 @@ part of every layer at its random initialisation and scores a broken model.
 :class:`LorsCheckpointCheckHook` raises :class:`CheckpointMismatchError` instead,
 for the tensors of LORS modules only: the modules of the types that the method
 library itself counts as LORS (:mod:`lors_mmdet.lors.accounting`: shared
-weights and generators, LORS layers; and the :class:`~lors_mmdet.lors.LorsStack`
-that stack surgery registers on the owner of a stack, holding its shared
-weights), found in the model, not guessed from key names. Every other tensor keeps mmengine's behaviour.
+weights and generators, LORS layers; and what stack surgery puts into a model:
+the :class:`~lors_mmdet.lors.LorsStack` holding a stack's shared weights, the
+:class:`~lors_mmdet.lors.LorsAttention` in place of ``nn.MultiheadAttention``),
+found in the model, not guessed from key names. Every other tensor keeps mmengine's behaviour.
 """
 from typing import Iterable, List, Mapping, Optional, Set, Tuple
 
@@ -21,12 +22,13 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
-from lors_mmdet.lors import LorsStack
+from lors_mmdet.lors import LorsAttention, LorsStack
 from lors_mmdet.lors.accounting import LORS_LAYER_TYPES, SHARED_TYPES
 from .lors_settings import (META_KEY, cfg_options, differences,
                             format_cfg_options, recorded_settings)
 
-LORS_MODULE_TYPES = SHARED_TYPES + LORS_LAYER_TYPES + (LorsStack, )
+LORS_MODULE_TYPES = SHARED_TYPES + LORS_LAYER_TYPES + (LorsStack,
+                                                       LorsAttention)
 # The key revision mmengine's Runner.load_checkpoint applies by default.
 _WRAPPER_PREFIX = 'module.'
 _SHOWN = 10

@@ -29,7 +29,7 @@ TINY = osp.join(ROOT, 'tests', 'configs', 'tiny_deformable_detr_synthetic.py')
 TINY_LORS = osp.join(ROOT, 'tests', 'configs',
                      'tiny_lors_deformable_detr_synthetic.py')
 EMBED_DIMS = 32  # of the tiny config: the 'full' rank of its square maps
-CONFIG_RANK = 4  # decoder.lors.rank of TINY_LORS
+CONFIG_RANK = 4  # lors.decoder.rank of TINY_LORS
 
 
 def build(config, **cfg_options_):
@@ -79,15 +79,15 @@ def test_converter_prints_the_fix_and_writes_a_matching_config(converted):
     folder, out, stdout = converted
     saved = torch.load(out, weights_only=True)
     assert saved['meta']['lors_settings'] == {
-        'model.decoder.lors': {'rank': 'full'}}
+        'model.lors': {'decoder': {'rank': 'full'}}}
     config = str(folder / 'lors_full.py')
     assert f'python tools/test.py {config} {out}' in stdout
     assert (f'python tools/test.py {TINY_LORS} {out} '
-            '--cfg-options model.decoder.lors.rank=full') in stdout
-    assert "model.decoder.lors: config {'rank': 4}, checkpoint " \
-           "{'rank': 'full'}" in stdout
+            '--cfg-options model.lors.decoder.rank=full') in stdout
+    assert "model.lors: config {'decoder': {'rank': 4}}, checkpoint " \
+           "{'decoder': {'rank': 'full'}}" in stdout
     written = Config.fromfile(config)
-    assert written.model.decoder.lors.rank == 'full'
+    assert written.model.lors.decoder.rank == 'full'
     assert written.model.type == 'LorsDeformableDETR'  # the rest inherited
 
 
@@ -102,14 +102,14 @@ def test_unchanged_config_is_an_error_naming_key_and_shapes(
     # lors_A and lors_B of the 10 maps of both decoder layers differ; the
     # first ten are named, with shapes derived from the config:
     assert '40 tensor(s) differ in shape' in result.stderr
-    assert (f'decoder.layers.0.self_attn.query_proj.lors_A: checkpoint '
+    assert (f'decoder.layers.0.self_attn.attn.q_proj.lors_A: checkpoint '
             f'({EMBED_DIMS}, {EMBED_DIMS}), model ({CONFIG_RANK}, '
             f'{EMBED_DIMS})') in result.stderr
-    assert (f'decoder.layers.0.self_attn.query_proj.lors_B: checkpoint '
+    assert (f'decoder.layers.0.self_attn.attn.q_proj.lors_B: checkpoint '
             f'({EMBED_DIMS}, {EMBED_DIMS}), model ({EMBED_DIMS}, '
             f'{CONFIG_RANK})') in result.stderr
-    assert "model.decoder.lors = {'rank': 'full'}" in result.stderr
-    assert '--cfg-options model.decoder.lors.rank=full' in result.stderr
+    assert "model.lors = {'decoder': {'rank': 'full'}}" in result.stderr
+    assert '--cfg-options model.lors.decoder.rank=full' in result.stderr
     assert 'bbox_mAP' not in result.stdout  # nothing was evaluated
 
 
@@ -135,7 +135,7 @@ def test_printed_cfg_options_fine_tune_with_other_classes(
                   '--cfg-options',
                   f'train_dataloader.dataset.data_root={data_root}',
                   'val_dataloader=None', 'val_evaluator=None', 'val_cfg=None',
-                  'model.decoder.lors.rank=full', 'model.bbox_head.num_classes=8',
+                  'model.lors.decoder.rank=full', 'model.bbox_head.num_classes=8',
                   f'load_from={out}', 'train_cfg.max_epochs=1'])
     log = result.stdout + result.stderr
     mismatched = {line.split()[3].rstrip(':') for line in log.splitlines()
@@ -152,7 +152,7 @@ def test_train_load_from_unchanged_config_is_an_error(converted, data_root,
                   '--cfg-options', *data_options(data_root),
                   f'load_from={out}'], expect_ok=False)
     assert result.returncode != 0
-    assert 'decoder.layers.0.self_attn.query_proj.lors_A: checkpoint' \
+    assert 'decoder.layers.0.self_attn.attn.q_proj.lors_A: checkpoint' \
         in result.stderr
     assert not osp.exists(osp.join(str(tmp_path), 'epoch_1.pth'))
 
@@ -174,7 +174,7 @@ def test_lors_tensors_are_found_from_module_types(lors_model):
     # biases of the LORS maps (the attention maps' and FFN's biases).
     factors = {k for k in owned if k.endswith(('.lors_A', '.lors_B'))}
     shared = {k for k in lors_model.state_dict()
-              if k.startswith('decoder.shared.')}
+              if k.startswith('decoder.lors_layers.shared.')}
     assert len(factors) == 2 * 10 * 2  # A and B, 10 maps, 2 layers
     assert shared and shared <= owned and factors <= owned
     assert {k[:-len('.bias')] for k in owned if k.endswith('.bias')} == \
@@ -191,30 +191,33 @@ def test_other_class_count_is_left_to_mmengine(lors_model):
 
 
 def test_mismatch_with_ddp_prefix_and_without_recorded_settings(lors_model):
-    full = build(TINY_LORS, **{'model.decoder.lors.rank': 'full'})
+    full = build(TINY_LORS, **{'model.lors.decoder.rank': 'full'})
     checkpoint = dict(state_dict={f'module.{k}': v
                                   for k, v in full.state_dict().items()})
     with pytest.raises(CheckpointMismatchError) as error:
         check_lors_checkpoint(lors_model, checkpoint, source='x.pth')
     message = str(error.value)
     assert message.startswith('checkpoint x.pth does not fit')
-    assert 'decoder.shared' not in message  # shared weights keep their shape
+    assert 'decoder.lors_layers' not in message  # shared: same shapes
     assert 'records no LORS settings' in message
     assert '... and 30 more' in message  # 40 listed as 10 + the count
 
 
 def test_checkpoint_with_tensors_the_lors_model_lacks(lors_model):
-    """An adaptive branch the config does not build, and a dense (stock)
-    checkpoint: tensors inside LORS modules that have no place there."""
-    adaptive = build(TINY_LORS, **{'model.decoder.lors.adaptive': dict(
-        projections=['ffn.fc1'], core_size=4)})
+    """Other groups of layers (a second shared weight per projection) and a
+    dense (stock) checkpoint: tensors inside LORS modules that have no place
+    there."""
+    grouped = build(TINY_LORS, **{'model.lors.decoder.groups': 1})
     with pytest.raises(CheckpointMismatchError,
-                       match=r'ffn\.layers\.0\.0\.adaptive_R'):
+                       match=r'decoder\.lors_layers\.shared\.1\.ffn\.'
+                       r'layers\.1\.weight'):
         check_lors_checkpoint(lors_model,
-                              dict(state_dict=adaptive.state_dict()))
+                              dict(state_dict=grouped.state_dict()))
     stock = build(TINY)
     with pytest.raises(CheckpointMismatchError,
-                       match=r'decoder\.layers\.0\.ffn\.layers\.0\.0\.weight'
+                       match=r'decoder\.layers\.0\.self_attn\.attn\.'
+                       r'in_proj_weight(.|\n)*'
+                       r'decoder\.layers\.0\.ffn\.layers\.0\.0\.weight'
                        r'(.|\n)*convert_detr_checkpoint'):
         check_lors_checkpoint(lors_model, dict(state_dict=stock.state_dict()))
 
@@ -251,8 +254,8 @@ SETTINGS_CASES = {
 
 def write_base(tmp_path):
     path = tmp_path / 'base.py'
-    path.write_text(f'model = dict(type="X", decoder=dict(num_layers=2, '
-                    f'lors={BASE_LORS!r}))\n')
+    path.write_text(f'model = dict(type="X", decoder=dict(num_layers=2), '
+                    f'lors=dict(decoder={BASE_LORS!r}))\n')
     return str(path)
 
 
@@ -260,7 +263,7 @@ def write_base(tmp_path):
 def test_printed_cfg_options_and_matching_config_reproduce_settings(
         case, tmp_path):
     base = write_base(tmp_path)
-    settings = {'model.decoder.lors': SETTINGS_CASES[case]}
+    settings = {'model.lors': dict(decoder=SETTINGS_CASES[case])}
     cfg = Config.fromfile(base)
     assert differences(cfg, settings)
     options = cfg_options(cfg, settings)
@@ -271,30 +274,30 @@ def test_printed_cfg_options_and_matching_config_reproduce_settings(
     parsed = parser.parse_args(['--cfg-options', *options]).cfg_options
     applied = Config.fromfile(base)
     applied.merge_from_dict(parsed)
-    assert plain(applied.model.decoder.lors) == SETTINGS_CASES[case]
+    assert plain(applied.model.lors.decoder) == SETTINGS_CASES[case]
     assert applied.model.decoder.num_layers == 2
     matching = str(tmp_path / 'sub' / 'ckpt.py')
     os.makedirs(osp.dirname(matching))
     write_matching_config(base, settings, matching, 'ckpt.pth')
     loaded = Config.fromfile(matching)
-    assert plain(loaded.model.decoder.lors) == SETTINGS_CASES[case]
+    assert plain(loaded.model.lors.decoder) == SETTINGS_CASES[case]
     assert loaded.model.type == 'X'
 
 
 def test_settings_that_match_need_nothing(tmp_path):
     base = write_base(tmp_path)
     fit = fit_config(base, str(tmp_path / 'c.pth'),
-                     {'model.decoder.lors': dict(BASE_LORS)})
+                     {'model.lors': dict(decoder=dict(BASE_LORS))})
     assert fit.cfg_options == [] and fit.matching_config is None
     assert not (tmp_path / 'c.py').exists()
 
 
 def test_not_expressible_on_a_command_line_still_gets_a_config(tmp_path):
     base = write_base(tmp_path)
-    settings = {'model.decoder.lors': dict(BASE_LORS, rank=[dict(a=1)])}
+    settings = {'model.lors': dict(decoder=dict(BASE_LORS, rank=[dict(a=1)]))}
     fit = fit_config(base, str(tmp_path / 'c.pth'), settings)
     assert fit.cfg_options is None
-    assert Config.fromfile(fit.matching_config).model.decoder.lors.rank == [
+    assert Config.fromfile(fit.matching_config).model.lors.decoder.rank == [
         dict(a=1)]
 
 
@@ -306,9 +309,9 @@ def test_matching_config_never_replaces_a_users_file(tmp_path):
         matching_config_path(str(tmp_path / 'ckpt.pth'))
     assert mine.read_text() == '# my own config\n'
     mine.unlink()
-    settings = {'model.decoder.lors': dict(BASE_LORS, rank=2)}
+    settings = {'model.lors': dict(decoder=dict(BASE_LORS, rank=2))}
     first = fit_config(base, str(tmp_path / 'ckpt.pth'), settings)
     again = fit_config(base, str(tmp_path / 'ckpt.pth'),
-                       {'model.decoder.lors': dict(BASE_LORS, rank=3)})
+                       {'model.lors': dict(decoder=dict(BASE_LORS, rank=3))})
     assert first.matching_config == again.matching_config == str(mine)
-    assert Config.fromfile(str(mine)).model.decoder.lors.rank == 3
+    assert Config.fromfile(str(mine)).model.lors.decoder.rank == 3

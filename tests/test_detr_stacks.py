@@ -1,5 +1,6 @@
 """LORS encoder and decoder stacks (stack surgery) for mmdet's DETR,
-Conditional-DETR, DAB-DETR and DDQ-DETR, against mmdet's stock models.
+Conditional-DETR, DAB-DETR, Deformable-DETR (plain, refine, two-stage), DINO
+and DDQ-DETR, against mmdet's stock models.
 
 The models are mmdet's own COCO configs (``mmdet::``) shrunk to a toy size
 (embed_dims 32 - 256 for Conditional-DETR -, 3 layers, ResNet-18 with 8
@@ -25,12 +26,19 @@ MMDET_CONFIGS = {
     'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
     'DABDETR': 'mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py',
     'DDQDETR': 'mmdet::ddq/ddq-detr-4scale_r50_8xb2-12e_coco.py',
+    'DeformableDETR':
+    'mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+    'DeformableDETR-refine':
+    'mmdet::deformable_detr/deformable-detr-refine_r50_16xb2-50e_coco.py',
+    'DeformableDETR-twostage': 'mmdet::deformable_detr/'
+    'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+    'DINO': 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
 }
 SHRINK = dict(feedforward_channels=FFN_DIMS, num_layers=NUM_LAYERS,
               num_classes=3, num_dn_queries=6, max_per_img=10)
-# Conditional-DETR's decoder encodes its reference points with mmdet's
-# default 128 features per coordinate: embed_dims 256 there.
-WIDE = ('ConditionalDETR', )
+# Conditional-DETR's and DINO's decoders and the two-stage proposals encode
+# coordinates with mmdet's default 128 features each: embed_dims 256 there.
+WIDE = ('ConditionalDETR', 'DeformableDETR-twostage', 'DINO')
 # Projections every layer has, as the surgery must find them.
 EXPECTED = {
     'DETR': ('encoder', 'self_attn.attn.q_proj', 'decoder',
@@ -41,6 +49,14 @@ EXPECTED = {
                 'self_attn.kpos_proj'),
     'DDQDETR': ('encoder', 'self_attn.sampling_offsets', 'decoder',
                 'self_attn.attn.k_proj'),
+    'DeformableDETR': ('encoder', 'self_attn.value_proj', 'decoder',
+                       'cross_attn.sampling_offsets'),
+    'DeformableDETR-refine': ('encoder', 'ffn.layers.0.0', 'decoder',
+                              'cross_attn.attention_weights'),
+    'DeformableDETR-twostage': ('encoder', 'self_attn.output_proj', 'decoder',
+                                'self_attn.attn.q_proj'),
+    'DINO': ('encoder', 'self_attn.attention_weights', 'decoder',
+             'cross_attn.output_proj'),
 }
 LORS = dict(encoder=dict(rank=2), decoder=dict(rank=3, groups=[1, 2]))
 # The stock models that run only in float32: mmdet's coordinate_to_encoding
@@ -84,7 +100,7 @@ def tiny_cfg(family: str, lors=None) -> ConfigDict:
     model['bbox_head']['embed_dims'] = embed_dims  # DDQ's config omits it
     model['num_queries'] = 10
     if lors is not None:
-        model.update(type='Lors' + family, lors=lors)
+        model.update(type='Lors' + model['type'], lors=lors)
     return ConfigDict(model)
 
 
@@ -185,7 +201,10 @@ def test_zero_private_and_copied_shared_give_the_stock_outputs(family):
         torch.testing.assert_close(a, b, **tolerance)
 
 
-@pytest.mark.parametrize('family', ['DETR', 'DDQDETR'])
+DEFORMABLE = ('DDQDETR', 'DeformableDETR', 'DINO')
+
+
+@pytest.mark.parametrize('family', ['DETR', *DEFORMABLE])
 def test_init_weights_is_mmdets_init_with_zero_residuals(family):
     model = build(tiny_cfg(family, LORS))
     before = [id(p) for p in model.parameters()]
@@ -203,7 +222,7 @@ def test_init_weights_is_mmdets_init_with_zero_residuals(family):
                 else:  # mmdet's xavier init of every matrix
                     bound = (6 / (fan_in + fan_out))**0.5
                     assert weight.any() and weight.abs().max() <= bound
-    if family == 'DDQDETR':  # mmcv's grid init of the offsets' biases
+    if family in DEFORMABLE:  # mmcv's grid init of the offsets' biases
         stock = build(tiny_cfg(family))
         for part in ('encoder', 'decoder'):
             torch.testing.assert_close(
@@ -215,7 +234,8 @@ def test_init_weights_is_mmdets_init_with_zero_residuals(family):
                     'cross_attn.sampling_offsets').bias)
 
 
-@pytest.mark.parametrize('family', ['DABDETR', 'DDQDETR'])
+@pytest.mark.parametrize(
+    'family', ['DABDETR', 'DDQDETR', 'DeformableDETR-twostage', 'DINO'])
 def test_merge_round_trip_loads_into_the_stock_model(family):
     dtype, tolerance = dtype_and_tolerance(family)
     model = build(tiny_cfg(family, LORS)).to(dtype).eval()
@@ -233,13 +253,18 @@ def test_merge_round_trip_loads_into_the_stock_model(family):
         torch.testing.assert_close(a, b, **tolerance)
 
 
-def test_each_shared_tensor_once_and_fewer_parameters():
-    model = build(tiny_cfg('DETR', LORS))
-    stock = build(tiny_cfg('DETR'))
+@pytest.mark.parametrize('family', ['DETR', 'DeformableDETR', 'DINO'])
+def test_each_shared_tensor_once_and_fewer_parameters(family):
+    model = build(tiny_cfg(family, LORS))
+    stock = build(tiny_cfg(family))
+    # (plain Deformable-DETR's head shares its branches across layers: mmdet's
+    # own sharing, outside the transformer)
     pointers = [t.untyped_storage().data_ptr()
-                for t in model.state_dict().values()]
+                for k, t in model.state_dict().items()
+                if k.startswith(('encoder.', 'decoder.'))]
     assert len(pointers) == len(set(pointers))
-    ids = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+    ids = [id(p) for part in (model.encoder, model.decoder)
+           for _, p in part.named_parameters(remove_duplicate=False)]
     assert len(ids) == len(set(ids))
     count = sum(p.numel() for p in model.parameters())
     assert count < sum(p.numel() for p in stock.parameters())
@@ -283,18 +308,21 @@ def test_bad_lors_config_names_the_key(lors, message):
         build(tiny_cfg('DETR', lors))
 
 
-def test_stock_converted_at_full_rank_loads_into_the_lors_model():
+@pytest.mark.parametrize(
+    'family', ['DETR', 'DeformableDETR-refine', 'DeformableDETR-twostage',
+               'DINO'])
+def test_stock_converted_at_full_rank_loads_into_the_lors_model(family):
     """Checkpoint conversion: a stock model's stacks turned into LORS from
     dense at full rank have the registered LORS model's keys and give the
     stock outputs (float64)."""
-    stock = build(tiny_cfg('DETR')).double().eval()
+    stock = build(tiny_cfg(family)).double().eval()
     randomise(stock)
     data = batch(stock)
     expected = flat(stock(**data, mode='tensor'))
     full = dict(rank='full', init='dense')
     for part in ('encoder', 'decoder'):
         apply_lors(getattr(stock, part), 'layers', full)
-    lors_model = build(tiny_cfg('DETR', dict(encoder=full,
+    lors_model = build(tiny_cfg(family, dict(encoder=full,
                                              decoder=full))).double().eval()
     lors_model.load_state_dict(stock.state_dict())  # strict
     for model in (stock, lors_model):

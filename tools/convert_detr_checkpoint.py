@@ -1,9 +1,11 @@
-"""Convert a DINO / Deformable-DETR checkpoint between mmdet's stock decoder
-and the LORS decoder.
+"""Convert a DETR-family checkpoint between mmdet's stock model and LORS.
 
-Stock mmdet checkpoint -> LORS (shared = mean of the layers, private = truncated
-SVD of each layer's residual, at the ranks of the LORS config; prints the
-per-layer reconstruction error and the parameter saving)::
+Stock mmdet checkpoint -> LORS: the stock model loads it, the stacks named in
+the config's ``model.lors`` (encoder / decoder) are turned into LORS from its
+weights (shared = mean of the layers, private = truncated SVD of each layer's
+residual, at the config's ranks; exact at ``--rank full``), and the result
+must load strictly into the LORS model. Prints the reconstruction error and
+the parameter counts::
 
     python tools/convert_detr_checkpoint.py to-lors \
         configs/lors_dino/lors-dino-4scale_r50_8xb2-12e_coco.py \
@@ -14,7 +16,7 @@ the config's (another --rank), a config that sets them (dino_lors.py beside
 dino_lors.pth, inheriting the given config) is written and the --cfg-options
 and tools/test.py command that load the result are printed.
 
-LORS checkpoint -> stock mmdet layout (W_i = W_shared + B_i A_i merged; the
+LORS checkpoint -> stock (every stack merged, W_i = W_shared + B_i A_i; the
 result loads into mmdet's own config, e.g. mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py)::
 
     python tools/convert_detr_checkpoint.py to-stock \
@@ -42,13 +44,13 @@ def parse_rank(value: str):
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('direction', choices=['to-lors', 'to-stock'])
-    parser.add_argument('config', help='the LORS config (LorsDINO or '
-                        'LorsDeformableDETR) of the LORS side')
+    parser.add_argument('config', help='the LORS config (LorsDETR, LorsDINO, '
+                        'LorsDeformableDETR...) of the LORS side')
     parser.add_argument('checkpoint', help='input checkpoint')
     parser.add_argument('out', help='output checkpoint')
     parser.add_argument('--rank', type=parse_rank, default=None,
-                        help="to-lors: override decoder.lors.rank (int or "
-                        "'full' for an exact conversion)")
+                        help="to-lors: override the rank of every part of "
+                        "model.lors (int or 'full' for an exact conversion)")
     return parser.parse_args()
 
 

@@ -5,4 +5,4 @@ _base_ = '../deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.
 
 model = dict(
     type='LorsDeformableDETR',
-    decoder=dict(lors=dict(rank=16, num_terms=1)))
+    lors=dict(decoder=dict(rank=16, num_terms=1)))

@@ -4,4 +4,4 @@ _base_ = '../dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py'
 
 model = dict(
     type='LorsDINO',
-    decoder=dict(lors=dict(rank=16, num_terms=1)))
+    lors=dict(decoder=dict(rank=16, num_terms=1)))

@@ -8,7 +8,7 @@ custom_imports = dict(imports=['lors_mmdet'], allow_failed_imports=False)
 
 model = dict(
     type='LorsDINO',
-    decoder=dict(lors=dict(rank=16, num_terms=1)))
+    lors=dict(decoder=dict(rank=16, num_terms=1)))
 
 # mmdet's runtime (inherited above) with configs/_base_/default_runtime_lors.py's hooks:
 # atomic checkpoints and exact resumption

@@ -9,8 +9,10 @@ part of every layer at its random initialisation and scores a broken model.
 :class:`LorsCheckpointCheckHook` raises :class:`CheckpointMismatchError` instead,
 for the tensors of LORS modules only: the modules of the types that the method
 library itself counts as LORS (:mod:`lors_mmdet.lors.accounting`: shared
-weights and generators, LORS layers), found in the model, not guessed from key
-names. Every other tensor keeps mmengine's behaviour.
+weights and generators, LORS layers; and what stack surgery puts into a model:
+the :class:`~lors_mmdet.lors.LorsStack` holding a stack's shared weights, the
+:class:`~lors_mmdet.lors.LorsAttention` in place of ``nn.MultiheadAttention``),
+found in the model, not guessed from key names. Every other tensor keeps mmengine's behaviour.
 """
 from typing import Iterable, List, Mapping, Optional, Set, Tuple
 
@@ -20,11 +22,13 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
+from lors_mmdet.lors import LorsAttention, LorsStack
 from lors_mmdet.lors.accounting import LORS_LAYER_TYPES, SHARED_TYPES
 from .lors_settings import (META_KEY, cfg_options, differences,
                             format_cfg_options, recorded_settings)
 
-LORS_MODULE_TYPES = SHARED_TYPES + LORS_LAYER_TYPES
+LORS_MODULE_TYPES = SHARED_TYPES + LORS_LAYER_TYPES + (LorsStack,
+                                                       LorsAttention)
 # The key revision mmengine's Runner.load_checkpoint applies by default.
 _WRAPPER_PREFIX = 'module.'
 _SHOWN = 10
@@ -124,15 +128,16 @@ def check_lors_checkpoint(model: nn.Module, checkpoint: Mapping,
                          len(shapes))
     if unexpected:
         lines.append(f'{len(unexpected)} tensor(s) of the checkpoint have no '
-                     'place in these LORS modules (a dense checkpoint, or '
-                     'another adaptive-branch setting):')
+                     'place in these LORS modules (a dense checkpoint, '
+                     'other groups of layers, or another adaptive-branch '
+                     'setting):')
         lines += _listed((f'  {key}' for key in unexpected), len(unexpected))
     settings = recorded_settings(checkpoint)
     if not settings:
         lines.append(
             f'The checkpoint records no LORS settings (meta.{META_KEY}): '
             'load it with the config it was trained or converted with. A '
-            'dense DINO / Deformable-DETR checkpoint must first be converted: '
+            'dense DETR-family checkpoint must first be converted: '
             'tools/convert_detr_checkpoint.py to-lors CONFIG IN OUT.')
     else:
         lines.append(f'The checkpoint was made with these LORS settings '

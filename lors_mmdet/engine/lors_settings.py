@@ -3,7 +3,7 @@
 A converter records, in the checkpoint's ``meta``, the exact config values that
 shape its LORS stacks, by config key::
 
-    meta['lors_settings'] = {'model.decoder.lors': {'rank': 'full', 'num_terms': 1}}
+    meta['lors_settings'] = {'model.lors': {'decoder': {'rank': 'full'}}}
 
 (plain Python types only, so that the file loads with ``weights_only=True``).
 From that record and a config, this module derives what a user must change to

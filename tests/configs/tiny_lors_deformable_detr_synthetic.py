@@ -2,4 +2,4 @@
 # tiny model's projections are 32 wide: rank 'full' gives other shapes).
 _base_ = './tiny_deformable_detr_synthetic.py'
 
-model = dict(type='LorsDeformableDETR', decoder=dict(lors=dict(rank=4)))
+model = dict(type='LorsDeformableDETR', lors=dict(decoder=dict(rank=4)))

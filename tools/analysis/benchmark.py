@@ -17,13 +17,12 @@ model's own parameters, gradients and optimizer state (both models of a family s
 on the device, so the raw peak would count the other one too).
 """
 import argparse
-import copy
 import io
 import logging
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
@@ -31,11 +30,10 @@ from mmengine.logging import MMLogger
 
 import lors_mmdet  # noqa: F401
 from lors_mmdet.analysis import (build_detector, decoder_of, load_config,
-                                 synthetic_batch)
-from lors_mmdet.lors import LorsLinear, count_parameters
+                                 merged_for_deployment, synthetic_batch)
+from lors_mmdet.lors import count_parameters
 from lors_mmdet.models.adamixer import LorsAdaMixerDecoder
-from lors_mmdet.models.adamixer.merge import (merge_lors_adamixer_state_dict,
-                                              plain_adamixer_config)
+from lors_mmdet.models.adamixer.merge import plain_adamixer_config
 
 PAIRS = {
     'cpu': {
@@ -71,26 +69,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--out', help='also write the report to this file')
     return parser.parse_args()
-
-
-def merged_for_deployment(model: nn.Module, config: Optional[str] = None) -> nn.Module:
-    """The plain model a LORS model equals: LORS-AdaMixer as the plain AdaMixer of
-    its geometry (exact merge), else a copy where every LorsLinear is replaced by the
-    plain nn.Linear it equals."""
-    if isinstance(getattr(model, 'roi_head', None), LorsAdaMixerDecoder):
-        if config is None:
-            raise ValueError('merging a LORS-AdaMixer needs its config')
-        device = next(model.parameters()).device
-        merged = build_detector(plain_adamixer_config(load_config(config)), device,
-                                init_weights=False)
-        merged.load_state_dict(merge_lors_adamixer_state_dict(model))
-        return merged
-    merged = copy.deepcopy(model)
-    for name, module in list(merged.named_modules()):
-        if type(module) is LorsLinear:  # a subclass may add per-query terms
-            parent_name, _, child = name.rpartition('.')
-            setattr(merged.get_submodule(parent_name), child, module.to_linear())
-    return merged
 
 
 def checkpoint_megabytes(model: nn.Module) -> float:

@@ -11,6 +11,11 @@ Works for any config whose model has a ``roi_head`` (AdaMixer family: stages
 in ``roi_head.bbox_head``) or a ``decoder`` (DETR family: layers in
 ``decoder.layers``). The model is built without its pretrained-backbone init
 (nothing is downloaded), on PyTorch's meta device when possible (no memory).
+
+``--detr-table [--write docs/detr.md]``: the DETR-family table (encoder /
+decoder / transformer / whole model, mmdet's stock config vs the LORS
+decoder-only and encoder + decoder configs), printed, or written between the
+``<!-- detr-params:start -->`` / ``<!-- detr-params:end -->`` markers of a file.
 """
 import argparse
 import json
@@ -21,7 +26,8 @@ import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
-from lors_mmdet.analysis import decoder_of, load_config, strip_pretrained
+from lors_mmdet.analysis import (decoder_of, detr_parameter_table, load_config,
+                                 replace_generated, strip_pretrained)
 from lors_mmdet.lors import count_parameters
 
 
@@ -141,12 +147,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description='Parameter report of a detector config (total, parts, '
         'decoder shared / private, per stage, dense equivalent).')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', nargs='?', help='config file')
+    parser.add_argument('--detr-table', action='store_true',
+                        help='the DETR-family table, stock vs LORS, instead')
+    parser.add_argument('--write', metavar='FILE',
+                        help='--detr-table: write it between the '
+                        'detr-params markers of FILE')
     parser.add_argument('--json', action='store_true',
                         help='print the report as JSON')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, as in tools/train.py')
     args = parser.parse_args(argv)
+    if args.detr_table:
+        table = detr_parameter_table(build_model)
+        if args.write:
+            with open(args.write) as f:
+                text = replace_generated(f.read(), 'detr-params', table)
+            with open(args.write, 'w') as f:
+                f.write(text)
+        print(table)
+        return 0
+    if args.config is None:
+        parser.error('a config is needed (or --detr-table)')
     model = build_model(args.config, args.cfg_options)
     report = parameter_report(model)
     if args.json:

@@ -6,6 +6,7 @@ Then it collects the logged losses and validation mAPs into a table and plots.
 
     python tools/analysis/run_experiments.py --plan families --seeds 0 1
     python tools/analysis/run_experiments.py --plan ablation --seeds 0
+    python tools/analysis/run_experiments.py --plan detr-stacks --seeds 0 1 2
     python tools/analysis/run_experiments.py --report-only   # table + plots from finished runs
 
 ``--jobs N`` trains N runs at a time, each with cpu_count // N threads: on a small CPU
@@ -54,8 +55,16 @@ ABLATION = {
     # static adaptive factors shared by the mixing groups (not published)
     'lors-adamixer shared-factors': ['model.roi_head.per_group_factors=false'],
 }
+# LORS-DINO: encoder + decoder sharing vs decoder only vs stock (issue 14).
+DETR_STACKS = {
+    'dino': (TOY['dino'], []),
+    'lors-dino decoder': (TOY['lors-dino'], []),
+    'lors-dino encoder+decoder': (
+        'configs/lors_dino/lors-encdec-dino-4scale_r18-tiny_1xb8-toy_synthetic.py', []),
+}
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY},
+    'detr-stacks': DETR_STACKS,
     'ablation': {name: (TOY['lors-adamixer'], options) for name, options in ABLATION.items()},
 }
 

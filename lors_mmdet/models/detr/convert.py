@@ -1,146 +1,32 @@
-"""Convert DINO / Deformable-DETR checkpoints between mmdet's stock decoder and
-the LORS decoder, on state dicts (no model needed).
+"""Convert DETR-family checkpoints between mmdet's stock model and LORS.
 
-- :func:`stock_to_lors`: every projection kind of the N decoder layers becomes
-  one shared weight (the mean) plus per-layer truncated-SVD residuals at the
-  ranks of a ``lors`` config (:func:`lors_mmdet.lors.lors_from_dense`); exact at
-  ``rank='full'``. A starting point for LORS fine-tuning of a trained model.
-- :func:`lors_to_stock`: merges ``W_shared + B_i A_i`` back into mmdet's stock
-  layout (packed ``in_proj_weight`` of the self-attention...), loadable by the
-  stock mmdet config, for deployment.
+The conversion is model building, not key juggling:
 
-Key layout, relative to ``decoder.`` (layer ``i``):
-
-- stock self-attention: ``layers.i.self_attn.attn.in_proj_{weight,bias}``
-  (query, key, value rows ``[0:E], [E:2E], [2E:3E]``) and
-  ``layers.i.self_attn.attn.out_proj.*``; LORS:
-  ``layers.i.self_attn.{query,key,value,out}_proj.{lors_A,lors_B,bias}``.
-- cross-attention ``layers.i.cross_attn.<name>.*`` and FFN
-  ``layers.i.ffn.layers.{0.0,1}.*`` keep their paths; ``weight`` becomes
-  ``lors_A``, ``lors_B`` (``bias`` stays).
-- shared weights: ``shared.<group>.<name>.weight`` (``ffn``: ``fc1``, ``fc2``).
+- ``to-lors``: the stock model (the LORS config without ``lors`` and with
+  mmdet's type) loads the stock checkpoint strictly; each part of
+  ``model.lors`` is applied with ``init='dense'`` (shared = the mean of the
+  layers, each private residual = the truncated SVD of that layer's
+  difference; exact at ``rank='full'``); the result must load strictly into
+  the model built from the LORS config.
+- ``to-stock``: the LORS model loads the checkpoint strictly,
+  :func:`~lors_mmdet.lors.merge_lors` folds every stack back into stock
+  modules (stock keys), and the stock model loads the result strictly.
 """
-import re
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lors_mmdet.engine.lors_settings import META_KEY as LORS_SETTINGS_META
 from lors_mmdet.engine.lors_settings import plain
-from lors_mmdet.lors import (LorsLinear, SharedLinear, lors_from_dense,
-                             merge_linears)
-from .ffn import ffn_linear_paths
-from .lors_config import (CROSS_ATTN_PROJECTIONS, SELF_ATTN_PROJECTIONS,
-                          ProjectionShape, build_lors_plan,
-                          ffn_projection_names)
+from lors_mmdet.lors import apply_lors, merge_lors
+from .stacks import LORS_PARTS, LorsStacksMixin, parse_lors_cfg
 
-DECODER = 'decoder.'
-FAMILIES = ('DINO', 'DeformableDETR')
-_STOCK_PROBE = 'layers.0.self_attn.attn.in_proj_weight'
-_LORS_PROBE = 'shared.self_attn.query_proj.weight'
-_ADAPTIVE_SUFFIXES = ('adaptive_R', 'adaptive_L', 'core_generator.weight',
-                      'core_generator.bias')
-
+LORS_KEY = 'model.lors'
+DIRECTIONS = ('to-lors', 'to-stock')
 StateDict = Dict[str, Tensor]
-
-
-def detect_detr_family(state_dict: Mapping[str, Tensor]) -> str:
-    """``'DINO'`` or ``'DeformableDETR'`` (stock or LORS state dict).
-
-    Raises:
-        ValueError: the state dict is of another model.
-    """
-    probe = DECODER + 'layers.0.cross_attn.sampling_offsets.'
-    if not any(key.startswith(probe) for key in state_dict):
-        raise ValueError(
-            'not a DINO / Deformable-DETR checkpoint: it has no deformable '
-            f'cross-attention in its decoder (no key starting with '
-            f'{probe!r})')
-    if any(key.startswith(('dn_query_generator.', DECODER + 'ref_point_head.'))
-           for key in state_dict):
-        return 'DINO'
-    return 'DeformableDETR'
-
-
-def is_lors_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
-    """Whether the decoder of this DETR state dict is a LORS decoder."""
-    return DECODER + _LORS_PROBE in state_dict
-
-
-def _num_layers(state_dict: Mapping[str, Tensor]) -> int:
-    pattern = re.compile(re.escape(DECODER) + r'layers\.(\d+)\.norms\.0\.')
-    indices = {int(m.group(1)) for m in map(pattern.match, state_dict) if m}
-    if not indices or indices != set(range(max(indices) + 1)):
-        raise ValueError('cannot find the decoder layers '
-                         f'({DECODER}layers.<i>.norms.0.*) in the checkpoint')
-    return max(indices) + 1
-
-
-def _num_fcs(state_dict: Mapping[str, Tensor]) -> int:
-    pattern = re.compile(
-        re.escape(DECODER) + r'layers\.0\.ffn\.layers\.(\d+)\.0\.')
-    hidden = {int(m.group(1)) for m in map(pattern.match, state_dict) if m}
-    return len(hidden) + 1
-
-
-def _map_prefix(group: str, name: str, layer: int, num_fcs: int) -> str:
-    """Module path (under ``decoder.``) of a LORS map of layer ``layer``;
-    also the stock path for cross-attention and FFN maps."""
-    if group == 'ffn':
-        path = ffn_linear_paths(num_fcs)[ffn_projection_names(num_fcs).index(
-            name)]
-        return f'layers.{layer}.ffn.layers.{path}'
-    return f'layers.{layer}.{group}.{name}'
-
-
-def _pop_stock(state_dict: StateDict, group: str, name: str, layer: int,
-               num_fcs: int) -> Tuple[Tensor, Optional[Tensor]]:
-    """Remove and return (weight, bias) of a stock projection."""
-    if group == 'self_attn':
-        attn = f'{DECODER}layers.{layer}.self_attn.attn.'
-        if name == 'out_proj':
-            return (state_dict.pop(attn + 'out_proj.weight'),
-                    state_dict.pop(attn + 'out_proj.bias', None))
-        index = SELF_ATTN_PROJECTIONS.index(name)
-        weight = state_dict[attn + 'in_proj_weight'].chunk(3)[index]
-        bias = state_dict.get(attn + 'in_proj_bias')
-        bias = None if bias is None else bias.chunk(3)[index]
-        if name == 'value_proj':  # the last of the three packed maps
-            state_dict.pop(attn + 'in_proj_weight')
-            state_dict.pop(attn + 'in_proj_bias', None)
-        return weight.clone(), None if bias is None else bias.clone()
-    prefix = DECODER + _map_prefix(group, name, layer, num_fcs)
-    return (state_dict.pop(prefix + '.weight'),
-            state_dict.pop(prefix + '.bias', None))
-
-
-def _stock_shapes(state_dict: Mapping[str, Tensor],
-                  num_fcs: int) -> Dict[str, Dict[str, ProjectionShape]]:
-    layer0 = DECODER + 'layers.0.'
-    packed = state_dict[layer0 + 'self_attn.attn.in_proj_weight']
-    embed_dims = packed.shape[1]
-    has_bias = layer0 + 'self_attn.attn.in_proj_bias' in state_dict
-    shapes = {'self_attn': {
-        name: ProjectionShape(embed_dims, embed_dims, has_bias)
-        for name in SELF_ATTN_PROJECTIONS
-    }}
-    for group, names in (('cross_attn', CROSS_ATTN_PROJECTIONS),
-                         ('ffn', ffn_projection_names(num_fcs))):
-        shapes[group] = {}
-        for name in names:
-            prefix = DECODER + _map_prefix(group, name, 0, num_fcs)
-            out_features, in_features = state_dict[prefix + '.weight'].shape
-            shapes[group][name] = ProjectionShape(
-                in_features, out_features, prefix + '.bias' in state_dict)
-    return shapes
-
-
-def decoder_num_parameters(state_dict: Mapping[str, Tensor]) -> int:
-    """Number of decoder parameters in a state dict (each tensor once)."""
-    return sum(t.numel() for key, t in state_dict.items()
-               if key.startswith(DECODER))
 
 
 @dataclass
@@ -148,305 +34,204 @@ class Conversion:
     """Result of a conversion.
 
     Args:
-        state_dict: the converted state dict.
-        family: ``'DINO'`` or ``'DeformableDETR'``.
-        errors: per projection (``'group.name'``), the relative Frobenius
-            reconstruction error of every layer (stock -> LORS only).
-        decoder_params_before: decoder parameters of the input.
-        decoder_params_after: decoder parameters of the output.
-        notes: what the conversion dropped or assumed.
+        model_type: the LORS model type of the config (``LorsDINO``...).
+        errors: per part (``encoder`` / ``decoder``), the largest relative
+            Frobenius error ``||W - W_lors|| / ||W||`` of any weight after
+            the stock -> LORS conversion (to-lors only).
+        params_before / params_after: ``{part: parameters}`` of the input and
+            output model (each tensor once), for the converted parts.
         lors_settings: the LORS settings recorded in the output checkpoint's
             meta (``{config key: value}``; to-lors only).
     """
-    state_dict: StateDict
-    family: str
-    errors: Dict[str, List[float]] = field(default_factory=dict)
-    decoder_params_before: int = 0
-    decoder_params_after: int = 0
-    notes: List[str] = field(default_factory=list)
+    model_type: str
+    errors: Dict[str, float] = field(default_factory=dict)
+    params_before: Dict[str, int] = field(default_factory=dict)
+    params_after: Dict[str, int] = field(default_factory=dict)
     lors_settings: Dict[str, Any] = field(default_factory=dict)
 
 
-@torch.no_grad()
-def stock_to_lors(state_dict: Mapping[str, Tensor],
-                  lors: Optional[Mapping] = None) -> Conversion:
-    """Convert a stock mmdet DINO / Deformable-DETR state dict to LORS.
+def lors_and_stock_model_cfgs(cfg, rank: Union[None, int, str] = None):
+    """``(LORS model cfg, stock model cfg)`` of a LORS DETR-family config.
 
     Args:
-        state_dict: the stock model's state dict.
-        lors: the ``lors`` config of the target decoder (ranks, num_terms; see
-            :mod:`.lors_config`). Its ``adaptive`` part is not produced here:
-            the adaptive branch starts at zero, so a LORS model built with it
-            keeps its own initial adaptive parameters (load with
-            ``strict=False``; :func:`load_converted` does it).
+        cfg: an mmengine Config whose ``model.type`` is a LORS DETR-family
+            detector with a ``lors`` key.
+        rank: overrides ``rank`` of every part of ``model.lors``.
 
     Raises:
-        ValueError: not a DINO / Deformable-DETR checkpoint, already LORS, or
-            ranks invalid for this checkpoint.
+        ValueError: ``model.type`` is no LORS DETR-family detector, or the
+            config has no ``model.lors``.
     """
-    family = detect_detr_family(state_dict)
-    if is_lors_state_dict(state_dict):
-        raise ValueError(f'this {family} checkpoint already has a LORS decoder '
-                         f'({DECODER + _LORS_PROBE} present)')
-    if DECODER + _STOCK_PROBE not in state_dict:
-        raise ValueError(f'not a stock mmdet {family} checkpoint: missing '
-                         f'{DECODER + _STOCK_PROBE}')
-    num_layers, num_fcs = _num_layers(state_dict), _num_fcs(state_dict)
-    plan = build_lors_plan(lors, _stock_shapes(state_dict, num_fcs),
-                           num_layers)
-    converted = dict(state_dict)
-    result = Conversion(converted, family,
-                        decoder_params_before=decoder_num_parameters(
-                            state_dict))
-    for group, group_plan in plan.items():
-        for name, projection in group_plan.items():
-            weights, biases = zip(*(_pop_stock(converted, group, name, i,
-                                               num_fcs)
-                                    for i in range(num_layers)))
-            has_bias = biases[0] is not None
-            shared, layers, errors = lors_from_dense(
-                list(weights), projection.ranks, projection.num_terms,
-                list(biases) if has_bias else None)
-            converted[f'{DECODER}shared.{group}.{name}.weight'] = \
-                shared.weight.detach().clone()
-            for i, layer in enumerate(layers):
-                prefix = DECODER + _map_prefix(group, name, i, num_fcs)
-                converted[prefix + '.lors_A'] = layer.lors_A.detach().clone()
-                converted[prefix + '.lors_B'] = layer.lors_B.detach().clone()
-                if has_bias:
-                    converted[prefix + '.bias'] = layer.bias.detach().clone()
-            result.errors[f'{group}.{name}'] = [float(e) for e in errors]
-            if projection.adaptive is not None:
-                result.notes.append(
-                    f'{group}.{name}: adaptive branch left to the model init '
-                    '(zero cores: no change of function)')
-    result.decoder_params_after = decoder_num_parameters(converted)
-    return result
+    from mmdet.registry import MODELS
+    lors_cfg = copy.deepcopy(cfg.model)
+    model_type = lors_cfg.get('type')
+    cls = MODELS.get(model_type) if isinstance(model_type, str) else None
+    if cls is None or not issubclass(cls, LorsStacksMixin):
+        raise ValueError(
+            'the config must build a LORS DETR-family detector (model.type '
+            f'LorsDETR, LorsDINO, LorsDeformableDETR...), got model.type='
+            f'{model_type!r}')
+    parts = parse_lors_cfg(lors_cfg.get('lors'), LORS_KEY)
+    if not parts:
+        raise ValueError(f'the config has no {LORS_KEY} (a dict with keys '
+                         f'{LORS_PARTS}): nothing to convert')
+    if rank is not None:
+        lors_cfg.lors = {
+            part: dict(lors_cfg.lors[part], rank=rank)
+            for part in parts
+        }
+    stock_cfg = copy.deepcopy(lors_cfg)
+    stock_cfg.pop('lors')
+    # The stock class is the one the LORS class extends (LorsDINO -> DINO).
+    stock_cfg.type = next(base for base in cls.__mro__[1:]
+                          if not issubclass(base, LorsStacksMixin)
+                          and issubclass(base, nn.Module)).__name__
+    return lors_cfg, stock_cfg
 
 
-@torch.no_grad()
-def lors_to_stock(state_dict: Mapping[str, Tensor]) -> Conversion:
-    """Merge a LORS DINO / Deformable-DETR state dict into mmdet's stock layout.
+def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor],
+                what: str) -> None:
+    """Load ``state_dict`` strictly; a clear error when it does not fit.
 
     Raises:
-        ValueError: not a DINO / Deformable-DETR checkpoint, not LORS, or an
-            adaptive branch that is active (its cores depend on the input and
-            have no stock equivalent).
-    """
-    family = detect_detr_family(state_dict)
-    if not is_lors_state_dict(state_dict):
-        raise ValueError(f'this {family} checkpoint has no LORS decoder '
-                         f'({DECODER + _LORS_PROBE} missing): nothing to merge')
-    converted = dict(state_dict)
-    result = Conversion(converted, family,
-                        decoder_params_before=decoder_num_parameters(
-                            state_dict))
-    num_layers, num_fcs = _num_layers(state_dict), _num_fcs(state_dict)
-    _drop_adaptive(converted, result)
-    packed: Dict[int, Dict[str, Tuple[Tensor, Optional[Tensor]]]] = {
-        i: {} for i in range(num_layers)
-    }
-    groups = (('self_attn', SELF_ATTN_PROJECTIONS),
-              ('cross_attn', CROSS_ATTN_PROJECTIONS),
-              ('ffn', ffn_projection_names(num_fcs)))
-    for group, names in groups:
-        for name in names:
-            weight = converted.pop(f'{DECODER}shared.{group}.{name}.weight')
-            shared = SharedLinear(weight.shape[1], weight.shape[0],
-                                  num_layers)
-            shared.weight.copy_(weight)
-            layers, biases = [], []
-            for i in range(num_layers):
-                prefix = DECODER + _map_prefix(group, name, i, num_fcs)
-                lors_a = converted.pop(prefix + '.lors_A')
-                layer = LorsLinear(shared, lors_a.shape[0], bias=False)
-                layer.lors_A.copy_(lors_a)
-                layer.lors_B.copy_(converted.pop(prefix + '.lors_B'))
-                layers.append(layer)
-                biases.append(converted.pop(prefix + '.bias', None))
-            for i, dense in enumerate(merge_linears(shared, layers)):
-                if group == 'self_attn' and name != 'out_proj':
-                    packed[i][name] = (dense, biases[i])
-                    continue
-                if group == 'self_attn':
-                    prefix = f'{DECODER}layers.{i}.self_attn.attn.out_proj'
-                else:
-                    prefix = DECODER + _map_prefix(group, name, i, num_fcs)
-                converted[prefix + '.weight'] = dense.detach().clone()
-                if biases[i] is not None:
-                    converted[prefix + '.bias'] = biases[i]
-    for i, maps in packed.items():
-        attn = f'{DECODER}layers.{i}.self_attn.attn.'
-        names = ('query_proj', 'key_proj', 'value_proj')
-        converted[attn + 'in_proj_weight'] = torch.cat(
-            [maps[n][0] for n in names]).detach().clone()
-        if maps['query_proj'][1] is not None:
-            converted[attn + 'in_proj_bias'] = torch.cat(
-                [maps[n][1] for n in names])
-    leftover = sorted(k for k in converted
-                      if re.search(r'\.(lors_A|lors_B)$', k)
-                      or k.startswith(DECODER + 'shared.'))
-    if leftover:
-        raise ValueError(f'unexpected LORS tensors left after merging: '
-                         f'{leftover[:5]}')
-    result.decoder_params_after = decoder_num_parameters(converted)
-    return result
-
-
-def _drop_adaptive(state_dict: StateDict, result: Conversion) -> None:
-    """Remove an inactive adaptive branch; refuse an active one."""
-    generators = [k for k in state_dict if k.endswith('core_generator.weight')]
-    for key in generators:
-        prefix = key[:-len('core_generator.weight')]
-        core = [state_dict[prefix + 'core_generator.weight'],
-                state_dict[prefix + 'core_generator.bias']]
-        if any(bool(t.any()) for t in core):
-            raise ValueError(
-                f'{prefix[:-1]} has an active adaptive branch (non-zero core '
-                'generator): its per-query residual has no equivalent in the '
-                'stock mmdet decoder, so the model cannot be merged')
-        for suffix in _ADAPTIVE_SUFFIXES:
-            state_dict.pop(prefix + suffix)
-    if generators:
-        result.notes.append(
-            f'dropped {len(generators)} inactive adaptive branches (zero core '
-            'generators: they added nothing)')
-
-
-# --------------------------------------------------------------------------
-# Whole checkpoints against a config (what tools/convert_detr_checkpoint.py
-# runs)
-# --------------------------------------------------------------------------
-LORS_TYPES = {'LorsDINO': 'DINO', 'LorsDeformableDETR': 'DeformableDETR'}
-LORS_KEY = 'model.decoder.lors'
-
-
-def load_converted(model: torch.nn.Module, state_dict: Mapping[str,
-                                                                Tensor]) -> None:
-    """Load a converted state dict; only adaptive-branch tensors may be missing.
-
-    Raises:
-        ValueError: the state dict does not fit the model (other family,
-            other box refinement / two-stage setting, other ranks...).
+        ValueError: missing or unexpected keys, or other shapes, named.
     """
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as error:
-        raise ValueError(f'the checkpoint does not fit the model built from '
-                         f'the config: {error}') from error
-    missing = [k for k in missing if not k.endswith(_ADAPTIVE_SUFFIXES)]
+        raise ValueError(f'{what} does not fit the model built from the '
+                         f'config: {error}') from error
     if missing or unexpected:
         raise ValueError(
-            'the checkpoint does not fit the model built from the config: '
-            f'missing keys {missing[:8]}{"..." if len(missing) > 8 else ""}, '
-            f'unexpected keys {unexpected[:8]}'
-            f'{"..." if len(unexpected) > 8 else ""}')
+            f'{what} does not fit the model built from the config '
+            f'({type(model).__name__}): missing keys {missing[:8]}'
+            f'{"..." if len(missing) > 8 else ""}, unexpected keys '
+            f'{unexpected[:8]}{"..." if len(unexpected) > 8 else ""}')
 
 
-def _lors_config(config, rank=None):
-    from mmengine.config import Config
-    cfg = Config.fromfile(config) if isinstance(config, str) else config
-    model_type = cfg.model.get('type')
-    if model_type not in LORS_TYPES:
-        raise ValueError(
-            f'the config must be a LORS DINO / Deformable-DETR config '
-            f'(model.type in {sorted(LORS_TYPES)}), got model.type='
-            f'{model_type!r}')
-    if rank is not None:
-        lors = dict(cfg.model.decoder.get('lors') or {})
-        lors['rank'] = rank
-        cfg.model.decoder.lors = lors
-    return cfg
+def part_parameters(model: nn.Module, parts) -> Dict[str, int]:
+    """``{part: parameters}`` of the model's parts (each tensor once)."""
+    return {part: sum(p.numel() for p in getattr(model, part).parameters())
+            for part in parts}
 
 
-def _check_family(family: str, cfg, checkpoint: str) -> None:
-    expected = LORS_TYPES[cfg.model.type]
-    if family != expected:
-        raise ValueError(f'{checkpoint} is a {family} checkpoint, but the '
-                         f'config builds {cfg.model.type} (a {expected})')
+@torch.no_grad()
+def stock_to_lors(stock: nn.Module, parts: Mapping[str, Any]
+                  ) -> Dict[str, float]:
+    """Turn the stacks of a stock detector into LORS, from its weights.
+
+    Args:
+        stock: a stock DETR-family detector with trained weights, changed in
+            place.
+        parts: ``{part: LorsStackConfig dict}`` (``init`` is set to
+            ``'dense'``).
+
+    Returns:
+        ``{part: largest relative reconstruction error of a weight}``.
+    """
+    dense = {k: v.clone() for k, v in stock.state_dict().items()}
+    for part, config in parts.items():
+        config = dict(config or {}, init='dense')
+        apply_lors(getattr(stock, part), 'layers', config,
+                   key=f'{LORS_KEY}.{part}')
+    merged = copy.deepcopy(stock)
+    merge_lors(merged)
+    errors = {part: 0.0 for part in parts}
+    for key, value in merged.state_dict().items():
+        part = key.split('.')[0]
+        if part in errors and value.dim() > 1:
+            error = float((value - dense[key]).norm() /
+                          dense[key].norm().clamp_min(1e-12))
+            errors[part] = max(errors[part], error)
+    return errors
 
 
-def _read_state_dict(checkpoint: str) -> Tuple[StateDict, dict]:
+def _read_checkpoint(checkpoint: str) -> Tuple[StateDict, dict]:
     from mmengine.runner import CheckpointLoader
     loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     state_dict = loaded.get('state_dict', loaded)
     if state_dict and all(k.startswith('module.') for k in state_dict):
         state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    return dict(state_dict), dict(loaded.get('meta', {}))
+    return dict(state_dict), dict(loaded.get('meta') or {})
 
 
-def _build(model_cfg) -> torch.nn.Module:
+def _build(model_cfg) -> nn.Module:
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
+    model_cfg = copy.deepcopy(model_cfg)
+    if model_cfg.get('backbone', {}).get('init_cfg') is not None:
+        model_cfg.backbone.init_cfg = None  # weights come from the checkpoint
     return MODELS.build(model_cfg)
 
 
 def convert_checkpoint(direction: str, config, checkpoint: str, out: str,
-                       rank=None) -> Conversion:
+                       rank: Union[None, int, str] = None) -> Conversion:
     """Convert ``checkpoint`` and save it to ``out``.
 
     Args:
         direction: ``'to-lors'`` (stock mmdet checkpoint -> LORS at the ranks
             of ``config``) or ``'to-stock'`` (LORS checkpoint -> mmdet's stock
-            layout, loadable by ``config`` without LORS, i.e. mmdet's config).
+            model, loadable by mmdet's own config).
         config: path (or Config) of the LORS config.
         checkpoint: input checkpoint path.
         out: output checkpoint path.
-        rank: overrides ``decoder.lors.rank`` (int or ``'full'``), to-lors.
+        rank: to-lors only: overrides ``rank`` of every part of
+            ``model.lors`` (int or ``'full'``).
 
     Returns:
-        The :class:`Conversion` (errors, parameter counts, notes).
+        The :class:`Conversion` (errors, parameter counts, settings).
     """
-    import copy
-    if direction not in ('to-lors', 'to-stock'):
-        raise ValueError(f"direction must be 'to-lors' or 'to-stock', got "
+    from mmengine.config import Config
+    if direction not in DIRECTIONS:
+        raise ValueError(f'direction must be one of {DIRECTIONS}, got '
                          f'{direction!r}')
     if direction == 'to-stock' and rank is not None:
         raise ValueError('rank applies to to-lors only')
-    cfg = _lors_config(config, rank)
-    state_dict, meta = _read_state_dict(checkpoint)
-    family = detect_detr_family(state_dict)
-    _check_family(family, cfg, checkpoint)
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    lors_cfg, stock_cfg = lors_and_stock_model_cfgs(cfg, rank)
+    parts = {p: c for p, c in lors_cfg.lors.items() if c is not None}
+    state_dict, meta = _read_checkpoint(checkpoint)
+    result = Conversion(lors_cfg.type)
     if direction == 'to-lors':
-        result = stock_to_lors(state_dict, cfg.model.decoder.get('lors'))
-        model_cfg = cfg.model
+        model = _build(stock_cfg)
+        load_strict(model, state_dict,
+                    f'{checkpoint} (read as a stock {stock_cfg.type} '
+                    'checkpoint)')
+        result.params_before = part_parameters(model, parts)
+        result.errors = stock_to_lors(model, parts)
+        target = _build(lors_cfg)
+        load_strict(target, model.state_dict(), 'the converted checkpoint')
+        result.lors_settings = {LORS_KEY: plain(lors_cfg.lors, LORS_KEY)}
     else:
-        result = lors_to_stock(state_dict)
-        model_cfg = copy.deepcopy(cfg.model)
-        model_cfg.type = LORS_TYPES[cfg.model.type]
-        model_cfg.decoder.pop('lors', None)
-    model = _build(model_cfg)
-    load_converted(model, result.state_dict)
-    meta['lors_conversion'] = dict(
-        direction=direction, source=checkpoint, model_type=model_cfg.type)
-    # What shapes the LORS decoder, by config key (plain types: the file
+        model = _build(lors_cfg)
+        load_strict(model, state_dict,
+                    f'{checkpoint} (read as a {lors_cfg.type} checkpoint)')
+        result.params_before = part_parameters(model, parts)
+        merge_lors(model)
+        target = _build(stock_cfg)
+        load_strict(target, model.state_dict(), 'the merged checkpoint')
+    result.params_after = part_parameters(target, parts)
+    meta['lors_conversion'] = dict(direction=direction, source=checkpoint,
+                                   model_type=target.__class__.__name__)
+    # What shapes the LORS stacks, by config key (plain types: the file
     # loads with weights_only); a stock checkpoint has none.
     meta.pop(LORS_SETTINGS_META, None)
-    if direction == 'to-lors':
-        result.lors_settings = {LORS_KEY: plain(cfg.model.decoder.get('lors'),
-                                                LORS_KEY)}
+    if result.lors_settings:
         meta[LORS_SETTINGS_META] = result.lors_settings
-    torch.save(dict(meta=meta, state_dict=model.state_dict()), out)
+    torch.save(dict(meta=meta, state_dict=target.state_dict()), out)
     return result
 
 
 def format_conversion(result: Conversion) -> str:
-    """A printable report: per-layer reconstruction errors, parameter saving."""
+    """A printable report: reconstruction errors, parameter counts."""
     lines = []
-    if result.errors:
-        num_layers = len(next(iter(result.errors.values())))
-        width = max(len(k) for k in result.errors) + 2
-        lines.append('relative reconstruction error ||W_i - (W_s + B_i A_i)||'
-                     ' / ||W_i|| per decoder layer:')
-        lines.append(' ' * width +
-                     ''.join(f'{f"L{i}":>9}' for i in range(num_layers)))
-        for name, errors in result.errors.items():
-            lines.append(f'{name:<{width}}' +
-                         ''.join(f'{e:9.4f}' for e in errors))
-    before, after = result.decoder_params_before, result.decoder_params_after
-    change = 100.0 * (after - before) / max(before, 1)
-    lines.append(f'{result.family} decoder parameters: {before:,} -> '
-                 f'{after:,} ({change:+.1f}%)')
-    lines.extend(result.notes)
+    for part, error in result.errors.items():
+        lines.append(f'{part}: largest relative reconstruction error '
+                     f'||W_i - (W_shared + B_i A_i)|| / ||W_i|| = {error:.4g}')
+    for part, before in result.params_before.items():
+        after = result.params_after[part]
+        change = 100.0 * (after - before) / max(before, 1)
+        lines.append(f'{result.model_type} {part} parameters: {before:,} -> '
+                     f'{after:,} ({change:+.1f}%)')
     return '\n'.join(lines)

@@ -1,5 +1,8 @@
 """LORS encoders and decoders for mmdet's DETR family, by stack surgery.
 
+DETR, Conditional-DETR, DAB-DETR, Deformable-DETR (plain, ``with_box_refine``,
+``as_two_stage``), DINO and DDQ-DETR: one mixin, one config key.
+
 mmdet builds its own detector, unchanged; then
 :func:`~lors_mmdet.lors.apply_lors` turns the ``layers`` of its encoder and /
 or decoder into LORS stacks, the shared weights registered once on the
@@ -7,7 +10,8 @@ encoder / decoder. One config key::
 
     model = dict(
         type='LorsDETR',            # or LorsConditionalDETR, LorsDABDETR,
-        ...,                        #    LorsDDQDETR: mmdet's arguments
+        ...,                        #    LorsDeformableDETR, LorsDINO,
+                                    #    LorsDDQDETR: mmdet's arguments
         lors=dict(
             decoder=dict(rank=16, ranks={'ffn.*': 32}, groups=None),
             encoder=dict(rank=32, exclude=['self_attn.sampling_offsets'])))
@@ -19,7 +23,8 @@ stays stock.
 """
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from mmdet.models.detectors import DABDETR, DDQDETR, DETR, ConditionalDETR
+from mmdet.models.detectors import (DABDETR, DDQDETR, DETR, DINO,
+                                    ConditionalDETR, DeformableDETR)
 from mmdet.registry import MODELS
 
 from lors_mmdet.lors import (LorsStack, LorsStackConfig, apply_lors,
@@ -110,6 +115,24 @@ class LorsConditionalDETR(LorsStacksMixin, ConditionalDETR):
 @MODELS.register_module()
 class LorsDABDETR(LorsStacksMixin, DABDETR):
     """mmdet's DAB-DETR with LORS stacks (``lors=``)."""
+
+
+@MODELS.register_module()
+class LorsDeformableDETR(LorsStacksMixin, DeformableDETR):
+    """mmdet's Deformable-DETR (also ``with_box_refine`` / ``as_two_stage``)
+    with LORS stacks (``lors=``).
+
+    mmcv's ``MultiScaleDeformableAttention`` is left as it is: its four
+    ``nn.Linear`` maps (``sampling_offsets``, ``attention_weights``,
+    ``value_proj``, ``output_proj``) become LORS maps, and its own init (zero
+    offsets weight, the sampling grid as offsets bias) runs on the stock
+    modules in ``init_weights``.
+    """
+
+
+@MODELS.register_module()
+class LorsDINO(LorsStacksMixin, DINO):
+    """mmdet's DINO with LORS stacks (``lors=``)."""
 
 
 @MODELS.register_module()

@@ -212,6 +212,26 @@ def choose_ranks(model: nn.Module,
     return choices
 
 
+def compress_model(model: nn.Module,
+                   parts: Sequence[str],
+                   rank: Optional[RankSpec] = None,
+                   energy: Optional[float] = None,
+                   ranks: Optional[Mapping] = None
+                   ) -> Tuple[dict, Dict[str, Dict[str, RankChoice]]]:
+    """Turn the ``parts`` stacks of a trained stock model into LORS stacks
+    initialised from its weights, in place (see :func:`choose_ranks`).
+
+    Returns:
+        ``(lors dict of the LORS variant's config, choices)``.
+    """
+    choices = choose_ranks(model, parts, rank, energy, ranks)
+    lors = {part: lors_stack_dict(choices[part]) for part in parts}
+    for part in parts:
+        apply_lors(getattr(model, part), 'layers',
+                   dict(lors[part], init='dense'), key=f'lors.{part}')
+    return lors, choices
+
+
 def lors_stack_dict(choices: Mapping[str, RankChoice]) -> dict:
     """The ``lors`` dict of one stack: the most common rank as ``rank``
     (ties: the larger), exact paths of the others in ``ranks``."""
@@ -410,11 +430,7 @@ def compress(config: str,
     state_dict, _ = read_state_dict(checkpoint)
     load_strictly(stock, state_dict, f'checkpoint {checkpoint}')
     params_before = parameter_counts(stock)
-    choices = choose_ranks(stock, parts, rank, energy, ranks)
-    lors = {part: lors_stack_dict(choices[part]) for part in parts}
-    for part in parts:
-        apply_lors(getattr(stock, part), 'layers',
-                   dict(lors[part], init='dense'), key=f'lors.{part}')
+    lors, choices = compress_model(stock, parts, rank, energy, ranks)
     converted = stock.state_dict()
     settings = {'model.type': lors_type, 'model.lors': plain(lors)}
     if distill is not None:

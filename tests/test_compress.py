@@ -22,7 +22,8 @@ from mmengine.config import Config
 
 import lors_mmdet  # noqa: F401
 from lors_mmdet.compress import (build_model, choose_ranks, compress,
-                                 lors_stack_dict, parse_rank_overrides,
+                                 compress_model, lors_stack_dict,
+                                 lors_type_for, parse_rank_overrides,
                                  read_state_dict)
 from lors_mmdet.engine.lors_settings import recorded_settings
 from lors_mmdet.lors import apply_lors, dense_weight
@@ -137,6 +138,43 @@ def test_full_rank_is_exact_in_float64(trained):
     got = model(**data, mode='tensor')
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('family', ['DABDETR', 'DDQDETR'])
+def test_other_families_compress_to_their_registered_lors_variant(family):
+    """mmdet's own DAB-DETR / DDQ-DETR configs shrunk (as in
+    test_detr_stacks): compressed in place at an energy target, the state
+    dict loads strictly into Lors<Type> built from the written lors dict and
+    computes what the compressed model computes; at full rank, what the stock
+    model computes."""
+    from test_detr_stacks import batch, build, flat, randomise, tiny_cfg
+    assert lors_type_for(family) == 'Lors' + family
+    for rank, energy in ((None, 0.7), ('full', None)):
+        stock = build(tiny_cfg(family)).eval()
+        randomise(stock)
+        data = batch(stock, torch.float32)
+        expected = flat(stock(**data, mode='tensor'))
+        lors, choices = compress_model(stock, ['decoder', 'encoder'], rank,
+                                       energy)
+        got = flat(stock(**data, mode='tensor'))
+        lors_model = build(tiny_cfg(family, lors)).eval()
+        lors_model.load_state_dict(stock.state_dict())  # strict
+        for a, b in zip(flat(lors_model(**data, mode='tensor')), got):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        kept = [c.min_kept_energy for p in choices.values()
+                for c in p.values()]
+        if energy is not None:
+            assert min(kept) >= energy and max(
+                c.rank for p in choices.values() for c in p.values()) < 32
+        else:
+            assert kept == [1.0] * len(kept)
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_families_without_a_stack_variant_are_named():
+    with pytest.raises(ValueError, match='no LORS variant of RetinaNet'):
+        lors_type_for('RetinaNet')
 
 
 def test_energy_target_keeps_the_target(trained, tmp_path):

@@ -493,6 +493,12 @@ def format_report(result: Compression) -> str:
         after = result.params_after[key]
         ratio = after / before if before else float('nan')
         lines.append(f'  {key:12} {before:12,d} {after:12,d} {ratio:12.1%}')
+    if result.params_after['transformer'] >= result.params_before[
+            'transformer']:
+        lines.append('note: no saving - at these ranks the residuals cost '
+                     'more than the layers they replace (a projection of '
+                     'shape out x in in N layers saves only below rank '
+                     '(N-1)/N * out*in/(out+in)); lower --energy / --rank')
     lines.append(f'wrote {result.checkpoint}')
     lines.append(f'wrote {result.config}')
     return '\n'.join(lines)

@@ -427,7 +427,7 @@ def compress(config: str,
     schedule, header = finetune_schedule(cfg, fraction, lr_factor)
 
     stock = build_model(cfg.model, cfg.get('default_scope', 'mmdet')).eval()
-    state_dict, _ = read_state_dict(checkpoint)
+    state_dict, stock_meta = read_state_dict(checkpoint)
     load_strictly(stock, state_dict, f'checkpoint {checkpoint}')
     params_before = parameter_counts(stock)
     lors, choices = compress_model(stock, parts, rank, energy, ranks)
@@ -456,10 +456,13 @@ def compress(config: str,
         load_strictly(lors_model, converted, 'the compressed state dict')
         params_after = parameter_counts(lors_model)
         buffer = io.BytesIO()
-        torch.save(dict(meta={
+        meta = {
             META_KEY: settings,
             'compressed_from': dict(config=config, checkpoint=checkpoint),
-        }, state_dict=converted), buffer)
+        }
+        with contextlib.suppress(KeyError, TypeError):  # plain data only
+            meta['dataset_meta'] = plain(stock_meta['dataset_meta'])
+        torch.save(dict(meta=meta, state_dict=converted), buffer)
         _write_atomically(buffer.getvalue(), ckpt_path)
         with open(temp_cfg, 'rb') as f:
             _write_atomically(f.read(), cfg_path)

@@ -116,6 +116,8 @@ def test_full_rank_round_trip_reproduces_the_stock_detections(
         'model.type': 'LorsDETR',
         'model.lors': dict(decoder=dict(rank=32), encoder=dict(rank=32))}
     assert any(k.startswith('decoder.lors_layers.shared') for k in state_dict)
+    assert meta['dataset_meta']['classes'][0] == 'circle'  # kept for inference
+    assert meta['compressed_from'] == dict(config=CONFIG, checkpoint=trained)
 
 
 def test_full_rank_is_exact_in_float64(trained):

@@ -5,6 +5,8 @@
 - :mod:`.adaptive`: query-generated matrices, shared generator plus per-layer
   low-rank private part ``M_i(q) = M_shared(q) + sum_t L_it Z_it(q) R_it``.
 - :mod:`.merge`: LORS stack <-> N dense weights (deployment, conversion).
+- :mod:`.rank_selection`: ranks of a from-dense stack by the residual energy
+  they keep (and the energy a fixed rank keeps).
 - :mod:`.accounting`: parameter counts, re-initialisation of private parts.
 - :mod:`.surgery`: any stack of identical modules -> LORS in place
   (:func:`apply_lors`), and back (:func:`merge_lors`); settings in
@@ -16,6 +18,9 @@ from .accounting import ParameterCount, count_parameters, reset_lors_parameters
 from .adaptive import GeneratedMatrices, LorsAdaptive, SharedGenerator
 from .attention import LorsAttention
 from .merge import lors_from_dense, merge_linears
+from .rank_selection import (RankChoice, choose_stack_ranks, dense_weight,
+                             rank_for_energy, rank_report,
+                             residual_energy_curves)
 from .stack_config import LorsStackConfig
 from .static import (FACTOR_INITS, LorsLinear, LorsLinearStack, SharedLinear,
                      build_lors_linears)
@@ -27,5 +32,7 @@ __all__ = [
     'SharedGenerator', 'LorsAdaptive', 'GeneratedMatrices', 'merge_linears',
     'lors_from_dense', 'count_parameters', 'ParameterCount',
     'reset_lors_parameters', 'FACTOR_INITS', 'LorsAttention', 'LorsStackConfig',
-    'LorsStack', 'apply_lors', 'find_lors_stacks', 'merge_lors', 'init_as_stock'
+    'LorsStack', 'apply_lors', 'find_lors_stacks', 'merge_lors', 'init_as_stock',
+    'RankChoice', 'choose_stack_ranks', 'dense_weight', 'rank_for_energy',
+    'rank_report', 'residual_energy_curves'
 ]

@@ -29,6 +29,7 @@ from mmdet.registry import MODELS
 
 from lors_mmdet.lors import (LorsStack, LorsStackConfig, apply_lors,
                              find_lors_stacks, init_as_stock)
+from ..distill import PredictionDistillMixin
 
 LORS_PARTS = ('encoder', 'decoder')
 
@@ -59,7 +60,7 @@ def parse_lors_cfg(lors: Optional[Mapping],
     }
 
 
-class LorsStacksMixin:
+class LorsStacksMixin(PredictionDistillMixin):
     """Adds ``lors=dict(encoder=..., decoder=...)`` to a DETR-family detector.
 
     After mmdet's ``_init_layers`` the selected stacks become LORS stacks
@@ -71,10 +72,13 @@ class LorsStacksMixin:
     place: the optimizer, built by mmengine before ``init_weights``, keeps
     the parameters the model uses.
 
+    Optional ``distill=dict(...)``: prediction distillation from a frozen
+    stock teacher during a fine-tune (:mod:`lors_mmdet.models.distill`).
+
     Args:
         lors: ``dict(encoder=..., decoder=...)`` of
             :class:`~lors_mmdet.lors.LorsStackConfig` dicts.
-        *args, **kwargs: the detector's arguments.
+        *args, **kwargs: the detector's arguments (and ``distill``).
     """
 
     def __init__(self, *args, lors: Optional[Mapping] = None,

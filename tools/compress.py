@@ -1,0 +1,93 @@
+"""Compress a trained DETR-family detector to LORS, ready for a short fine-tune.
+
+    python tools/compress.py CONFIG CHECKPOINT --out DIR \
+        [--stacks decoder encoder] [--rank R | --energy 0.9] \
+        [--ranks [PART:]PATTERN=R ...] [--name NAME] [--distill [WEIGHT]] [--force]
+
+CHECKPOINT is a file or a URL (mmdet's model zoo), loaded safely. Writes
+DIR/NAME.pth (the LORS checkpoint) and DIR/NAME.py (a config inheriting
+CONFIG with the LORS model, load_from = the checkpoint and a short fine-tune
+schedule), and prints per projection kind the rank and the residual energy
+kept, and the parameter counts before / after. Then fine-tune:
+
+    tools/dist_train.sh DIR/NAME.py 8
+
+See docs/compress.md.
+"""
+import argparse
+import shlex
+import sys
+
+import lors_mmdet  # noqa: F401  (safe checkpoint loaders, registers models)
+from lors_mmdet.compress import (compress, format_report,
+                                 parse_rank_overrides)
+
+
+def parse_rank(value: str):
+    if value == 'full':
+        return value
+    try:
+        rank = int(value)
+    except ValueError:
+        rank = 0
+    if rank <= 0:
+        raise argparse.ArgumentTypeError(
+            f"--rank must be a positive int or 'full', got {value!r}")
+    return rank
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config', help='the stock config (file or mmdet::...)')
+    parser.add_argument('checkpoint', help='its trained checkpoint (file or '
+                        'URL)')
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--name', help='output file name stem (default '
+                        'lors-compressed_<config name>)')
+    parser.add_argument('--stacks', nargs='+', default=['decoder'],
+                        choices=['decoder', 'encoder'],
+                        help='stacks to compress (default: decoder)')
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument('--rank', type=parse_rank,
+                     help="one rank for every projection (int or 'full')")
+    how.add_argument('--energy', type=float,
+                     help='per projection kind, the smallest rank keeping '
+                     'this fraction of every layer\'s residual energy '
+                     '(default 0.9)')
+    parser.add_argument('--ranks', nargs='+', default=[],
+                        metavar='[PART:]PATTERN=R',
+                        help='rank of the projections a glob pattern names '
+                        '(e.g. "ffn.*=32" or "decoder:cross_attn.*=8")')
+    parser.add_argument('--finetune-fraction', type=float, default=0.2,
+                        help='fine-tune length / original length (0.2)')
+    parser.add_argument('--lr-factor', type=float, default=0.1,
+                        help='fine-tune lr / original lr (0.1)')
+    parser.add_argument('--distill', nargs='?', type=float, const=1.0,
+                        metavar='WEIGHT', help='distil from the stock model '
+                        'during the fine-tune (prediction loss weight, 1.0)')
+    parser.add_argument('--force', action='store_true',
+                        help='replace existing output files')
+    args = parser.parse_args()
+    if args.rank is None and args.energy is None:
+        args.energy = 0.9
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    result = compress(
+        args.config, args.checkpoint, args.out, name=args.name,
+        parts=args.stacks, rank=args.rank, energy=args.energy,
+        ranks=parse_rank_overrides(args.ranks),
+        fraction=args.finetune_fraction, lr_factor=args.lr_factor,
+        distill=None if args.distill is None else dict(weight=args.distill),
+        force=args.force,
+        command=' '.join(map(shlex.quote, ['python', 'tools/compress.py',
+                                           *sys.argv[1:]])))
+    print(format_report(result))
+    print(f'fine-tune: tools/dist_train.sh {shlex.quote(result.config)} '
+          'GPUS   (or python tools/train.py ...)')
+
+
+if __name__ == '__main__':
+    main()

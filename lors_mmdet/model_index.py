@@ -55,6 +55,12 @@ COLLECTIONS: Dict[str, dict] = {
     'lors_deformable_detr': dict(
         Name='LORS-Deformable-DETR', Architecture=['ResNet', 'Transformer', 'LORS'],
         Paper=LORS_PAPER, README='docs/detr.md', Code='lors_mmdet/models/detr'),
+    **{family: dict(Name=name, Architecture=['ResNet', 'Transformer', 'LORS'],
+                    Paper=LORS_PAPER, README='docs/detr.md', Code='lors_mmdet/models/detr')
+       for family, name in (('lors_detr', 'LORS-DETR'),
+                            ('lors_conditional_detr', 'LORS-Conditional-DETR'),
+                            ('lors_dab_detr', 'LORS-DAB-DETR'),
+                            ('lors_ddq_detr', 'LORS-DDQ-DETR'))},
 }
 
 ADAMIXER_README = 'https://github.com/MCG-NJU/AdaMixer'

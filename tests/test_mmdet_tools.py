@@ -85,8 +85,8 @@ def test_train_py_trains_the_lors_detector(trained):
     checkpoint = safe_load_checkpoint(trained['checkpoint'])
     assert checkpoint['meta']['iter'] == 2
     keys = list(checkpoint['state_dict'])
-    # LORS-DINO: one shared copy on the decoder, private low-rank factors per layer
-    assert 'decoder.shared.ffn.fc1.weight' in keys
+    # LORS-DINO: one shared copy on the decoder's LORS stack, private low-rank factors per layer
+    assert 'decoder.lors_layers.shared.0.ffn.layers.0.0.weight' in keys
     assert 'decoder.layers.0.ffn.layers.0.0.lors_A' in keys
     assert not any(key.startswith('decoder.layers.') and key.endswith('.weight')
                    and '.norms.' not in key for key in keys)  # no private dense copy

@@ -51,7 +51,7 @@ def test_unknown_key_of_a_plugin_module_is_named():
     'AdaMixer', 'AdaMixerDecoder', 'AdaMixerDecoderStage', 'AdaMixerQueryGenerator',
     'AdaMixerChannelMapping', 'LorsAdaMixerDecoder', 'LorsAdaMixerDecoderStage',
     'LorsDINO', 'LorsDeformableDETR', 'LorsDETR', 'LorsConditionalDETR',
-    'LorsDABDETR', 'LorsDDQDETR'
+    'LorsDABDETR', 'LorsDDQDETR', 'SwinTransformerBranchDropPath'
 ])
 def test_plugin_models_are_in_mmdet_models(name):
     from mmdet.registry import MODELS

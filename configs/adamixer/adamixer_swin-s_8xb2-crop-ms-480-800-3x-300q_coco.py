@@ -1,5 +1,10 @@
 # AdaMixer, Swin-S (ImageNet-1k, 224), 300 queries, 3x crop + multi-scale.
 # Published COCO val box AP: 51.3.
+# Stochastic depth as in the authors' code: mmdet's SwinTransformer applies
+# DropPath on both residual branches of every block (attention and FFN), as
+# does the SwinTransformer of MCG-NJU/AdaMixer (mmdet/models/backbones/swin.py
+# at commits 17b52c0 and 3f266d5) that the authors'
+# adamixer_swin_s_300_query_crop_mstrain_480-800_3x_coco.py builds.
 _base_ = './adamixer_r50_8xb2-crop-ms-480-800-3x-300q_coco.py'
 
 pretrained = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_small_patch4_window7_224.pth'  # noqa

@@ -137,16 +137,24 @@ def test_attn_drop_path_must_be_a_bool():
                           attn_drop_path=0.0))
 
 
-@pytest.mark.parametrize('config, expected_type, attn_drop_path', [
-    ('configs/adamixer/adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py',
-     'SwinTransformer', True),
-    ('configs/lors_adamixer/'
-     'lors-adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py',
-     'SwinTransformerBranchDropPath', True),
-])
-def test_swin_s_configs_build_their_stochastic_depth(config, expected_type,
+ADAMIXER_SWIN_S = \
+    'configs/adamixer/adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py'
+LORS_SWIN_S = ('configs/lors_adamixer/'
+               'lors-adamixer_swin-s_8xb2-crop-ms-480-800-3x-300q_coco.py')
+
+
+@pytest.mark.parametrize('config, options, expected_type, attn_drop_path', [
+    (ADAMIXER_SWIN_S, {}, 'SwinTransformer', True),
+    (LORS_SWIN_S, {}, 'SwinTransformerBranchDropPath', True),
+    # the documented switch: --cfg-options model.backbone.attn_drop_path=False
+    (LORS_SWIN_S, {'model.backbone.attn_drop_path': False},
+     'SwinTransformerBranchDropPath', False),
+], ids=['adamixer', 'lors-adamixer', 'lors-adamixer-attn_drop_path-False'])
+def test_swin_s_configs_build_their_stochastic_depth(config, options,
+                                                     expected_type,
                                                      attn_drop_path):
     cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg.merge_from_dict(options)
     backbone_cfg = cfg.model.backbone
     assert backbone_cfg.type == expected_type
     assert backbone_cfg.drop_path_rate == 0.2
@@ -159,6 +167,7 @@ def test_swin_s_configs_build_their_stochastic_depth(config, expected_type,
     assert ffn_rates[0] == 0 and ffn_rates[-1] == pytest.approx(0.2)
     for block, rate in zip(blocks, ffn_rates):
         if attn_drop_path:
+            assert type(block.attn.drop) is DropPath
             assert block.attn.drop.drop_prob == rate
         else:
             assert type(block.attn.drop) is nn.Identity

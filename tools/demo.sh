@@ -18,12 +18,12 @@ else
 fi
 
 echo "== 2/4 pretrained toy backbone (the toy DINO / Deformable-DETR start from it)"
-BACKBONE=$DATA/pretrained/resnet18-tiny_shapes.pth
+BACKBONE=checkpoints/toy/resnet18-tiny_shapes.pth
 if ! "$PYTHON" -c 'import sys; from mmengine.config import Config
 sys.exit(sys.argv[2] not in Config.fromfile(sys.argv[1]).pretty_text)' "$CONFIG" "$BACKBONE"; then
   echo "not used by $CONFIG"
 elif [ -f "$BACKBONE" ]; then
-  echo "already there (delete $BACKBONE to pretrain again)"
+  echo "shipped with the repository: $BACKBONE (tools/pretrain_toy_backbone.py regenerates it)"
 else
   "$PYTHON" tools/pretrain_toy_backbone.py --data-root "$DATA" --out "$BACKBONE"
 fi

@@ -34,8 +34,7 @@ model = dict(
         style='pytorch',
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='data/synthetic_coco/pretrained/'
-            'resnet18-tiny_shapes.pth')),
+            checkpoint='checkpoints/toy/resnet18-tiny_shapes.pth')),
     neck=dict(
         type='ChannelMapper',
         in_channels=[32, 64, 128],

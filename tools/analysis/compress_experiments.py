@@ -1,0 +1,224 @@
+"""Compression on the CPU toys: trained stock DINO -> LORS -> short fine-tune, several seeds.
+
+For every seed it takes the stock toy DINO that ``run_experiments.py --plan detr-stacks``
+trained (``work_dirs/experiments/dino/seed<S>/iter_500.pth``) and, for each variant
+(stacks, rank, distillation):
+
+1. ``tools/compress.py`` (mean + truncated SVD of each layer's difference);
+2. ``tools/test.py`` on the compressed checkpoint: AP before any training;
+3. ``tools/train.py`` on the written config: the fine-tune of 20% of the original
+   iterations (100 of 500) at a tenth of its lr; AP after it.
+
+Then a table (AP right after compression, after the fine-tune, the stock model and LORS
+trained from scratch with the same seed) and a plot of AP against transformer parameters.
+
+    python tools/analysis/run_experiments.py --plan detr-stacks --seeds 0 1 2 --jobs 2
+    python tools/analysis/compress_experiments.py --seeds 0 1 2 --jobs 2
+    python tools/analysis/compress_experiments.py --seeds 0 1 2 --report-only
+
+Finished steps are skipped, so the script can be stopped and started again.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from run_experiments import (DETR_STACKS, ROOT, TOY, mean_std,  # noqa: E402
+                             read_scalars, run_dir)
+
+# name -> compress.py options; 'scratch' names the LORS toy trained from scratch
+# (a run of the detr-stacks plan) with the same stacks and rank, if there is one.
+VARIANTS = {
+    'decoder r16': dict(options=['--stacks', 'decoder', '--rank', '16'],
+                        scratch='lors-dino decoder'),
+    'encoder+decoder r16': dict(options=['--stacks', 'decoder', 'encoder', '--rank', '16'],
+                                scratch='lors-dino encoder+decoder'),
+    'encoder+decoder r4': dict(options=['--stacks', 'decoder', 'encoder', '--rank', '4'],
+                               scratch=None),
+    'encoder+decoder r4 distill': dict(
+        options=['--stacks', 'decoder', 'encoder', '--rank', '4', '--distill', '1.0'],
+        scratch=None),
+}
+STOCK = 'dino'
+STOCK_CONFIG = TOY['dino']
+assert DETR_STACKS[STOCK][0] == STOCK_CONFIG
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--only', nargs='+', choices=sorted(VARIANTS),
+                        help='run only these variants')
+    parser.add_argument('--val-interval', type=int, default=50,
+                        help='fine-tune iterations between validations')
+    parser.add_argument('--stock-work-dir', default='work_dirs/experiments',
+                        help='the work dir of run_experiments.py (stock and from-scratch '
+                        'runs)')
+    parser.add_argument('--work-dir', default='work_dirs/experiments_compress')
+    parser.add_argument('--out', default='docs/experiments/compress')
+    parser.add_argument('--report-only', action='store_true')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='variants run at the same time (each gets cpu_count // jobs '
+                        'threads)')
+    return parser.parse_args()
+
+
+def stock_checkpoint(stock_work_dir: str, seed: int) -> str:
+    directory = run_dir(stock_work_dir, STOCK, seed)
+    path = osp.join(directory, 'iter_500.pth')
+    if not osp.exists(path):
+        raise SystemExit(f'no trained stock toy DINO for seed {seed}: {path} is missing; '
+                         'train it first with python tools/analysis/run_experiments.py '
+                         f'--plan detr-stacks --only dino --seeds {seed}')
+    return path
+
+
+def run_logged(command: List[str], log_path: str, threads: int) -> None:
+    print(f'[{time.strftime("%H:%M:%S")}] {shlex.join(command)}', flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with open(log_path, 'w') as log:
+        subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
+
+
+def run_variant(name: str, seed: int, args: argparse.Namespace, threads: int) -> None:
+    """Compress, evaluate, fine-tune one variant for one seed (finished steps skipped)."""
+    directory = run_dir(args.work_dir, name, seed)
+    os.makedirs(directory, exist_ok=True)
+    config, checkpoint = osp.join(directory, 'lors.py'), osp.join(directory, 'lors.pth')
+    python = sys.executable
+    if not osp.exists(checkpoint):
+        run_logged([python, 'tools/compress.py', STOCK_CONFIG,
+                    stock_checkpoint(args.stock_work_dir, seed), '--out', directory,
+                    '--name', 'lors', '--force', *VARIANTS[name]['options']],
+                   osp.join(directory, 'compress.log'), threads)
+    if not glob.glob(osp.join(directory, 'test', '*', '*.json')):
+        run_logged([python, 'tools/test.py', config, checkpoint, '--work-dir',
+                    osp.join(directory, 'test')], osp.join(directory, 'test.log'), threads)
+    finetune = osp.join(directory, 'finetune')
+    if not osp.exists(osp.join(finetune, 'finished.json')):
+        start = time.time()
+        os.makedirs(finetune, exist_ok=True)
+        run_logged([python, 'tools/train.py', config, '--work-dir', finetune,
+                    '--cfg-options', f'randomness.seed={seed}',
+                    f'train_cfg.val_interval={args.val_interval}'],
+                   osp.join(finetune, 'train.log'), threads)
+        with open(osp.join(finetune, 'finished.json'), 'w') as f:
+            json.dump(dict(name=name, seed=seed, seconds=time.time() - start), f)
+
+
+def transformer_fraction(compress_log: str) -> float:
+    """after/before of the 'transformer' row that tools/compress.py printed."""
+    with open(compress_log) as f:
+        match = re.search(r'^\s*transformer\s+([\d,]+)\s+([\d,]+)', f.read(), re.M)
+    if match is None:
+        raise ValueError(f'{compress_log} has no transformer parameter row')
+    before, after = (int(group.replace(',', '')) for group in match.groups())
+    return after / before
+
+
+def final_ap(directory: str) -> Optional[float]:
+    """The last validation mAP of a training run, None if it has none."""
+    _, metrics = read_scalars(directory)
+    return metrics[max(metrics)]['coco/bbox_mAP'] if metrics else None
+
+
+def test_ap(directory: str) -> float:
+    with open(sorted(glob.glob(osp.join(directory, 'test', '*', '*.json')))[-1]) as f:
+        return json.load(f)['coco/bbox_mAP']
+
+
+def collect(args: argparse.Namespace) -> Dict[str, Dict[str, List[float]]]:
+    """Per variant (and 'stock'): AP lists over the seeds that finished every step."""
+    results: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for seed in args.seeds:
+        stock = final_ap(run_dir(args.stock_work_dir, STOCK, seed))
+        for name, variant in VARIANTS.items():
+            directory = run_dir(args.work_dir, name, seed)
+            if stock is None or not osp.exists(
+                    osp.join(directory, 'finetune', 'finished.json')):
+                continue
+            row = results[name]
+            row['seeds'].append(seed)
+            row['fraction'].append(transformer_fraction(osp.join(directory,
+                                                                 'compress.log')))
+            row['compressed'].append(test_ap(directory))
+            row['finetuned'].append(final_ap(osp.join(directory, 'finetune')))
+            row['stock'].append(stock)
+            row['gap'].append(row['finetuned'][-1] - stock)
+            if variant['scratch']:
+                scratch = final_ap(run_dir(args.stock_work_dir, variant['scratch'], seed))
+                if scratch is not None:
+                    row['scratch'].append(scratch)
+    return results
+
+
+def report(args: argparse.Namespace, command: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    results = collect(args)
+    rows = []
+    for name, row in results.items():
+        scratch = mean_std(row['scratch']) if row['scratch'] else '-'
+        rows.append(f"| {name} | {', '.join(map(str, row['seeds']))} | "
+                    f"{row['fraction'][0]:.1%} | {mean_std(row['compressed'])} | "
+                    f"{mean_std(row['finetuned'])} | {mean_std(row['stock'])} | "
+                    f"{mean_std(row['gap'])} | {scratch} |")
+    table = '\n'.join([
+        f'Produced by `{command}`.', '',
+        '| compressed toy DINO | seeds | transformer params vs stock | AP right after '
+        'compression | AP after fine-tune (100 it.) | stock AP (500 it.) | fine-tuned - '
+        'stock | LORS from scratch (500 it.) |', '|---|---|---|---|---|---|---|---|', *rows])
+    os.makedirs(args.out, exist_ok=True)
+    with open(osp.join(args.out, 'results.md'), 'w') as f:
+        f.write(table + '\n')
+    print(table)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for colour, (name, row) in enumerate(results.items()):
+        x = [100 * f for f in row['fraction']]
+        axes.scatter(x, row['compressed'], marker='x', color=f'C{colour}')
+        axes.scatter(x, row['finetuned'], marker='o', color=f'C{colour}',
+                     label=f'{name}: x after compression, o after fine-tune')
+    stock = next(iter(results.values()))['stock'] if results else []
+    axes.scatter([100] * len(stock), stock, marker='s', color='k', label='stock DINO')
+    axes.set(xlabel='transformer parameters, % of stock', ylabel='COCO bbox mAP (val)',
+             title='toy DINO compressed to LORS (one point per seed)')
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(osp.join(args.out, 'ap_vs_params.png'), dpi=110)
+    print(f'wrote {osp.join(args.out, "results.md")} and '
+          f'{osp.join(args.out, "ap_vs_params.png")}')
+
+
+def main() -> None:
+    args = parse_args()
+    command = ('python tools/analysis/compress_experiments.py ' +
+               shlex.join(sys.argv[1:]))
+    if not args.report_only:
+        if args.jobs < 1:
+            raise SystemExit(f'--jobs must be at least 1, got {args.jobs}')
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        names = args.only or list(VARIANTS)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_variant, name, seed, args, threads)
+                       for seed in args.seeds for name in names]
+            for future in futures:
+                future.result()
+    report(args, command)
+
+
+if __name__ == '__main__':
+    main()

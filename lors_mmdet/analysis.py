@@ -220,3 +220,29 @@ def replace_generated(text: str, name: str, body: str) -> str:
         raise ValueError(f'the text has no {start} ... {end} markers (in '
                          'this order)')
     return text[:first + len(start)] + '\n' + body + '\n' + text[last:]
+
+
+def check_generated_markers(path: str, name: str) -> None:
+    """Raise ``ValueError`` naming ``path`` unless the file holds
+    ``<!-- name:start -->`` followed by ``<!-- name:end -->``."""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    try:
+        replace_generated(text, name, '')
+    except ValueError as error:
+        raise ValueError(f'{path}: {error}') from None
+
+
+def write_generated(path: str, name: str, body: str) -> None:
+    """Replace the part of file ``path`` between ``<!-- name:start -->`` and
+    ``<!-- name:end -->`` by ``body`` (see :func:`replace_generated`).
+
+    Raises:
+        ValueError: naming ``path``, when the markers are missing or out of
+            order; the file is then left as it was.
+    """
+    check_generated_markers(path, name)
+    with open(path, encoding='utf-8') as f:
+        text = replace_generated(f.read(), name, body)
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)

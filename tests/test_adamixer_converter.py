@@ -313,7 +313,7 @@ def test_lors_adamixer_checkpoint_converts_exactly():
 
 def published_mixing_float64(official, s, x, query, groups, terms, k):
     """Stage ``s`` of the published LORS-AdaMixer mixing, written from the
-    spec's equations with the authors' tensors, in float64, group by group
+    paper's equations with the authors' tensors, in float64, group by group
     and term by term:
     M_g(q) = M_shared,g(q) + sum_t L^M_gt Z^M_gt(q) R^M_gt (likewise S);
     out = ReLU(LN(x M)); out = ReLU(LN(S out)); LN_s(q + (W + B A) out + b).

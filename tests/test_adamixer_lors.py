@@ -271,7 +271,7 @@ def test_published_init_bounds_at_released_sizes():
 
     bound_2048, bound_1024 = (6 / (c * k))**0.5, (6 / (k * p_in))**0.5
     bound_a = (6 / (c * p_out * 2))**0.5
-    # the spec's printed values
+    # the bounds printed in docs/adamixer.md
     assert (round(bound_2048, 4), round(bound_1024, 4),
             round(bound_a, 4)) == (0.0541, 0.0765, 0.0135)
     for s, (stage, terms) in enumerate(

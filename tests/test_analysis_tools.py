@@ -110,3 +110,77 @@ def test_experiment_report_places_validations_at_their_iteration(tmp_path):
     losses, metrics = experiments.read_scalars(str(tmp_path))
     assert losses == {50: 9.0, 100: 7.0, 150: 6.0, 200: 5.0}
     assert {k: v['coco/bbox_mAP'] for k, v in metrics.items()} == {100: 0.1, 200: 0.3}
+
+
+def _finished_run(work_dir, name: str, seed: int, maps) -> None:
+    """A run directory as ``run_experiments.py`` leaves it: the scalars mmengine
+    logs and ``finished.json``."""
+    import json
+    run = work_dir / name.replace(' ', '_') / f'seed{seed}'
+    scalars = run / '20261130_000000' / 'vis_data'
+    scalars.mkdir(parents=True)
+    records = []
+    for i, value in enumerate(maps, start=1):
+        records += [dict(iter=100 * i, loss=10.0 / i),
+                    {'coco/bbox_mAP': value, 'coco/bbox_mAP_50': value + 0.2,
+                     'coco/bbox_mAP_75': value + 0.1, 'step': 0}]
+    (scalars / 'scalars.json').write_text(
+        '\n'.join(json.dumps(r) for r in records) + '\n')
+    (run / 'finished.json').write_text(json.dumps(dict(name=name, seconds=90.0)))
+
+
+def _run_experiments(*args: str):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'run_experiments.py'), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_report_only_writes_the_table_between_the_doc_markers(tmp_path):
+    """``--report-only --doc PATH`` puts the very table of results.md between
+    ``<!-- experiments:detr-stacks:start/end -->`` and leaves the rest."""
+    work_dir = tmp_path / 'runs'
+    _finished_run(work_dir, 'dino', 0, [0.25, 0.5])
+    _finished_run(work_dir, 'lors-dino decoder', 0, [0.125, 0.375])
+    doc = tmp_path / 'log.md'
+    doc.write_text('# Log\n\nbefore\n<!-- experiments:detr-stacks:start -->\nold table\n'
+                   '<!-- experiments:detr-stacks:end -->\nafter\n')
+    result = _run_experiments('--plan', 'detr-stacks', '--report-only',
+                              '--work-dir', str(work_dir), '--out', str(tmp_path / 'out'),
+                              '--doc', str(doc))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / 'out' / 'detr-stacks' / 'results.md').read_text().strip()
+    assert '| dino | 1 | 0.500 | 0.700 | 0.600 | 0.500 | 1.5 |' in table
+    assert '| lors-dino decoder | 1 | 0.375 |' in table
+    assert doc.read_text() == (
+        '# Log\n\nbefore\n<!-- experiments:detr-stacks:start -->\n' + table +
+        '\n<!-- experiments:detr-stacks:end -->\nafter\n')
+
+
+def test_report_only_refuses_a_doc_without_the_markers(tmp_path):
+    doc = tmp_path / 'log.md'
+    text = '# Log\n<!-- experiments:families:start -->\n<!-- experiments:families:end -->\n'
+    doc.write_text(text)
+    result = _run_experiments('--plan', 'detr-stacks', '--report-only',
+                              '--work-dir', str(tmp_path / 'runs'),
+                              '--out', str(tmp_path / 'out'), '--doc', str(doc))
+    assert result.returncode != 0
+    assert str(doc) in result.stderr
+    assert '<!-- experiments:detr-stacks:start -->' in result.stderr
+    assert doc.read_text() == text
+    assert not (tmp_path / 'out').exists()  # refused before anything ran
+
+
+def test_write_generated_replaces_only_between_its_markers(tmp_path):
+    from lors_mmdet.analysis import write_generated
+    doc = tmp_path / 'page.md'
+    doc.write_text('a\n<!-- t:start -->\nold\n<!-- t:end -->\nb\n'
+                   '<!-- u:start -->\nkeep\n<!-- u:end -->\n')
+    write_generated(str(doc), 't', 'new 1\nnew 2')
+    assert doc.read_text() == ('a\n<!-- t:start -->\nnew 1\nnew 2\n<!-- t:end -->\nb\n'
+                               '<!-- u:start -->\nkeep\n<!-- u:end -->\n')
+    with pytest.raises(ValueError, match=r'page\.md: .*<!-- v:start -->'):
+        write_generated(str(doc), 'v', 'x')

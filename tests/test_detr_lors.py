@@ -365,8 +365,8 @@ def test_coco_config_is_mmdets_plus_lors_and_builds(config):
      'lors-encdec-deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'),
 ])
 def test_transformer_parameters_at_most_35_percent_of_stock(family, config):
-    """The issue's goal, counted from the built models, and the counts of
-    the accounting (shared + private) equal a count by formula."""
+    """The project's goal (at most 35% of stock), counted from the built
+    models, and the counts of the accounting (shared + private) equal a count by formula."""
     from mmdet.registry import MODELS
     cfg = Config.fromfile(osp.join(ROOT, config))
     cfg.model.backbone.init_cfg = None

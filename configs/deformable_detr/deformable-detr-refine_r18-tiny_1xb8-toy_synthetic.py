@@ -36,9 +36,9 @@ optim_wrapper = dict(
             'reference_points': dict(lr_mult=0.1)
         }))
 
-# Deformable-DETR has no denoising queries and trains ~20% faster per
-# iteration than the toy DINO: 600 iterations fit the same ~10 CPU minutes
-# (2 cores) as DINO's 500 (docs/detr.md#toy-training).
+# Deformable-DETR has no denoising queries and trains faster per iteration
+# than the toy DINO: 600 iterations take about the time of DINO's 500
+# (docs/experiments/log.md).
 max_iters = 600
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [

@@ -1,6 +1,6 @@
 # Deformable-DETR R-50 50e (mmdet's config) with a LORS decoder: the 6 decoder
 # layers share one weight per projection and keep private rank-16 residuals,
-# biases and LayerNorms: 1.67M decoder parameters instead of 6.12M (-72.7%).
+# biases and LayerNorms. Parameters: docs/detr.md (parameter table).
 # paramwise_cfg is mmdet's: `sampling_offsets` (shared weight and private
 # parts alike) keeps lr_mult 0.1.
 _base_ = 'mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'

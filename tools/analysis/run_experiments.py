@@ -8,6 +8,13 @@ Then it collects the logged losses and validation mAPs into a table and plots.
     python tools/analysis/run_experiments.py --plan ablation --seeds 0
     python tools/analysis/run_experiments.py --plan detr-stacks --seeds 0 1 2
     python tools/analysis/run_experiments.py --report-only   # table + plots from finished runs
+    python tools/analysis/run_experiments.py --plan detr-stacks --report-only \
+        --doc docs/experiments/log.md   # the table also into the log
+
+``--doc PATH`` writes the table of ``results.md`` also between the markers
+``<!-- experiments:<plans joined by _>:start -->`` and ``...:end -->`` of PATH
+(e.g. ``experiments:detr-stacks``); a file without them is refused before
+anything runs.
 
 ``--jobs N`` trains N runs at a time, each with cpu_count // N threads: on a small CPU
 machine these toy models gain little from a second thread, so two single-thread runs
@@ -55,7 +62,7 @@ ABLATION = {
     # static adaptive factors shared by the mixing groups (not published)
     'lors-adamixer shared-factors': ['model.roi_head.per_group_factors=false'],
 }
-# LORS-DINO: encoder + decoder sharing vs decoder only vs stock (issue 14).
+# LORS-DINO: encoder + decoder sharing vs decoder only vs stock.
 DETR_STACKS = {
     'dino': (TOY['dino'], []),
     'lors-dino decoder': (TOY['lors-dino'], []),
@@ -80,6 +87,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', default='work_dirs/experiments')
     parser.add_argument('--out', default='docs/experiments', help='tables and plots')
     parser.add_argument('--report-only', action='store_true')
+    parser.add_argument('--doc', metavar='PATH',
+                        help='also write the table between the '
+                        '<!-- experiments:PLANS:start/end --> markers of this file')
     parser.add_argument('--jobs', type=int, default=1,
                         help='runs trained at the same time (each gets cpu_count // jobs '
                         'threads)')
@@ -139,7 +149,8 @@ def mean_std(values: List[float]) -> str:
 
 
 def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
-           command: str) -> None:
+           command: str) -> str:
+    """Write ``results.md`` and ``curves.png`` into ``out``; return the table."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -192,6 +203,7 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
     figure.tight_layout()
     figure.savefig(osp.join(out, 'curves.png'), dpi=110)
     print(f'wrote {osp.join(out, "results.md")} and {osp.join(out, "curves.png")}')
+    return table
 
 
 def main() -> None:
@@ -200,6 +212,13 @@ def main() -> None:
     plans = {name: spec for plan in plan_names for name, spec in PLANS[plan].items()
              if not args.only or name in args.only}
     command = 'python tools/analysis/run_experiments.py ' + shlex.join(sys.argv[1:])
+    marker = 'experiments:' + '_'.join(plan_names)
+    if args.doc:
+        from lors_mmdet.analysis import check_generated_markers, write_generated
+        try:
+            check_generated_markers(args.doc, marker)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f'--doc: {error}')
     if not args.report_only:
         if args.jobs < 1:
             raise SystemExit(f'--jobs must be at least 1, got {args.jobs}')
@@ -216,7 +235,10 @@ def main() -> None:
             for future in futures:
                 future.result()  # a failed run raises here, after the others end
     out = osp.join(args.out, '_'.join(plan_names))
-    report(plans, args.work_dir, out, command)
+    table = report(plans, args.work_dir, out, command)
+    if args.doc:
+        write_generated(args.doc, marker, table)
+        print(f'wrote the table into {args.doc} ({marker})')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 # The part of the CPU toy DETRs (DINO, Deformable-DETR) that the two share:
 # a tiny ResNet-18 (16 base channels) pretrained on the synthetic shapes by
-# tools/pretrain_toy_backbone.py (the toy's stand-in for ImageNet weights;
-# from scratch the toys need ~5x longer to learn the classes, docs/detr.md)
+# tools/pretrain_toy_backbone.py (the toy's stand-in for ImageNet weights:
+# from scratch the toys learn the classes much later, docs/experiments/log.md)
 # and 4 feature levels at strides 8, 16, 32, 64 (340 tokens per
 # 128 px image; most shapes are smaller than 32 px, stride 16 alone loses
 # them), 2 encoder and 3 decoder layers, 50 queries, no dropout. embed_dims

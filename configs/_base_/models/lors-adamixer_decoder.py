@@ -1,4 +1,4 @@
-# The LORS-AdaMixer decoder as published (li-jl16/LORS; spec table): the
+# The LORS-AdaMixer decoder as published (li-jl16/LORS, AdaMixer_with_LORS): the
 # adaptive mixing of the 6 stages shares one parameter generator and one
 # output projection; each stage adds private low-rank residuals: K_i adaptive
 # cores of size k to the mixing matrices, with static factors L, R of their

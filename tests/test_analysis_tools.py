@@ -115,8 +115,11 @@ def test_experiment_report_places_validations_at_their_iteration(tmp_path):
 def _finished_run(work_dir, name: str, seed: int, maps) -> None:
     """A run directory as ``run_experiments.py`` leaves it: the scalars mmengine
     logs and ``finished.json``."""
+    _write_run(work_dir / name.replace(' ', '_') / f'seed{seed}', name, maps)
+
+
+def _write_run(run, name: str, maps) -> None:
     import json
-    run = work_dir / name.replace(' ', '_') / f'seed{seed}'
     scalars = run / '20261130_000000' / 'vis_data'
     scalars.mkdir(parents=True)
     records = []
@@ -184,3 +187,40 @@ def test_write_generated_replaces_only_between_its_markers(tmp_path):
                                '<!-- u:start -->\nkeep\n<!-- u:end -->\n')
     with pytest.raises(ValueError, match=r'page\.md: .*<!-- v:start -->'):
         write_generated(str(doc), 'v', 'x')
+
+
+def test_compress_experiments_report(tmp_path):
+    """compress_experiments.py --report-only: AP after compression (tools/test.py's
+    json), after the fine-tune, the stock and from-scratch runs of the same seed, and
+    the transformer fraction compress.py printed, into results.md and the doc."""
+    import json
+    import os
+    import subprocess
+    import sys
+    stock_dir, work_dir = tmp_path / 'stock', tmp_path / 'compress'
+    _finished_run(stock_dir, 'dino', 0, [0.25, 0.5])
+    _finished_run(stock_dir, 'lors-dino decoder', 0, [0.125, 0.375])
+    variant = work_dir / 'decoder_r16' / 'seed0'
+    _write_run(variant / 'finetune', 'decoder r16', [0.4, 0.45])
+    (variant / 'compress.log').write_text(
+        'parameters (each tensor once):\n'
+        '                    before        after after/before\n'
+        '  decoder        2,000,000      500,000        25.0%\n'
+        '  transformer    4,000,000    2,500,000        62.5%\n')
+    (variant / 'test' / '20261130_000000').mkdir(parents=True)
+    (variant / 'test' / '20261130_000000' / 'metrics.json').write_text(
+        json.dumps({'coco/bbox_mAP': 0.125}))
+    doc = tmp_path / 'log.md'
+    doc.write_text('x\n<!-- experiments:compress:start -->\n<!-- experiments:compress:end -->\n')
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    result = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'compress_experiments.py'),
+         '--seeds', '0', '--report-only', '--stock-work-dir', str(stock_dir), '--work-dir',
+         str(work_dir), '--out', str(tmp_path / 'out'), '--doc', str(doc)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / 'out' / 'results.md').read_text().strip()
+    assert '| decoder r16 | 0 | 62.5% | 0.125 | 0.450 | 0.500 | -0.050 | 0.375 |' in table
+    assert 'encoder+decoder' not in table  # variants without finished runs are left out
+    assert table in doc.read_text()
+    assert (tmp_path / 'out' / 'ap_vs_params.png').exists()

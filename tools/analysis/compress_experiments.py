@@ -14,7 +14,8 @@ trained from scratch with the same seed) and a plot of AP against transformer pa
 
     python tools/analysis/run_experiments.py --plan detr-stacks --seeds 0 1 2 --jobs 2
     python tools/analysis/compress_experiments.py --seeds 0 1 2 --jobs 2
-    python tools/analysis/compress_experiments.py --seeds 0 1 2 --report-only
+    python tools/analysis/compress_experiments.py --seeds 0 1 2 --report-only \
+        --doc docs/experiments/log.md   # the table also between its markers there
 
 Finished steps are skipped, so the script can be stopped and started again.
 """
@@ -36,6 +37,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from run_experiments import (DETR_STACKS, ROOT, TOY, mean_std,  # noqa: E402
                              read_scalars, run_dir)
 
+from lors_mmdet.analysis import check_generated_markers, write_generated  # noqa: E402
+
 # name -> compress.py options; 'scratch' names the LORS toy trained from scratch
 # (a run of the detr-stacks plan) with the same stacks and rank, if there is one.
 VARIANTS = {
@@ -49,6 +52,7 @@ VARIANTS = {
         options=['--stacks', 'decoder', 'encoder', '--rank', '4', '--distill', '1.0'],
         scratch=None),
 }
+MARKER = 'experiments:compress'
 STOCK = 'dino'
 STOCK_CONFIG = TOY['dino']
 assert DETR_STACKS[STOCK][0] == STOCK_CONFIG
@@ -67,6 +71,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', default='work_dirs/experiments_compress')
     parser.add_argument('--out', default='docs/experiments/compress')
     parser.add_argument('--report-only', action='store_true')
+    parser.add_argument('--doc', metavar='PATH',
+                        help=f'also write the table between the <!-- {MARKER}:start --> '
+                        'and <!-- ...:end --> markers of this file')
     parser.add_argument('--jobs', type=int, default=1,
                         help='variants run at the same time (each gets cpu_count // jobs '
                         'threads)')
@@ -163,7 +170,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Dict[str, List[float]]]:
     return results
 
 
-def report(args: argparse.Namespace, command: str) -> None:
+def report(args: argparse.Namespace, command: str) -> str:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -201,12 +208,18 @@ def report(args: argparse.Namespace, command: str) -> None:
     figure.savefig(osp.join(args.out, 'ap_vs_params.png'), dpi=110)
     print(f'wrote {osp.join(args.out, "results.md")} and '
           f'{osp.join(args.out, "ap_vs_params.png")}')
+    return table
 
 
 def main() -> None:
     args = parse_args()
     command = ('python tools/analysis/compress_experiments.py ' +
                shlex.join(sys.argv[1:]))
+    if args.doc:
+        try:
+            check_generated_markers(args.doc, MARKER)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f'--doc: {error}')
     if not args.report_only:
         if args.jobs < 1:
             raise SystemExit(f'--jobs must be at least 1, got {args.jobs}')
@@ -217,7 +230,10 @@ def main() -> None:
                        for seed in args.seeds for name in names]
             for future in futures:
                 future.result()
-    report(args, command)
+    table = report(args, command)
+    if args.doc:
+        write_generated(args.doc, MARKER, table)
+        print(f'wrote the table into {args.doc} ({MARKER})')
 
 
 if __name__ == '__main__':

@@ -34,10 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from run_experiments import (DETR_STACKS, ROOT, TOY, mean_std,  # noqa: E402
-                             read_scalars, run_dir)
+from run_experiments import (DETR_STACKS, ROOT, TOY,  # noqa: E402
+                             check_doc_markers, mean_std, read_scalars, run_dir,
+                             threads_per_job)
 
-from lors_mmdet.analysis import check_generated_markers, write_generated  # noqa: E402
+from lors_mmdet.analysis import write_generated  # noqa: E402
 
 # name -> compress.py options; 'scratch' names the LORS toy trained from scratch
 # (a run of the detr-stacks plan) with the same stacks and rank, if there is one.
@@ -215,15 +216,9 @@ def main() -> None:
     args = parse_args()
     command = ('python tools/analysis/compress_experiments.py ' +
                shlex.join(sys.argv[1:]))
-    if args.doc:
-        try:
-            check_generated_markers(args.doc, MARKER)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f'--doc: {error}')
+    check_doc_markers(args.doc, MARKER)
     if not args.report_only:
-        if args.jobs < 1:
-            raise SystemExit(f'--jobs must be at least 1, got {args.jobs}')
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = threads_per_job(args.jobs)
         names = args.only or list(VARIANTS)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_variant, name, seed, args, threads)

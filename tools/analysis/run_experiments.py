@@ -31,7 +31,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = {
@@ -94,6 +94,24 @@ def parse_args() -> argparse.Namespace:
                         help='runs trained at the same time (each gets cpu_count // jobs '
                         'threads)')
     return parser.parse_args()
+
+
+def check_doc_markers(doc: Optional[str], marker: str) -> None:
+    """Exit naming the file unless ``doc`` (if given) holds ``marker``'s pair, before
+    anything runs."""
+    if doc:
+        from lors_mmdet.analysis import check_generated_markers
+        try:
+            check_generated_markers(doc, marker)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f'--doc: {error}')
+
+
+def threads_per_job(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` runs side by side."""
+    if jobs < 1:
+        raise SystemExit(f'--jobs must be at least 1, got {jobs}')
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def run_dir(work_dir: str, name: str, seed) -> str:
@@ -213,16 +231,9 @@ def main() -> None:
              if not args.only or name in args.only}
     command = 'python tools/analysis/run_experiments.py ' + shlex.join(sys.argv[1:])
     marker = 'experiments:' + '_'.join(plan_names)
-    if args.doc:
-        from lors_mmdet.analysis import check_generated_markers, write_generated
-        try:
-            check_generated_markers(args.doc, marker)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f'--doc: {error}')
+    check_doc_markers(args.doc, marker)
     if not args.report_only:
-        if args.jobs < 1:
-            raise SystemExit(f'--jobs must be at least 1, got {args.jobs}')
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = threads_per_job(args.jobs)
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()
                 if not is_finished(run_dir(args.work_dir, name, seed))]
@@ -237,6 +248,7 @@ def main() -> None:
     out = osp.join(args.out, '_'.join(plan_names))
     table = report(plans, args.work_dir, out, command)
     if args.doc:
+        from lors_mmdet.analysis import write_generated
         write_generated(args.doc, marker, table)
         print(f'wrote the table into {args.doc} ({marker})')
 

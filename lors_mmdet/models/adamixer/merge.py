@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .decoder import LorsAdaMixerDecoder
 
 # Keys of LorsAdaMixerDecoder that AdaMixerDecoder does not take.
-_LORS_DECODER_KEYS = ('core_sizes', 'num_terms', 'out_proj_ranks',
+_LORS_DECODER_KEYS = ('core_sizes', 'adaptive_terms', 'out_proj_ranks',
                       'per_group_factors', 'factor_init')
 _STAGE_TYPES = {'LorsAdaMixerDecoderStage': 'AdaMixerDecoderStage'}
 

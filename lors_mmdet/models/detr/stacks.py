@@ -1,7 +1,8 @@
 """LORS encoders and decoders for mmdet's DETR family, by stack surgery.
 
 DETR, Conditional-DETR, DAB-DETR, Deformable-DETR (plain, ``with_box_refine``,
-``as_two_stage``), DINO and DDQ-DETR: one mixin, one config key.
+``as_two_stage``), DINO and DDQ-DETR: one mixin, one config key (the same
+key as AdaMixer's, :mod:`lors_mmdet.models.lors_stacks`).
 
 mmdet builds its own detector, unchanged; then
 :func:`~lors_mmdet.lors.apply_lors` turns the ``layers`` of its encoder and /
@@ -26,10 +27,10 @@ from mmdet.models.detectors import (DABDETR, DDQDETR, DETR, DINO,
 from mmdet.registry import MODELS
 
 from ..distill import PredictionDistillMixin
-from ..lors_stacks import LORS_PARTS, LorsStacksMixin, parse_lors_cfg
+# shared with AdaMixer; also importable from here, as before
+from ..lors_stacks import LORS_PARTS, LorsStacksMixin, parse_lors_cfg  # noqa
 
-# LORS_PARTS, parse_lors_cfg and LorsStacksMixin live in ..lors_stacks (shared
-# with AdaMixer); imported here for the code that imports them from here.
+
 class LorsDetrStacksMixin(LorsStacksMixin, PredictionDistillMixin):
     """Adds ``lors=dict(encoder=..., decoder=...)`` to a DETR-family detector
     (:class:`~lors_mmdet.models.lors_stacks.LorsStacksMixin` on the

@@ -21,7 +21,7 @@ model loads the checkpoint strictly) before they are moved into place; an
 existing file is only replaced with ``force=True``.
 
 Works for every detector whose LORS variant takes ``lors=dict(encoder=...,
-decoder=...)`` (:class:`~lors_mmdet.models.detr.LorsStacksMixin`).
+decoder=...)`` (:class:`~lors_mmdet.models.detr.LorsDetrStacksMixin`).
 """
 import collections
 import contextlib
@@ -78,14 +78,14 @@ def lors_type_for(stock_type: str) -> str:
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    from lors_mmdet.models.detr.stacks import LorsStacksMixin
+    from lors_mmdet.models.detr.stacks import LorsDetrStacksMixin
     init_default_scope('mmdet')
     if not isinstance(stock_type, str) or stock_type.startswith('Lors'):
         raise ValueError(f'model.type must be a stock mmdet detector (the '
                          f'config to compress), got {stock_type!r}')
     lors_type = 'Lors' + stock_type
     cls = MODELS.get(lors_type)
-    if cls is None or not issubclass(cls, LorsStacksMixin):
+    if cls is None or not issubclass(cls, LorsDetrStacksMixin):
         raise ValueError(
             f'no LORS variant of {stock_type} takes lors=dict(encoder=..., '
             f'decoder=...): {lors_type} is '
@@ -98,10 +98,10 @@ def supported_types() -> List[str]:
     """Stock types whose ``Lors<Type>`` takes ``lors=dict(...)``."""
     from mmdet.registry import MODELS
 
-    from lors_mmdet.models.detr.stacks import LorsStacksMixin
+    from lors_mmdet.models.detr.stacks import LorsDetrStacksMixin
     return [name[4:] for name, cls in MODELS.module_dict.items()
             if name.startswith('Lors') and isinstance(cls, type)
-            and issubclass(cls, LorsStacksMixin)]
+            and issubclass(cls, LorsDetrStacksMixin)]
 
 
 def read_state_dict(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], dict]:

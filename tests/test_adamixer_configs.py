@@ -104,7 +104,7 @@ def test_coco_config_builds_with_the_authors_settings(path):
         assert type(decoder).__name__ == 'LorsAdaMixerDecoder'
         assert (decoder.n_groups, decoder.in_points) == (2, 64)
         assert decoder.core_sizes == [16] * 6
-        assert decoder.num_terms == [1, 1, 2, 2, 3, 3]
+        assert decoder.adaptive_terms == [1, 1, 2, 2, 3, 3]
         assert decoder.out_proj_ranks == [8] * 6
     else:
         assert type(decoder).__name__ == 'AdaMixerDecoder'

@@ -53,7 +53,7 @@ STAGE = dict(
 
 
 def build_detector(lors: bool, groups: int, p_in: int, p_out: int,
-                   num_terms=None, core_size=None, rank=None):
+                   adaptive_terms=None, core_size=None, rank=None):
     roi_head = dict(
         type='LorsAdaMixerDecoder' if lors else 'AdaMixerDecoder',
         num_stages=STAGES,
@@ -69,7 +69,8 @@ def build_detector(lors: bool, groups: int, p_in: int, p_out: int,
             **STAGE))
     if lors:
         roi_head.update(
-            core_sizes=core_size, num_terms=num_terms, out_proj_ranks=rank)
+            core_sizes=core_size, adaptive_terms=adaptive_terms,
+            out_proj_ranks=rank)
     cfg = dict(
         type='AdaMixer',
         data_preprocessor=dict(type='DetDataPreprocessor'),
@@ -267,10 +268,10 @@ def test_lors_adamixer_checkpoint_converts_exactly():
     assert report['decoder'] == dict(
         type='LorsAdaMixerDecoder', n_groups=groups, in_points=p_in,
         out_points=p_out, feat_channels=FEAT, core_sizes=[k] * len(terms),
-        num_terms=list(terms), out_proj_ranks=[rank] * len(terms),
+        adaptive_terms=list(terms), out_proj_ranks=[rank] * len(terms),
         per_group_factors=True, num_stages=len(terms))
     model = build_detector(
-        True, groups, p_in, p_out, num_terms=list(terms), core_size=k,
+        True, groups, p_in, p_out, adaptive_terms=list(terms), core_size=k,
         rank=rank)
     model.load_state_dict(converted, strict=True)
 
@@ -369,7 +370,7 @@ def published_official_lors(backbone_state):
 
 def test_authors_lors_checkpoint_loads_into_the_published_config(tmp_path):
     """1:1: the converted checkpoint loads strictly into the published config
-    (no widened num_terms) and every stage's mixing equals the published
+    (no widened adaptive_terms) and every stage's mixing equals the published
     formula in float64."""
     cfg = Config.fromfile(osp.join(ROOT, PUBLISHED_R50))
     cfg.model.backbone.init_cfg = None
@@ -381,7 +382,7 @@ def test_authors_lors_checkpoint_loads_into_the_published_config(tmp_path):
     torch.save(converted, path)
     loaded = safe_load_checkpoint(str(path), map_location='cpu')
     settings = loaded['meta']['adamixer_conversion']['decoder']
-    assert settings['num_terms'] == [1, 1, 2, 2, 3, 3]
+    assert settings['adaptive_terms'] == [1, 1, 2, 2, 3, 3]
     assert settings_mismatches(settings, cfg.model.roi_head) == []
     model.load_state_dict(loaded['state_dict'], strict=True)
 
@@ -402,13 +403,16 @@ def test_authors_lors_checkpoint_loads_into_the_published_config(tmp_path):
     assert worst <= 1e-10
 
 
-def test_settings_mismatches_name_the_key():
-    settings = dict(type='LorsAdaMixerDecoder', n_groups=2,
-                    num_terms=[1, 1, 2, 2, 3, 3], core_sizes=[16] * 6)
+@pytest.mark.parametrize('recorded_as', ['adaptive_terms', 'num_terms'])
+def test_settings_mismatches_name_the_key(recorded_as):
+    """Checkpoints converted before the rename recorded K_i as num_terms."""
+    settings = {'type': 'LorsAdaMixerDecoder', 'n_groups': 2,
+                recorded_as: [1, 1, 2, 2, 3, 3], 'core_sizes': [16] * 6}
     cfg = dict(type='LorsAdaMixerDecoder', num_stages=6, n_groups=2,
-               num_terms=[2, 2, 4, 4, 6, 6], core_sizes=16)
+               adaptive_terms=[2, 2, 4, 4, 6, 6], core_sizes=16)
     assert settings_mismatches(settings, cfg) == [
-        'num_terms: checkpoint [1, 1, 2, 2, 3, 3], config [2, 2, 4, 4, 6, 6]'
+        'adaptive_terms: checkpoint [1, 1, 2, 2, 3, 3], config '
+        '[2, 2, 4, 4, 6, 6]'
     ]
 
 

@@ -39,7 +39,7 @@ def lors_decoder_cfg(**overrides) -> ConfigDict:
         in_points=P_IN,
         out_points=P_OUT,
         core_sizes=4,
-        num_terms=[1, 2, 3],
+        adaptive_terms=[1, 2, 3],
         out_proj_ranks=[2, 3, 4],
         bbox_head=dict(type='LorsAdaMixerDecoderStage', **STAGE),
         test_cfg=dict(max_per_img=10))
@@ -233,13 +233,14 @@ def test_mixing_modules_match_the_written_out_mixing():
 @pytest.mark.parametrize('per_group_factors', [True, False])
 def test_per_stage_private_sizes(per_group_factors):
     decoder = build_lors_decoder(
-        core_sizes=[2, 3, 4], num_terms=[3, 1, 2], out_proj_ranks=[1, 5, 2],
+        core_sizes=[2, 3, 4], adaptive_terms=[3, 1, 2],
+        out_proj_ranks=[1, 5, 2],
         per_group_factors=per_group_factors)
     rows = G if per_group_factors else 1
     for stage, k, terms, rank in zip(decoder.bbox_head, [2, 3, 4], [3, 1, 2],
                                      [1, 5, 2]):
         generator = stage.adaptive_mixing.generator
-        assert generator.core_size == k and generator.num_terms == terms
+        assert generator.core_size == k and generator.adaptive_terms == terms
         assert generator.per_group_factors == per_group_factors
         assert generator.lors_L[0].shape == (rows * terms, C // G, k)
         assert generator.lors_R[0].shape == (rows * terms, k, C // G)
@@ -311,15 +312,18 @@ def test_linear_factor_init_is_the_library_default():
 @pytest.mark.parametrize(
     'overrides, match',
     [
-        (dict(num_terms=[1, 2]), 'num_terms has 2 entries'),
+        (dict(adaptive_terms=[1, 2]), 'adaptive_terms has 2 entries'),
         (dict(core_sizes=[4, 4, 4, 4]), 'core_sizes has 4 entries'),
         (dict(out_proj_ranks=[2, 2]), 'out_proj_ranks has 2 entries'),
         (dict(core_sizes=9), r'core_sizes\[0\] = 9 is out of range'),
         (dict(core_sizes=[4, 0, 4]), r'core_sizes\[1\] = 0'),
-        (dict(num_terms=[1, 0, 1]), r'num_terms\[1\] = 0'),
+        (dict(adaptive_terms=[1, 0, 1]), r'adaptive_terms\[1\] = 0'),
         (dict(out_proj_ranks=[2, 2, 0]), r'out_proj_ranks\[2\] = 0'),
         (dict(out_proj_ranks=D + 1), r'out_proj_ranks\[0\]'),
-        (dict(num_terms='2'), 'num_terms must be an int'),
+        (dict(adaptive_terms='2'), 'adaptive_terms must be an int'),
+        (dict(num_terms=[1, 2, 3]), 'num_terms was renamed adaptive_terms '
+         r'\(K_i, adaptive cores per stage\); num_terms is the static '
+         "residual's term count of model.lors.decoder"),
         (dict(factor_init='xavier'), 'factor_init must be one of'),
         (dict(per_group_factors='yes'), 'per_group_factors must be a bool'),
         (dict(n_groups=3), 'n_groups=3 must divide feat_channels=32'),

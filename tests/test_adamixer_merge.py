@@ -107,7 +107,7 @@ def test_published_config_merges_into_adamixer_of_the_same_geometry():
     assert (roi_head.n_groups, roi_head.in_points, roi_head.out_points) == \
         (2, 64, 128)
     assert roi_head.bbox_head.type == 'AdaMixerDecoderStage'
-    for key in ('core_sizes', 'num_terms', 'out_proj_ranks',
+    for key in ('core_sizes', 'adaptive_terms', 'out_proj_ranks',
                 'per_group_factors', 'factor_init'):
         assert key not in roi_head
     with pytest.raises(ValueError, match='LorsAdaMixerDecoder'):

@@ -12,11 +12,11 @@ C, P_IN, P_OUT, GROUPS, QUERY_DIM = 16, 8, 12, 2, 24
 SHAPES = [(C, C), (P_OUT, P_IN)]
 
 
-def build(core_size=4, num_terms=2, seed=0, recompute=True,
+def build(core_size=4, adaptive_terms=2, seed=0, recompute=True,
           per_group_factors=False, factor_init='linear'):
     torch.manual_seed(seed)
     shared = SharedGenerator(QUERY_DIM, GROUPS, SHAPES, num_layers=3)
-    return shared, LorsAdaptive(shared, core_size, num_terms, recompute,
+    return shared, LorsAdaptive(shared, core_size, adaptive_terms, recompute,
                                 per_group_factors, factor_init)
 
 
@@ -39,20 +39,20 @@ def mix(matrices: GeneratedMatrices, x, fast: bool):
 def reference_matrix(shared, layer, query, j):
     """M_shared(q) + sum_t L_t Z_t(q) R_t, written out term by term."""
     m, n = SHAPES[j]
-    k, num_terms = layer.core_size, layer.num_terms
+    k, adaptive_terms = layer.core_size, layer.adaptive_terms
     # Per group, the generator's output lists the matrices one after another.
     start = sum(a * b for a, b in SHAPES[:j])
     params = shared.generator(query).reshape(*query.shape[:-1], GROUPS, -1)
     matrix = params[..., start:start + m * n].reshape(*query.shape[:-1],
                                                       GROUPS, m, n)
     cores = layer.core_generator(query).reshape(*query.shape[:-1], len(SHAPES),
-                                                GROUPS, num_terms, k, k)
+                                                GROUPS, adaptive_terms, k, k)
     terms = []
     for g in range(GROUPS):
         group_matrix = matrix[..., g, :, :]
-        for t in range(num_terms):
+        for t in range(adaptive_terms):
             # per-group factors: row g * K + t; shared: row t for every g
-            row = g * num_terms + t if layer.per_group_factors else t
+            row = g * adaptive_terms + t if layer.per_group_factors else t
             group_matrix = group_matrix + (
                 layer.lors_L[j][row] @ cores[..., j, g, t, :, :]
                 @ layer.lors_R[j][row])
@@ -61,7 +61,7 @@ def reference_matrix(shared, layer, query, j):
 
 
 def test_shapes_and_registration():
-    shared, layer = build(core_size=4, num_terms=3)
+    shared, layer = build(core_size=4, adaptive_terms=3)
     assert shared.generator.out_features == GROUPS * (C * C + P_OUT * P_IN)
     assert layer.core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
     assert [tuple(p.shape) for p in layer.lors_L] == [(3, C, 4), (3, P_OUT, 4)]
@@ -79,7 +79,8 @@ def test_shapes_and_registration():
 
 
 def test_per_group_factors_have_one_row_per_group_and_term():
-    shared, layer = build(core_size=4, num_terms=3, per_group_factors=True)
+    shared, layer = build(core_size=4, adaptive_terms=3,
+                          per_group_factors=True)
     assert [tuple(p.shape) for p in layer.lors_L] == [
         (GROUPS * 3, C, 4), (GROUPS * 3, P_OUT, 4)]
     assert [tuple(p.shape) for p in layer.lors_R] == [
@@ -101,7 +102,7 @@ def test_factor_init_bounds(per_group_factors):
     """'linear': U(+-1/sqrt(cols)) per term; 'kaiming': kaiming_uniform_'s
     default U(+-sqrt(6 / (rows * cols))) of the stored 3-D tensor."""
     for factor_init in ('linear', 'kaiming'):
-        _, layer = build(core_size=4, num_terms=3, seed=1,
+        _, layer = build(core_size=4, adaptive_terms=3, seed=1,
                          per_group_factors=per_group_factors,
                          factor_init=factor_init)
         for factor in (*layer.lors_L, *layer.lors_R):
@@ -136,7 +137,8 @@ def test_init_equals_shared_and_shared_is_query_independent():
 
 @pytest.mark.parametrize('per_group_factors', [False, True])
 def test_materialise_matches_term_by_term_reference(per_group_factors):
-    shared, layer = build(num_terms=3, per_group_factors=per_group_factors)
+    shared, layer = build(adaptive_terms=3,
+                          per_group_factors=per_group_factors)
     randomise(shared, layer)
     query = torch.randn(2, 3, QUERY_DIM)
     generated = layer(query)
@@ -147,10 +149,11 @@ def test_materialise_matches_term_by_term_reference(per_group_factors):
 
 @pytest.mark.parametrize('per_group_factors', [False, True])
 @pytest.mark.parametrize('recompute', [True, False])
-@pytest.mark.parametrize('num_terms', [1, 3])
-def test_fast_equals_materialised_values_and_gradients(num_terms, recompute,
+@pytest.mark.parametrize('adaptive_terms', [1, 3])
+def test_fast_equals_materialised_values_and_gradients(adaptive_terms,
+                                                       recompute,
                                                        per_group_factors):
-    shared, layer = build(num_terms=num_terms, recompute=recompute,
+    shared, layer = build(adaptive_terms=adaptive_terms, recompute=recompute,
                           per_group_factors=per_group_factors)
     randomise(shared, layer)
     query = torch.randn(2, 5, QUERY_DIM)
@@ -191,7 +194,7 @@ def test_recompute_stores_less_and_gives_the_same_gradients():
     x = torch.randn(2, 5, GROUPS, P_IN, C, requires_grad=True)
     saved, grads = [], []
     for recompute in (False, True):
-        shared, layer = build(num_terms=3, recompute=recompute)
+        shared, layer = build(adaptive_terms=3, recompute=recompute)
         randomise(shared, layer)
         saved.append(saved_storage_bytes(layer, query, x))
         grads.append([p.grad for p in layer.parameters()])
@@ -282,7 +285,8 @@ def test_lors_adaptive_validation():
     shared = SharedGenerator(8, 2, [(6, 6), (5, 3)], 2)
     with pytest.raises(ValueError, match=r'core_size must be > 0, got 0'):
         LorsAdaptive(shared, 0, 1)
-    with pytest.raises(ValueError, match=r'num_terms must be > 0, got -1'):
+    with pytest.raises(ValueError,
+                       match=r'adaptive_terms must be > 0, got -1'):
         LorsAdaptive(shared, 2, -1)
     with pytest.raises(ValueError,
                        match=r'core_size=4 for shape \(5, 3\)'):
@@ -295,7 +299,8 @@ def test_lors_adaptive_validation():
 def test_to_linear_generates_the_same_matrices(per_group_factors):
     """The merged generator (shared + folded private residual) gives the
     layer's full matrices for every query, in float64 to rounding."""
-    shared, layer = build(num_terms=3, per_group_factors=per_group_factors)
+    shared, layer = build(adaptive_terms=3,
+                          per_group_factors=per_group_factors)
     shared.double()
     layer.double()
     randomise(shared, layer)

@@ -85,7 +85,7 @@ BLOCKED_RUN = textwrap.dedent('''
 
 EXTRA_USES = """
     generator = lors.SharedGenerator(8, 2, [(4, 4), (6, 3)], num_layers=2)
-    adaptive = lors.LorsAdaptive(generator, core_size=2, num_terms=2)
+    adaptive = lors.LorsAdaptive(generator, core_size=2, adaptive_terms=2)
     matrices = adaptive(torch.randn(5, 8))
     out = matrices.apply_left(1, matrices.apply_right(torch.randn(5, 2, 3, 4), 0))
     assert out.shape == (5, 2, 6, 4)

@@ -63,31 +63,33 @@ def test_max_useful_terms_is_tight_when_k_divides(m, n, k):
 
 def test_check_adaptive_terms_takes_the_largest_matrix():
     shapes = {'M': (16, 16), 'S': (12, 8)}  # k=4: 16 and 6 terms
-    assert check_adaptive_terms(16, 4, shapes, 'num_terms[2]') == 16
+    assert check_adaptive_terms(16, 4, shapes, 'adaptive_terms[2]') == 16
     with pytest.raises(ValueError,
-                       match=r'num_terms\[2\] = 17 is out of range \[1, 16\]:'
+                       match=r'adaptive_terms\[2\] = 17 is out of range '
+                       r'\[1, 16\]:'
                        r'.*M 16x16 takes 16, S 12x8 takes 6'):
-        check_adaptive_terms(17, 4, shapes, 'num_terms[2]')
-    with pytest.raises(ValueError, match=r'num_terms\[0\] must be > 0'):
-        check_adaptive_terms(0, 4, shapes, 'num_terms[0]')
-    with pytest.raises(TypeError, match=r'num_terms\[0\] must be an int'):
-        check_adaptive_terms(2.0, 4, shapes, 'num_terms[0]')
+        check_adaptive_terms(17, 4, shapes, 'adaptive_terms[2]')
+    with pytest.raises(ValueError, match=r'adaptive_terms\[0\] must be > 0'):
+        check_adaptive_terms(0, 4, shapes, 'adaptive_terms[0]')
+    with pytest.raises(TypeError, match=r'adaptive_terms\[0\] must be an int'):
+        check_adaptive_terms(2.0, 4, shapes, 'adaptive_terms[0]')
 
 
-def lors_decoder(num_terms) -> ConfigDict:
+def lors_decoder(adaptive_terms) -> ConfigDict:
     # c = 32 / 2 = 16, S = 12 x 8, k = 4: M takes 16 terms, S 6
     return ConfigDict(
         type='LorsAdaMixerDecoder', num_stages=3, stage_loss_weights=[1, 1, 1],
         content_dim=32, feat_channels=32, n_groups=2, in_points=8,
-        out_points=12, core_sizes=4, num_terms=num_terms, out_proj_ranks=2,
+        out_points=12, core_sizes=4, adaptive_terms=adaptive_terms,
+        out_proj_ranks=2,
         bbox_head=dict(type='LorsAdaMixerDecoderStage', num_classes=3,
                        num_heads=4, feedforward_channels=16))
 
 
 def test_lors_adamixer_refuses_terms_beyond_the_bound():
     decoder = MODELS.build(lors_decoder([16, 1, 6]))
-    assert decoder.num_terms == [16, 1, 6]
-    with pytest.raises(ValueError, match=r'num_terms\[1\] = 17 is out of '
+    assert decoder.adaptive_terms == [16, 1, 6]
+    with pytest.raises(ValueError, match=r'adaptive_terms\[1\] = 17 is out of '
                        r'range \[1, 16\]: 16 terms of 4x4 cores'):
         MODELS.build(lors_decoder([1, 17, 1]))
 
@@ -102,7 +104,7 @@ def test_published_sizes_bound():
     bound = max(max_useful_terms((c, c), 16),
                 max_useful_terms((dec.out_points, dec.in_points), 16))
     assert bound == 64
-    assert max(dec.num_terms) * dec.n_groups <= bound
+    assert max(dec.adaptive_terms) * dec.n_groups <= bound
 
 
 def run_report(argv, monkeypatch, capsys) -> str:
@@ -118,7 +120,7 @@ def run_report(argv, monkeypatch, capsys) -> str:
 def test_param_report_prints_an_increase_as_such(terms, monkeypatch, capsys):
     """Toy LORS-AdaMixer (c = 16, S = 32 x 16, k = 8: bound 8 terms): the
     defaults save parameters, 8 terms in every stage cost more than dense."""
-    options = ['--cfg-options', f'model.roi_head.num_terms={terms}']
+    options = ['--cfg-options', f'model.roi_head.adaptive_terms={terms}']
     report = json.loads(run_report([TOY_LORS, '--json', *options],
                                    monkeypatch, capsys))
     text = run_report([TOY_LORS, *options], monkeypatch, capsys)

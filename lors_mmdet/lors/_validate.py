@@ -50,32 +50,33 @@ def max_useful_terms(shape: Tuple[int, int], core_size: int) -> int:
     return math.ceil(m / core_size) * math.ceil(n / core_size)
 
 
-def check_adaptive_terms(num_terms: int, core_size: int,
+def check_adaptive_terms(adaptive_terms: int, core_size: int,
                          shapes: Mapping[str, Tuple[int, int]],
                          name: str) -> int:
-    """Return ``num_terms`` unless no matrix of ``shapes`` can use that many.
+    """Return ``adaptive_terms`` unless no matrix of ``shapes`` can use that
+    many.
 
     The same ``K`` terms correct every matrix of a layer, so the bound is the
     largest :func:`max_useful_terms` of them: above it every matrix is already
     fully covered.
 
     Args:
-        num_terms: ``K`` (checked to be a positive int).
+        adaptive_terms: ``K`` (checked to be a positive int).
         core_size: ``k``.
         shapes: a description of each generated matrix -> its ``(m, n)``,
             e.g. ``{'channel-mixing M': (c, c)}``.
         name: the config key, used in the error message.
     """
-    check_positive_int(num_terms, name)
+    check_positive_int(adaptive_terms, name)
     limits = {label: max_useful_terms(shape, core_size)
               for label, shape in shapes.items()}
     bound = max(limits.values())
-    if num_terms > bound:
+    if adaptive_terms > bound:
         tiles = ', '.join(f'{label} {m}x{n} takes {limits[label]}'
                           for label, (m, n) in shapes.items())
         raise ValueError(
-            f'{name} = {num_terms} is out of range [1, {bound}]: {bound} terms '
-            f'of {core_size}x{core_size} cores already tile every matrix they '
-            f'correct ({tiles}), so more terms add parameters but nothing the '
-            'private residual could express')
-    return num_terms
+            f'{name} = {adaptive_terms} is out of range [1, {bound}]: '
+            f'{bound} terms of {core_size}x{core_size} cores already tile '
+            f'every matrix they correct ({tiles}), so more terms add '
+            'parameters but nothing the private residual could express')
+    return adaptive_terms

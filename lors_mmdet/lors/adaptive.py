@@ -97,8 +97,8 @@ def _block_diagonal(cores: Tensor) -> Tensor:
     cores on a block diagonal every step is one plain (batched) GEMM, with no
     reshuffling copies in between.
     """
-    num_terms = cores.shape[-3]
-    eye = torch.eye(num_terms, dtype=cores.dtype, device=cores.device)
+    terms = cores.shape[-3]
+    eye = torch.eye(terms, dtype=cores.dtype, device=cores.device)
     blocks = torch.einsum('...tij,ts->...tisj', cores, eye)
     return blocks.flatten(-4, -3).flatten(-2)
 
@@ -156,9 +156,9 @@ class GeneratedMatrices:
         without the F dim when the groups share the factors (one GEMM over
         the whole batch), else with it (broadcast over the group dim)."""
         left, right = self.lefts[j], self.rights[j]
-        num_factors, num_terms, m, k = left.shape
-        left = left.transpose(1, 2).reshape(num_factors, m, num_terms * k)
-        right = right.reshape(num_factors, num_terms * k, -1)
+        num_factors, terms, m, k = left.shape
+        left = left.transpose(1, 2).reshape(num_factors, m, terms * k)
+        right = right.reshape(num_factors, terms * k, -1)
         if num_factors == 1:
             left, right = left[0], right[0]
         return left, self.cores[j], right
@@ -209,14 +209,14 @@ class GeneratedMatrices:
         """
         left, cores, right = self.lefts[j], self.cores[j], self.rights[j]
         groups = cores.shape[-4]
-        num_factors, num_terms, m, k = left.shape
-        left = left.expand(groups, num_terms, m, k)
+        num_factors, terms, m, k = left.shape
+        left = left.expand(groups, terms, m, k)
         right = right.expand(groups, *right.shape[1:])
         # (G, K, m, k) x (..., G, K, k, k) -> (..., G, m, K*k), then one
         # product with R (G, K*k, n).
         lz = torch.einsum('gtmk,...gtkl->...gmtl', left, cores).flatten(-2)
         return self.shared[j] + torch.matmul(
-            lz, right.reshape(groups, num_terms * k, -1))
+            lz, right.reshape(groups, terms * k, -1))
 
 
 def _uniform_like_linear_(factor: Tensor) -> None:
@@ -255,7 +255,9 @@ class LorsAdaptive(nn.Module):
     Args:
         shared: the stack's shared generator.
         core_size: size ``k`` of each core.
-        num_terms: number ``K`` of low-rank terms per matrix.
+        adaptive_terms: number ``K`` of adaptive low-rank terms per matrix
+            (query-generated cores; not the ``num_terms`` of a static
+            :class:`~lors_mmdet.lors.LorsLinear`).
         recompute: in the factored products, recompute the low-rank
             intermediates in backward rather than store them. Defaults to
             True (see ``docs/lors_library.md`` for the measured effect).
@@ -270,7 +272,7 @@ class LorsAdaptive(nn.Module):
     """
 
     def __init__(self, shared: SharedGenerator, core_size: int,
-                 num_terms: int, recompute: bool = True,
+                 adaptive_terms: int, recompute: bool = True,
                  per_group_factors: bool = False,
                  factor_init: str = 'linear') -> None:
         super().__init__()
@@ -278,7 +280,7 @@ class LorsAdaptive(nn.Module):
             raise TypeError(f'shared must be a SharedGenerator, got '
                             f'{type(shared).__name__}')
         check_positive_int(core_size, 'core_size')
-        check_positive_int(num_terms, 'num_terms')
+        check_positive_int(adaptive_terms, 'adaptive_terms')
         for m, n in shared.shapes:
             if core_size > min(m, n):
                 raise ValueError(
@@ -287,19 +289,20 @@ class LorsAdaptive(nn.Module):
         # In __dict__, not registered (see LorsLinear).
         object.__setattr__(self, '_shared', shared)
         self.core_size = core_size
-        self.num_terms = num_terms
+        self.adaptive_terms = adaptive_terms
         self.recompute = recompute
         if not isinstance(per_group_factors, bool):
             raise TypeError(f'per_group_factors must be a bool, got '
                             f'{per_group_factors!r}')
         self.per_group_factors = per_group_factors
         self.factor_init = check_factor_init(factor_init)
-        rows = shared.groups * num_terms if per_group_factors else num_terms
+        rows = (shared.groups * adaptive_terms if per_group_factors
+                else adaptive_terms)
         weight = shared.generator.weight
         factory = dict(device=weight.device, dtype=weight.dtype)
         self.core_generator = nn.Linear(
             shared.query_dim,
-            len(shared.shapes) * shared.groups * num_terms * core_size**2,
+            len(shared.shapes) * shared.groups * adaptive_terms * core_size**2,
             **factory)
         self.lors_L = nn.ParameterList(
             nn.Parameter(torch.empty(rows, m, core_size, **factory))
@@ -324,7 +327,7 @@ class LorsAdaptive(nn.Module):
     def _factor_views(self, factors: nn.ParameterList) -> List[Tensor]:
         """The stored factors as (F, K, rows, cols) views, F = G or 1."""
         num_factors = self.shared.groups if self.per_group_factors else 1
-        return [f.view(num_factors, self.num_terms, *f.shape[1:])
+        return [f.view(num_factors, self.adaptive_terms, *f.shape[1:])
                 for f in factors]
 
     def forward(self, query: Tensor) -> GeneratedMatrices:
@@ -332,7 +335,7 @@ class LorsAdaptive(nn.Module):
         shared = self.shared(query)
         k = self.core_size
         cores = self.core_generator(query).unflatten(
-            -1, (len(shared), self.shared.groups, self.num_terms, k, k))
+            -1, (len(shared), self.shared.groups, self.adaptive_terms, k, k))
         return GeneratedMatrices(shared, cores.unbind(-5),
                                  self._factor_views(self.lors_L),
                                  self._factor_views(self.lors_R),
@@ -356,9 +359,9 @@ class LorsAdaptive(nn.Module):
         generator = shared.generator
         query_dim = shared.query_dim
         cores_w = self.core_generator.weight.view(
-            len(shared.shapes), groups, self.num_terms, k, k, query_dim)
+            len(shared.shapes), groups, self.adaptive_terms, k, k, query_dim)
         cores_b = self.core_generator.bias.view(
-            len(shared.shapes), groups, self.num_terms, k, k)
+            len(shared.shapes), groups, self.adaptive_terms, k, k)
         weight = generator.weight.view(groups, -1, query_dim).clone()
         bias = generator.bias.view(groups, -1).clone()
         lefts = self._factor_views(self.lors_L)
@@ -383,7 +386,8 @@ class LorsAdaptive(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return (f'core_size={self.core_size}, num_terms={self.num_terms}, '
+        return (f'core_size={self.core_size}, '
+                f'adaptive_terms={self.adaptive_terms}, '
                 f'recompute={self.recompute}, '
                 f'per_group_factors={self.per_group_factors}, '
                 f'factor_init={self.factor_init!r}')

@@ -183,14 +183,18 @@ class LorsStackConfig:
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         return [list(range(s, s + n)) for s, n in zip(starts, sizes)]
 
-    def select(self, paths: Sequence[str]) -> List[str]:
+    def select(self, paths: Sequence[str], check: bool = True) -> List[str]:
         """The projections of ``paths`` picked by ``include`` / ``exclude``.
+
+        Args:
+            paths: projection paths inside a layer.
+            check: raise when a pattern selects none of ``paths``.
 
         Raises:
             ValueError: a pattern selects nothing (a typo would otherwise
                 silently share something else or nothing).
         """
-        for name in ('include', 'exclude'):
+        for name in ('include', 'exclude') if check else ():
             for pattern in getattr(self, name):
                 if not any(matches(p, pattern) for p in paths):
                     raise ValueError(

@@ -171,14 +171,16 @@ def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool, type]]:
     return found
 
 
-def _check_layers(owner: nn.Module, layers: Sequence[nn.Module],
-                  name: str) -> Dict[str, Tuple[int, int, bool, type]]:
+def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
+                  config: LorsStackConfig
+                  ) -> Dict[str, Tuple[int, int, bool, type]]:
     """Check the stack; return the projections common to all its layers.
 
     A projection present in only some layers (Conditional-DETR drops the
     ``qpos_proj`` of all but the first decoder layer) is no stack member:
-    it stays private. One present everywhere must have the same type and
-    shape everywhere.
+    it stays private. One that ``config`` selects must have the same type and
+    shape in every layer; the others may differ (they stay private), e.g.
+    LORS-AdaMixer's per-stage adaptive core generators.
     """
     if isinstance(owner, _CONTAINERS):
         raise TypeError(f'owner must be the module holding the stack, not a '
@@ -198,22 +200,26 @@ def _check_layers(owner: nn.Module, layers: Sequence[nn.Module],
         for path, spec in per_layer[0].items()
         if all(path in found for found in per_layer)
     }
-    for index, (layer, found) in enumerate(zip(layers, per_layer)):
+    for index, layer in enumerate(layers):
         if id(layer) not in inside:
             raise ValueError(f'layer {index} is not a submodule of the owner '
                              f'{type(owner).__name__}')
         if type(layer) is not type(layers[0]):
             raise ValueError(f'layer {index} is a {type(layer).__name__}, '
                              f'layer 0 a {type(layers[0]).__name__}')
-        for path, spec in common.items():
-            if found[path] != spec:
-                raise ValueError(
-                    f'layer {index} differs from layer 0 at {path!r}: '
-                    f'(in, out, bias, type) = {found[path]}, layer 0 has '
-                    f'{spec}')
     if not common:
         raise ValueError(f'the layers ({type(layers[0]).__name__}) have no '
                          f'nn.Linear or nn.MultiheadAttention in common')
+    key = config.key
+    for path in config.select(list(common)):
+        for index, found in enumerate(per_layer):
+            if found[path] != common[path]:
+                raise ValueError(
+                    f'{key}: layer {index} differs from layer 0 at {path!r}: '
+                    f'(in, out, bias, type) = {found[path]}, layer 0 has '
+                    f'{common[path]}; only a projection identical in every '
+                    f'layer can be shared, and {key}.include / {key}.exclude '
+                    f'select this one')
     return common
 
 
@@ -264,7 +270,7 @@ def apply_lors(owner: nn.Module,
                          'modules')
     layers = list(layers)
     config = LorsStackConfig.from_dict(config, key)
-    projections = _check_layers(owner, layers, name)
+    projections = _check_layers(owner, layers, name, config)
     plans = config.plan({p: s[:2] for p, s in projections.items()},
                         len(layers))
     groups = config.group_layers(len(layers))

@@ -117,7 +117,7 @@ def main() -> None:
     torch.manual_seed(0)
     shared = SharedGenerator(dim, groups, [(channels, channels),
                                            (p_out, p_in)], num_layers=6)
-    layer = LorsAdaptive(shared, core_size=16, num_terms=3)
+    layer = LorsAdaptive(shared, core_size=16, adaptive_terms=3)
     with torch.no_grad():  # a trained state: nothing is zero
         shared.generator.weight.normal_(std=0.01)
         layer.core_generator.weight.normal_(std=0.01)

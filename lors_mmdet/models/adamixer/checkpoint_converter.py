@@ -76,6 +76,8 @@ _STAGE_RENAMES = (
 )
 _LORS_PREFIX = 'roi_head.adaptive_mixing.'
 _STAGE_KEY = re.compile(r'^roi_head\.bbox_head\.(\d+)\.(.*)$')
+# decoder settings recorded under an older name: {old: new}
+_RENAMED_SETTINGS = {'num_terms': 'adaptive_terms'}
 
 
 def detect_release(state_dict: Mapping[str, Tensor]) -> str:
@@ -122,7 +124,7 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
     if stages != list(range(len(stages))) or not stages:
         raise KeyError(f'expected {prefix}ml_parameters.0 .. N-1, found '
                        f'stages {stages}')
-    settings = dict(core_sizes=[], num_terms=[], out_proj_ranks=[])
+    settings = dict(core_sizes=[], adaptive_terms=[], out_proj_ranks=[])
     for s in stages:
         ml = _require(state, f'{prefix}ml_parameters.{s}')  # (G*K, c, k)
         mr = _require(state, f'{prefix}mr_parameters.{s}')  # (G*K, k, c)
@@ -164,7 +166,7 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
             out[f'roi_head.bbox_head.{s}.mixing_norm.{name}'] = _require(
                 state, f'{prefix}out_norm.{s}.{name}')
         settings['core_sizes'].append(int(k))
-        settings['num_terms'].append(int(group_terms // groups))
+        settings['adaptive_terms'].append(int(group_terms // groups))
         settings['out_proj_ranks'].append(int(out_a.shape[0]))
     settings.update(
         type='LorsAdaMixerDecoder',
@@ -223,6 +225,7 @@ def settings_mismatches(settings: Mapping, roi_head_cfg: Mapping) -> List[str]:
     lines = []
     num_stages = roi_head_cfg.get('num_stages', 6)
     for key, value in settings.items():
+        key = _RENAMED_SETTINGS.get(key, key)  # meta of older conversions
         if key not in roi_head_cfg:
             continue
         expected = roi_head_cfg[key]
@@ -249,7 +252,7 @@ def convert_adamixer_state_dict(
         ``dropped`` (keys with no counterpart) and ``decoder``: the decoder
         settings the shapes imply (``type``, ``n_groups``, ``in_points``,
         ``out_points``, ``feat_channels`` and for LORS-AdaMixer
-        ``core_sizes``, ``num_terms``, ``out_proj_ranks``,
+        ``core_sizes``, ``adaptive_terms``, ``out_proj_ranks``,
         ``per_group_factors``).
 
     Raises:

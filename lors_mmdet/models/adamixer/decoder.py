@@ -17,6 +17,10 @@ from lors_mmdet.lors._validate import check_adaptive_terms
 from lors_mmdet.lors.static import check_factor_init
 from .mixing import check_mixing_dims
 
+RENAMED_NUM_TERMS = (
+    'num_terms was renamed adaptive_terms (K_i, adaptive cores per stage); '
+    'num_terms is the static residual\'s term count of model.lors.decoder')
+
 
 @MODELS.register_module()
 class AdaMixerDecoder(CascadeRoIHead):
@@ -266,9 +270,10 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
     The adaptive mixing of all stages shares ONE parameter generator (for the
     channel matrix M and the spatial matrix S) and ONE output projection, both
     registered here; each stage adds private low-rank residuals: an adaptive
-    one (``num_terms`` query-generated cores of size ``core_size``) to M and
-    S, and a static one of rank ``out_proj_rank`` to the projection. All other
-    stage weights stay private.
+    one (``adaptive_terms`` query-generated cores of size ``core_size``) to M
+    and S, and a static one of rank ``out_proj_rank`` to the projection. The
+    other stage weights stay private unless the detector's ``lors=dict(
+    decoder=...)`` shares them (:class:`~lors_mmdet.models.adamixer.AdaMixer`).
 
     The mixing sizes (``feat_channels``, ``in_points``, ``out_points``,
     ``n_groups``) are those of the decoder, for all stages: a stage config
@@ -278,11 +283,13 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
         num_stages (int): Number of stages. Defaults to 6.
         core_sizes (int | Sequence[int]): k of each stage, in
             [1, min(c, P_in, P_out)]. Defaults to 16.
-        num_terms (int | Sequence[int]): K_i of each stage, in [1, the
+        adaptive_terms (int | Sequence[int]): K_i of each stage, in [1, the
             terms needed to tile the larger of M (c x c) and S (P_out x P_in)
             with k x k cores] (see
             ``lors_mmdet.lors._validate.max_useful_terms``).
-            Defaults to (1, 1, 2, 2, 3, 3).
+            Defaults to (1, 1, 2, 2, 3, 3). (Formerly ``num_terms``, which
+            now raises: ``num_terms`` is the static residual's term count of
+            ``model.lors.decoder``.)
         out_proj_ranks (int | Sequence[int]): r of each stage, in
             [1, min(c * P_out * G, content_dim)]. Defaults to 8.
         per_group_factors (bool): Every mixing group has its own static
@@ -302,7 +309,8 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
     def __init__(self,
                  num_stages: int = 6,
                  core_sizes: Union[int, Sequence[int]] = 16,
-                 num_terms: Union[int, Sequence[int]] = (1, 1, 2, 2, 3, 3),
+                 adaptive_terms: Union[int, Sequence[int]] = (1, 1, 2, 2,
+                                                              3, 3),
                  out_proj_ranks: Union[int, Sequence[int]] = 8,
                  per_group_factors: bool = True,
                  factor_init: str = 'kaiming',
@@ -313,6 +321,8 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
                  out_points: int = 128,
                  bbox_head: ConfigType = dict(type='LorsAdaMixerDecoderStage'),
                  **kwargs) -> None:
+        if 'num_terms' in kwargs:
+            raise TypeError(RENAMED_NUM_TERMS)
         if not isinstance(num_stages, int) or num_stages <= 0:
             raise ValueError(
                 f'num_stages must be a positive int, got {num_stages!r}')
@@ -322,13 +332,15 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
         self.core_sizes = self._per_stage(
             'core_sizes', core_sizes, num_stages, 1,
             min(group_channels, in_points, out_points))
-        self.num_terms = self._per_stage('num_terms', num_terms, num_stages, 1,
-                                         None)
+        self.adaptive_terms = self._per_stage('adaptive_terms',
+                                              adaptive_terms, num_stages, 1,
+                                              None)
         for stage, (k, terms) in enumerate(zip(self.core_sizes,
-                                               self.num_terms)):
+                                               self.adaptive_terms)):
             shapes = {'channel-mixing M': (group_channels, group_channels),
                       'spatial-mixing S': (out_points, in_points)}
-            check_adaptive_terms(terms, k, shapes, f'num_terms[{stage}]')
+            check_adaptive_terms(terms, k, shapes,
+                                 f'adaptive_terms[{stage}]')
         self.out_proj_ranks = self._per_stage('out_proj_ranks', out_proj_ranks,
                                               num_stages, 1,
                                               min(out_proj_in, content_dim))
@@ -396,7 +408,7 @@ class LorsAdaMixerDecoder(AdaMixerDecoder):
             shared_generator=self.shared_mixing_generator,
             shared_out_proj=self.shared_mixing_out_proj,
             core_size=self.core_sizes[stage],
-            num_terms=self.num_terms[stage],
+            adaptive_terms=self.adaptive_terms[stage],
             out_proj_rank=self.out_proj_ranks[stage],
             per_group_factors=self.per_group_factors,
             factor_init=self.factor_init)

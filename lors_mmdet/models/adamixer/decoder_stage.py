@@ -322,7 +322,7 @@ class LorsAdaMixerDecoderStage(AdaMixerDecoderStage):
         shared_generator (SharedGenerator): The stack's mixing generator.
         shared_out_proj (SharedLinear): The stack's mixing output projection.
         core_size (int): Size k of the private adaptive cores.
-        num_terms (int): Number K_i of private adaptive terms.
+        adaptive_terms (int): Number K_i of private adaptive terms.
         out_proj_rank (int): Rank r of the private output-projection residual.
         per_group_factors (bool): Per-group adaptive factors (published).
             Defaults to True.
@@ -335,14 +335,14 @@ class LorsAdaMixerDecoderStage(AdaMixerDecoderStage):
                  shared_generator: nn.Module,
                  shared_out_proj: nn.Module,
                  core_size: int,
-                 num_terms: int,
+                 adaptive_terms: int,
                  out_proj_rank: int,
                  per_group_factors: bool = True,
                  factor_init: str = 'kaiming',
                  **kwargs) -> None:
         # read by _build_mixing during the parent's __init__
         self._lors_args = (shared_generator, shared_out_proj, core_size,
-                           num_terms, out_proj_rank, per_group_factors,
+                           adaptive_terms, out_proj_rank, per_group_factors,
                            factor_init)
         super().__init__(**kwargs)
         del self._lors_args

@@ -8,7 +8,8 @@ into one Linear (:meth:`~lors_mmdet.lors.LorsLinear.to_linear`). The result
 is an :class:`AdaMixerDecoder` with the LORS model's ``n_groups``,
 ``in_points`` and ``out_points`` (G=2, P_in=64 for the published model) that
 runs at plain AdaMixer's cost with any AdaMixer tool, mmdet's ``test.py``
-included.
+included. Static stacks of ``model.lors`` (the stages' attention / FFN...)
+are merged too (:func:`~lors_mmdet.lors.merge_lors`).
 """
 import copy
 import inspect
@@ -20,10 +21,11 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from lors_mmdet.lors import find_lors_stacks, merge_lors
 from .decoder import LorsAdaMixerDecoder
 
 # Keys of LorsAdaMixerDecoder that AdaMixerDecoder does not take.
-_LORS_DECODER_KEYS = ('core_sizes', 'num_terms', 'out_proj_ranks',
+_LORS_DECODER_KEYS = ('core_sizes', 'adaptive_terms', 'out_proj_ranks',
                       'per_group_factors', 'factor_init')
 _STAGE_TYPES = {'LorsAdaMixerDecoderStage': 'AdaMixerDecoderStage'}
 
@@ -52,8 +54,13 @@ def merge_lors_adamixer_state_dict(model: nn.Module) -> 'OrderedDict[str, Tensor
         Every tensor of ``model`` outside the LORS mixing unchanged, and per
         stage ``adaptive_mixing.parameter_generator.{weight,bias}`` and
         ``adaptive_mixing.out_proj.{weight,bias}`` (the keys of
-        :class:`~lors_mmdet.models.adamixer.AdaptiveMixing`).
+        :class:`~lors_mmdet.models.adamixer.AdaptiveMixing`); the layers of
+        ``model.lors`` stacks with their stock keys and merged weights.
     """
+    _lors_decoder(model)
+    if find_lors_stacks(model):
+        model = copy.deepcopy(model)
+        merge_lors(model)
     decoder = _lors_decoder(model)
     merged: Dict[str, Tensor] = OrderedDict()
     lors_prefixes = ('roi_head.shared_mixing_generator.',
@@ -84,7 +91,9 @@ def plain_adamixer_config(cfg: Config) -> Config:
     ``model.roi_head`` becomes an ``AdaMixerDecoder`` with the LORS
     decoder's mixing sizes written out (its defaults differ from the LORS
     decoder's) and ``AdaMixerDecoderStage`` stages; the LORS-only keys are
-    removed. Everything else (backbone, data, schedule, hooks) is kept.
+    removed, ``model.lors`` too (its stacks are merged by
+    :func:`merge_lors_adamixer_state_dict`). Everything else (backbone,
+    data, schedule, hooks) is kept.
 
     Args:
         cfg: a config whose ``model.roi_head`` is a ``LorsAdaMixerDecoder``.
@@ -101,6 +110,7 @@ def plain_adamixer_config(cfg: Config) -> Config:
         roi_head.setdefault(key, signature[key].default)
     for key in _LORS_DECODER_KEYS:
         roi_head.pop(key, None)
+    cfg.model.pop('lors', None)
     roi_head.type = 'AdaMixerDecoder'
     heads = roi_head.bbox_head
     for head in (heads if isinstance(heads, (list, tuple)) else [heads]):

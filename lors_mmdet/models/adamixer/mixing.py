@@ -120,7 +120,7 @@ class LorsAdaptiveMixing(nn.Module):
         shared_out_proj (SharedLinear): Stack-wide output projection
             (``c * P_out * G -> query_dim``, no bias).
         core_size (int): Size k of the private adaptive cores.
-        num_terms (int): Number K_i of adaptive low-rank terms.
+        adaptive_terms (int): Number K_i of adaptive low-rank terms.
         out_proj_rank (int): Rank r of the private residual of the output
             projection.
         per_group_factors (bool): One pair of static factors ``L``, ``R``
@@ -136,7 +136,7 @@ class LorsAdaptiveMixing(nn.Module):
                  shared_generator: nn.Module,
                  shared_out_proj: nn.Module,
                  core_size: int,
-                 num_terms: int,
+                 adaptive_terms: int,
                  out_proj_rank: int,
                  per_group_factors: bool = True,
                  factor_init: str = 'kaiming') -> None:
@@ -144,7 +144,7 @@ class LorsAdaptiveMixing(nn.Module):
         self.generator = LorsAdaptive(
             shared_generator,
             core_size=core_size,
-            num_terms=num_terms,
+            adaptive_terms=adaptive_terms,
             per_group_factors=per_group_factors,
             factor_init=factor_init)
         self.out_proj = LorsLinear(

@@ -3,10 +3,11 @@ Deformable-DETR, DINO, DDQ-DETR): encoder / decoder stacks by stack surgery
 (:mod:`.stacks`), checkpoint conversion by the same surgery (:mod:`.convert`).
 """
 from .stacks import (LorsConditionalDETR, LorsDABDETR, LorsDDQDETR, LorsDETR,
-                     LorsDeformableDETR, LorsDINO, LorsStacksMixin,
-                     parse_lors_cfg)
+                     LorsDeformableDETR, LorsDetrStacksMixin, LorsDINO,
+                     LorsStacksMixin, parse_lors_cfg)
 
 __all__ = [
-    'LorsStacksMixin', 'parse_lors_cfg', 'LorsDETR', 'LorsConditionalDETR',
+    'LorsStacksMixin', 'LorsDetrStacksMixin', 'parse_lors_cfg', 'LorsDETR',
+    'LorsConditionalDETR',
     'LorsDABDETR', 'LorsDeformableDETR', 'LorsDINO', 'LorsDDQDETR'
 ]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lors_mmdet.engine.lors_settings import META_KEY as LORS_SETTINGS_META
 from lors_mmdet.engine.lors_settings import plain
 from lors_mmdet.lors import apply_lors, merge_lors
-from .stacks import LORS_PARTS, LorsStacksMixin, parse_lors_cfg
+from .stacks import LORS_PARTS, LorsDetrStacksMixin, parse_lors_cfg
 
 LORS_KEY = 'model.lors'
 DIRECTIONS = ('to-lors', 'to-stock')
@@ -66,7 +66,7 @@ def lors_and_stock_model_cfgs(cfg, rank: Union[None, int, str] = None):
     lors_cfg = copy.deepcopy(cfg.model)
     model_type = lors_cfg.get('type')
     cls = MODELS.get(model_type) if isinstance(model_type, str) else None
-    if cls is None or not issubclass(cls, LorsStacksMixin):
+    if cls is None or not issubclass(cls, LorsDetrStacksMixin):
         raise ValueError(
             'the config must build a LORS DETR-family detector (model.type '
             f'LorsDETR, LorsDINO, LorsDeformableDETR...), got model.type='
@@ -84,7 +84,7 @@ def lors_and_stock_model_cfgs(cfg, rank: Union[None, int, str] = None):
     stock_cfg.pop('lors')
     # The stock class is the one the LORS class extends (LorsDINO -> DINO).
     stock_cfg.type = next(base for base in cls.__mro__[1:]
-                          if not issubclass(base, LorsStacksMixin)
+                          if not issubclass(base, LorsDetrStacksMixin)
                           and issubclass(base, nn.Module)).__name__
     return lors_cfg, stock_cfg
 

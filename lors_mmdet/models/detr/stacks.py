@@ -1,7 +1,8 @@
 """LORS encoders and decoders for mmdet's DETR family, by stack surgery.
 
 DETR, Conditional-DETR, DAB-DETR, Deformable-DETR (plain, ``with_box_refine``,
-``as_two_stage``), DINO and DDQ-DETR: one mixin, one config key.
+``as_two_stage``), DINO and DDQ-DETR: one mixin, one config key (the same
+key as AdaMixer's, :mod:`lors_mmdet.models.lors_stacks`).
 
 mmdet builds its own detector, unchanged; then
 :func:`~lors_mmdet.lors.apply_lors` turns the ``layers`` of its encoder and /
@@ -21,56 +22,22 @@ Each of ``encoder`` / ``decoder`` is a
 ``ranks``, ``include``, ``exclude``, ``groups``, ``init``); a part left out
 stays stock.
 """
-from typing import Dict, List, Mapping, Optional, Tuple
-
 from mmdet.models.detectors import (DABDETR, DDQDETR, DETR, DINO,
                                     ConditionalDETR, DeformableDETR)
 from mmdet.registry import MODELS
 
-from lors_mmdet.lors import (LorsStack, LorsStackConfig, apply_lors,
-                             find_lors_stacks, init_as_stock)
 from ..distill import PredictionDistillMixin
-
-LORS_PARTS = ('encoder', 'decoder')
-
-
-def parse_lors_cfg(lors: Optional[Mapping],
-                   key: str = 'lors') -> Dict[str, LorsStackConfig]:
-    """Validate ``lors=dict(encoder=..., decoder=...)``.
-
-    Args:
-        lors: the dict, or None (no LORS stack).
-        key: its place in the user's config, for error messages.
-
-    Returns:
-        ``{part: LorsStackConfig}`` of the parts given (not None).
-    """
-    if lors is None:
-        return {}
-    if not isinstance(lors, Mapping):
-        raise TypeError(f'{key} must be a dict with keys {LORS_PARTS}, got '
-                        f'{type(lors).__name__}')
-    unknown = sorted(set(lors) - set(LORS_PARTS))
-    if unknown:
-        raise ValueError(f'unknown key(s) {unknown} in {key}; allowed: '
-                         f'{list(LORS_PARTS)}')
-    return {
-        part: LorsStackConfig.from_dict(cfg, f'{key}.{part}')
-        for part, cfg in lors.items() if cfg is not None
-    }
+# shared with AdaMixer; also importable from here, as before
+from ..lors_stacks import LORS_PARTS, LorsStacksMixin, parse_lors_cfg  # noqa
 
 
-class LorsStacksMixin(PredictionDistillMixin):
-    """Adds ``lors=dict(encoder=..., decoder=...)`` to a DETR-family detector.
+class LorsDetrStacksMixin(LorsStacksMixin, PredictionDistillMixin):
+    """Adds ``lors=dict(encoder=..., decoder=...)`` to a DETR-family detector
+    (:class:`~lors_mmdet.models.lors_stacks.LorsStacksMixin` on the
+    ``layers`` of mmdet's encoder and decoder).
 
-    After mmdet's ``_init_layers`` the selected stacks become LORS stacks
-    (nothing built and thrown away, no layer subclassed). ``init_weights``
-    runs mmdet's own init on the stock modules (it xavier-initialises every
-    matrix, mmcv's deformable attention has its own init) and re-derives the
-    LORS stacks from the result (``init='fresh'``: each shared weight = the
-    first layer's freshly initialised weight, private residuals zero), in
-    place: the optimizer, built by mmengine before ``init_weights``, keeps
-    the parameters the model uses.
+    mmdet's ``init_weights`` xavier-initialises every matrix (mmcv's
+    deformable attention has its own init): it runs on the stock modules.
 
     Optional ``distill=dict(...)``: prediction distillation from a frozen
     stock teacher during a fine-tune (:mod:`lors_mmdet.models.distill`).
@@ -81,34 +48,17 @@ class LorsStacksMixin(PredictionDistillMixin):
         *args, **kwargs: the detector's arguments (and ``distill``).
     """
 
-    def __init__(self, *args, lors: Optional[Mapping] = None,
-                 **kwargs) -> None:
-        # Set before mmdet's __init__, which calls _init_layers.
-        self.lors_cfg = parse_lors_cfg(lors)
-        super().__init__(*args, **kwargs)
-
-    def _init_layers(self) -> None:
-        super()._init_layers()
-        for part, config in self.lors_cfg.items():
-            apply_lors(getattr(self, part), 'layers', config)
-
-    def init_weights(self) -> None:
-        """mmdet's init on the stock modules, then the LORS stacks from it."""
-        with init_as_stock(self):
-            super().init_weights()
-
-    def lors_stacks(self) -> List[Tuple[str, LorsStack]]:
-        """``(path, stack)`` of the model's LORS stacks (for tools)."""
-        return find_lors_stacks(self)
+    lors_stack_paths = {'encoder': 'encoder.layers',
+                        'decoder': 'decoder.layers'}
 
 
 @MODELS.register_module()
-class LorsDETR(LorsStacksMixin, DETR):
+class LorsDETR(LorsDetrStacksMixin, DETR):
     """mmdet's DETR with LORS encoder / decoder stacks (``lors=``)."""
 
 
 @MODELS.register_module()
-class LorsConditionalDETR(LorsStacksMixin, ConditionalDETR):
+class LorsConditionalDETR(LorsDetrStacksMixin, ConditionalDETR):
     """mmdet's Conditional-DETR with LORS stacks (``lors=``).
 
     The ``cross_attn.qpos_proj`` only the first decoder layer has stays a
@@ -117,12 +67,12 @@ class LorsConditionalDETR(LorsStacksMixin, ConditionalDETR):
 
 
 @MODELS.register_module()
-class LorsDABDETR(LorsStacksMixin, DABDETR):
+class LorsDABDETR(LorsDetrStacksMixin, DABDETR):
     """mmdet's DAB-DETR with LORS stacks (``lors=``)."""
 
 
 @MODELS.register_module()
-class LorsDeformableDETR(LorsStacksMixin, DeformableDETR):
+class LorsDeformableDETR(LorsDetrStacksMixin, DeformableDETR):
     """mmdet's Deformable-DETR (also ``with_box_refine`` / ``as_two_stage``)
     with LORS stacks (``lors=``).
 
@@ -135,10 +85,10 @@ class LorsDeformableDETR(LorsStacksMixin, DeformableDETR):
 
 
 @MODELS.register_module()
-class LorsDINO(LorsStacksMixin, DINO):
+class LorsDINO(LorsDetrStacksMixin, DINO):
     """mmdet's DINO with LORS stacks (``lors=``)."""
 
 
 @MODELS.register_module()
-class LorsDDQDETR(LorsStacksMixin, DDQDETR):
+class LorsDDQDETR(LorsDetrStacksMixin, DDQDETR):
     """mmdet's DDQ-DETR with LORS stacks (``lors=``)."""

@@ -1,0 +1,136 @@
+"""``model.lors``: the LORS stacks of a detector, one key for every family.
+
+A detector with :class:`LorsStacksMixin` takes::
+
+    model = dict(
+        ...,
+        lors=dict(
+            decoder=dict(rank=16, include=['ffn'], groups=None),
+            encoder=dict(rank=32)))      # the parts the detector has
+
+Each part is a :class:`~lors_mmdet.lors.LorsStackConfig` dict (``rank``,
+``num_terms``, ``ranks``, ``include``, ``exclude``, ``groups``, ``init``),
+validated by :func:`parse_lors_cfg` and applied by
+:func:`~lors_mmdet.lors.apply_lors` to the stack the detector class names in
+``lors_stack_paths`` (DETR family: ``encoder.layers`` / ``decoder.layers``;
+AdaMixer: the decoder stages ``roi_head.bbox_head``). A part left out stays
+stock.
+"""
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from torch import nn
+
+from lors_mmdet.lors import (LorsStack, LorsStackConfig, apply_lors,
+                             find_lors_stacks, init_as_stock)
+
+LORS_PARTS = ('encoder', 'decoder')
+
+
+def parse_lors_cfg(
+        lors: Optional[Mapping],
+        key: str = 'lors',
+        parts: Sequence[str] = LORS_PARTS,
+        defaults: Optional[Mapping[str, Mapping]] = None,
+        missing: Optional[Mapping[str, str]] = None
+) -> Dict[str, LorsStackConfig]:
+    """Validate ``lors=dict(<part>=..., ...)``.
+
+    Args:
+        lors: the dict, or None (no LORS stack).
+        key: its place in the user's config, for error messages.
+        parts: the parts the detector has (e.g. ``('encoder', 'decoder')``).
+        defaults: ``{part: dict}`` of defaults for keys a part's dict leaves
+            out (a key given replaces its default, lists included).
+        missing: ``{part: why}`` for parts the detector does not have, for
+            a clearer error than "unknown key".
+
+    Returns:
+        ``{part: LorsStackConfig}`` of the parts given (not None).
+    """
+    if lors is None:
+        return {}
+    if not isinstance(lors, Mapping):
+        raise TypeError(f'{key} must be a dict with keys {list(parts)}, got '
+                        f'{type(lors).__name__}')
+    for part in lors:
+        if part not in parts and part in (missing or {}):
+            raise ValueError(f'{key}.{part}: {missing[part]}; allowed keys '
+                             f'of {key}: {list(parts)}')
+    unknown = sorted(set(lors) - set(parts))
+    if unknown:
+        raise ValueError(f'unknown key(s) {unknown} in {key}; allowed: '
+                         f'{list(parts)}')
+    configs = {}
+    for part, cfg in lors.items():
+        if cfg is None:
+            continue
+        if isinstance(cfg, Mapping):
+            cfg = {**(defaults or {}).get(part, {}), **cfg}
+        configs[part] = LorsStackConfig.from_dict(cfg, f'{key}.{part}')
+    return configs
+
+
+class LorsStacksMixin:
+    """Adds ``lors=dict(<part>=...)`` to a detector.
+
+    Once the detector has built its own modules, the stack of each part given
+    becomes a LORS stack (nothing built and thrown away, no layer
+    subclassed), its shared weights registered once on the module that holds
+    the stack. ``init_weights`` runs the detector's own init on the stock
+    modules and re-derives the LORS stacks from the result (``init='fresh'``:
+    each shared weight = the first layer's freshly initialised weight,
+    private residuals zero), in place: the optimizer, built by mmengine
+    before ``init_weights``, keeps the parameters the model uses.
+
+    A detector class says where its stacks are:
+
+    Attributes:
+        lors_stack_paths: ``{part: model-relative path of the ModuleList of
+            the layers}``; the owner of the shared weights is the module
+            holding that list.
+        lors_stack_defaults: ``{part: defaults of its LorsStackConfig
+            dict}``.
+        lors_missing_parts: ``{part: why this detector has none}``.
+
+    Args:
+        lors: ``dict(<part>=...)`` of
+            :class:`~lors_mmdet.lors.LorsStackConfig` dicts.
+        *args, **kwargs: the detector's arguments.
+    """
+
+    lors_stack_paths: Dict[str, str] = {}
+    lors_stack_defaults: Dict[str, Dict] = {}
+    lors_missing_parts: Dict[str, str] = {}
+    lors_key = 'lors'
+
+    def __init__(self, *args, lors: Optional[Mapping] = None,
+                 **kwargs) -> None:
+        self.lors_cfg = parse_lors_cfg(
+            lors, self.lors_key, tuple(self.lors_stack_paths),
+            self.lors_stack_defaults, self.lors_missing_parts)
+        super().__init__(*args, **kwargs)
+        for part, config in self.lors_cfg.items():
+            owner, layers = self.lors_stack_owner(part)
+            self._check_lors_stack(part, owner, layers, config)
+            apply_lors(owner, layers, config, key=config.key)
+
+    def lors_stack_owner(self, part: str) -> Tuple[nn.Module, str]:
+        """The module owning ``part``'s stack and the path of its layers in
+        it (``(self.decoder, 'layers')``)."""
+        owner, _, layers = self.lors_stack_paths[part].rpartition('.')
+        return (self.get_submodule(owner) if owner else self), layers
+
+    def _check_lors_stack(self, part: str, owner: nn.Module, layers: str,
+                          config: LorsStackConfig) -> None:
+        """Family-specific checks of a part's config before the surgery
+        (the surgery checks the rest)."""
+
+    def init_weights(self) -> None:
+        """The detector's init on the stock modules, then the LORS stacks
+        from it."""
+        with init_as_stock(self):
+            super().init_weights()
+
+    def lors_stacks(self) -> List[Tuple[str, LorsStack]]:
+        """``(path, stack)`` of the model's LORS stacks (for tools)."""
+        return find_lors_stacks(self)

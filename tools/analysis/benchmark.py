@@ -41,6 +41,9 @@ PAIRS = {
                      'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py'),
         'DINO': ('configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
                  'configs/lors_dino/lors-dino-4scale_r18-tiny_1xb8-toy_synthetic.py'),
+        'DINO-encdec': (
+            'configs/dino/dino-4scale_r18-tiny_1xb8-toy_synthetic.py',
+            'configs/lors_dino/lors-encdec-dino-4scale_r18-tiny_1xb8-toy_synthetic.py'),
         'Deformable-DETR': (
             'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
             'configs/lors_deformable_detr/'

@@ -200,16 +200,19 @@ def test_compress_experiments_report(tmp_path):
     stock_dir, work_dir = tmp_path / 'stock', tmp_path / 'compress'
     _finished_run(stock_dir, 'dino', 0, [0.25, 0.5])
     _finished_run(stock_dir, 'lors-dino decoder', 0, [0.125, 0.375])
-    variant = work_dir / 'decoder_r16' / 'seed0'
-    _write_run(variant / 'finetune', 'decoder r16', [0.4, 0.45])
-    (variant / 'compress.log').write_text(
-        'parameters (each tensor once):\n'
-        '                    before        after after/before\n'
-        '  decoder        2,000,000      500,000        25.0%\n'
-        '  transformer    4,000,000    2,500,000        62.5%\n')
-    (variant / 'test' / '20261130_000000').mkdir(parents=True)
-    (variant / 'test' / '20261130_000000' / 'metrics.json').write_text(
-        json.dumps({'coco/bbox_mAP': 0.125}))
+    _finished_run(stock_dir, 'lors-dino encoder+decoder', 0, [0.25])
+    os.remove(stock_dir / 'lors-dino_encoder+decoder' / 'seed0' / 'finished.json')
+    for name in ('decoder r16', 'encoder+decoder r16'):
+        variant = work_dir / name.replace(' ', '_') / 'seed0'
+        _write_run(variant / 'finetune', name, [0.4, 0.45])
+        (variant / 'compress.log').write_text(
+            'parameters (each tensor once):\n'
+            '                    before        after after/before\n'
+            '  decoder        2,000,000      500,000        25.0%\n'
+            '  transformer    4,000,000    2,500,000        62.5%\n')
+        (variant / 'test' / '20261130_000000').mkdir(parents=True)
+        (variant / 'test' / '20261130_000000' / 'metrics.json').write_text(
+            json.dumps({'coco/bbox_mAP': 0.125}))
     doc = tmp_path / 'log.md'
     doc.write_text('x\n<!-- experiments:compress:start -->\n<!-- experiments:compress:end -->\n')
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -221,6 +224,8 @@ def test_compress_experiments_report(tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'results.md').read_text().strip()
     assert '| decoder r16 | 0 | 62.5% | 0.125 | 0.450 | 0.500 | -0.050 | 0.375 |' in table
-    assert 'encoder+decoder' not in table  # variants without finished runs are left out
+    # the from-scratch run that has not finished is left out, not read half way
+    assert '| encoder+decoder r16 | 0 | 62.5% | 0.125 | 0.450 | 0.500 | -0.050 | - |' in table
+    assert 'encoder+decoder r4' not in table  # variants without runs are left out
     assert table in doc.read_text()
     assert (tmp_path / 'out' / 'ap_vs_params.png').exists()

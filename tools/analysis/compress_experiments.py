@@ -136,7 +136,10 @@ def transformer_fraction(compress_log: str) -> float:
 
 
 def final_ap(directory: str) -> Optional[float]:
-    """The last validation mAP of a training run, None if it has none."""
+    """The last validation mAP of a finished training run, None if the run has not
+    finished (a run still training has validated only part way)."""
+    if not osp.exists(osp.join(directory, 'finished.json')):
+        return None
     _, metrics = read_scalars(directory)
     return metrics[max(metrics)]['coco/bbox_mAP'] if metrics else None
 

@@ -41,6 +41,7 @@ MARKER = re.compile(r'<!--\s*(.*?)\s*-->', re.S)
 # generated tables and the tools that write them (their command must be
 # written just before the start marker)
 WRITERS = {
+    'experiments:compress': 'tools/analysis/compress_experiments.py',
     'detr-params': 'tools/analysis/param_report.py --detr-table --write',
     'experiments:': 'tools/analysis/run_experiments.py',
 }

@@ -170,11 +170,10 @@ def accuracy(model: ShapeClassifier, images: List[np.ndarray], rows: np.ndarray,
 
 
 def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
-             window: int, jitter: int, seed: int, extra_images: int,
-             threads: int = 2) -> Dict[str, float]:
-    """Train the shape classifier and save its backbone's weights to ``out``."""
+             window: int, jitter: int, seed: int, extra_images: int) -> Dict[str, float]:
+    """Train the shape classifier and save its backbone's weights to ``out``
+    (with the torch thread count it ran with: the weights depend on it)."""
     import mmdet.models  # noqa: F401  (registers ResNet)
-    torch.set_num_threads(threads)  # the float sums, hence the weights, depend on it
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_images, train_rows = load_split(data_root, 'train')
@@ -209,7 +208,7 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
                               meta=dict(backbone=toy_model_cfg()[0], iters=iters, seed=seed,
                                         batch_size=batch_size, lr=lr, window=window,
                                         jitter=jitter, extra_images=extra_images,
-                                        threads=threads, **result)),
+                                        threads=torch.get_num_threads(), **result)),
                          out)
     return result
 
@@ -245,8 +244,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    result = pretrain(args.data_root, args.out, args.iters, args.batch_size, args.lr,
-                      args.window, args.jitter, args.seed, args.extra_images, args.threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # the float sums, hence the weights, depend on it
+    try:
+        result = pretrain(args.data_root, args.out, args.iters, args.batch_size, args.lr,
+                          args.window, args.jitter, args.seed, args.extra_images)
+    finally:  # leave a caller's (e.g. a test process's) setting as it was
+        torch.set_num_threads(previous_threads)
     print(f'shape accuracy on the val split: {result["val_accuracy"]:.3f}')
     print(f'wrote {args.out} ({result["seconds"]:.0f} s)')
 

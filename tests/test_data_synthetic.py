@@ -181,6 +181,45 @@ def test_validate_reports_broken_annotations(tmp_path):
         validate_coco_annotations(str(tmp_path / 'missing.json'))
 
 
+def test_validate_refuses_malformed_files_naming_file_and_id(tmp_path):
+    """The structure checks are the launch-time audit's own (one reader)."""
+    root = str(tmp_path / 'set')
+    generate_synthetic_coco(root, **TINY)
+    ann_file = annotation_path(root, 'val')
+    broken = str(tmp_path / 'broken.json')
+
+    def write(content) -> None:
+        with open(broken, 'w') as f:
+            json.dump(content, f)
+
+    write([load_json(ann_file)])
+    with pytest.raises(ValueError, match=f'{broken}: expected a JSON object .* got a list'):
+        validate_coco_annotations(broken)
+    coco = load_json(ann_file)
+    del coco['images'][1]['height']
+    write(coco)
+    with pytest.raises(ValueError, match=f'{broken}: image id 2 \\(000002.png\\): '
+                       'no "height"; expected a positive number'):
+        validate_coco_annotations(broken)
+    coco = load_json(ann_file)
+    coco['images'][2]['id'] = 1
+    write(coco)
+    with pytest.raises(ValueError, match=f'{broken}: image id 1 is used by 2 images '
+                       '\\(000001.png, 000003.png\\)'):
+        validate_coco_annotations(broken)
+    with open(broken, 'w') as f:
+        f.write('{"images": [')
+    with pytest.raises(ValueError, match=f'{broken}: not valid JSON'):
+        validate_coco_annotations(broken)
+    png = osp.join(root, 'val', '000002.png')
+    with open(png, 'rb') as f:
+        data = f.read()
+    with open(png, 'wb') as f:
+        f.write(data[:-20])
+    with pytest.raises(ValueError, match=f'{png}: a truncated PNG'):
+        validate_coco_annotations(ann_file, img_dir=osp.join(root, 'val'))
+
+
 # ----------------------------------------------------------------------------
 # Generator interface
 # ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from mmengine.logging import MMLogger
 
 from mmdet.datasets import CocoDataset
 from lors_mmdet.engine import audit_coco_file, check_coco_annotations, enable_amp
-from lors_mmdet.engine.data_checks import (NO_AREA, NO_SIZE, NOT_FINITE, OUTSIDE_IMAGE,
+from lors_mmdet.engine.data_checks import (MALFORMED, NO_AREA, NO_SIZE, NOT_FINITE, OUTSIDE_IMAGE,
                                            UNDER_ONE_PIXEL, UNKNOWN_CATEGORY,
                                            UNKNOWN_IMAGE)
 
@@ -206,4 +207,79 @@ def test_train_refuses_data_with_only_bad_boxes(data_copy, tmp_path):
     assert result.returncode != 0
     assert f'{ann_file}: no annotation left to train on' in result.stderr
     assert 'mmdet skips ' in result.stderr and f'{NO_SIZE} (image_id=' in result.stderr
+    assert not osp.exists(work_dir)
+
+
+# the structure of the file and of its images ----------------------------------
+
+def duplicate_image_id(coco: dict) -> str:
+    coco['images'][1]['id'] = coco['images'][0]['id']
+    return f"image id {coco['images'][0]['id']} is used by 2 images " \
+        f"\\({coco['images'][0]['file_name']}, {coco['images'][1]['file_name']}\\)"
+
+
+def image_without_width(coco: dict) -> str:
+    del coco['images'][2]['width']
+    return f"image id {coco['images'][2]['id']} \\({coco['images'][2]['file_name']}\\): " \
+        'no "width"; expected a positive number'
+
+
+def duplicate_annotation_id(coco: dict) -> str:
+    coco['annotations'][3]['id'] = coco['annotations'][1]['id']
+    return f"annotation id used more than once \\(image_id={coco['annotations'][3]['image_id']} " \
+        f"ann_id={coco['annotations'][1]['id']}\\)"
+
+
+def annotation_without_id(coco: dict) -> str:
+    del coco['annotations'][2]['id']
+    return re.escape(f"annotations that mmdet cannot use: 1 {MALFORMED} "
+                     f"(image_id={coco['annotations'][2]['image_id']} ann_id=None)")
+
+
+def top_level_list(coco: dict) -> str:
+    # the test writes a list in place of the file's object
+    return 'expected a JSON object with "images", "annotations" and "categories" at ' \
+        'the top, got a list'
+
+
+def no_images(coco: dict) -> str:
+    coco['images'], coco['annotations'] = [], []
+    return 'lists no images; expected at least one image to evaluate on'
+
+
+@pytest.mark.parametrize('edit', [duplicate_image_id, image_without_width,
+                                  duplicate_annotation_id, annotation_without_id,
+                                  top_level_list, no_images])
+def test_malformed_val_file_refused_naming_file_and_id(data_copy, edit):
+    messages = []
+    ann_file = edit_annotations(data_copy, 'val', lambda coco: messages.append(edit(coco)))
+    if edit is top_level_list:
+        with open(ann_file, 'w') as f:
+            json.dump([{'id': 1}], f)
+    with pytest.raises(ValueError, match=re.escape(ann_file) + '.*' + messages[0]):
+        check_coco_annotations(config_for(data_copy))
+
+
+def test_truncated_png_refused_naming_file_and_id(data_copy):
+    with open(osp.join(data_copy, 'annotations', 'instances_train.json')) as f:
+        image = json.load(f)['images'][3]
+    path = osp.join(data_copy, 'train', image['file_name'])
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(
+            f'1 of 8 image files are broken: {path} (image_id={image["id"]}): '
+            'a truncated PNG (no IEND chunk at its end)')):
+        check_coco_annotations(config_for(data_copy))
+
+
+def test_train_refuses_duplicate_image_ids_before_the_runner(data_copy, tmp_path):
+    messages = []
+    ann_file = edit_annotations(data_copy, 'train',
+                                lambda coco: messages.append(duplicate_image_id(coco)))
+    work_dir = str(tmp_path / 'work')
+    result = train_tool(work_dir, data_copy)
+    assert result.returncode != 0
+    assert re.search(re.escape(ann_file) + '.*' + messages[0], result.stderr)
     assert not osp.exists(work_dir)

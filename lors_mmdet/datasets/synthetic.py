@@ -555,6 +555,123 @@ def _write_split(out_dir: str, split: str, split_index: int, num_images: int,
 # Checking a data set
 # ----------------------------------------------------------------------------
 
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# The closing IEND chunk is searched in this many last bytes, so that a few
+# bytes some writers append after it are tolerated.
+_PNG_TAIL_BYTES = 64
+
+
+def _positive_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < float('inf'))
+
+
+def is_coco_id(value) -> bool:
+    """Whether ``value`` can be a COCO id (pycocotools keys its tables by them)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def read_coco_file(ann_file: str) -> dict:
+    """Read a COCO detection annotation file, checking what every reader of it
+    relies on.
+
+    The checks: the file exists and is JSON; its top level is an object with
+    the lists ``images``, ``annotations`` and ``categories`` of objects; every
+    image has an ``id``, a string ``file_name`` and a positive ``width`` and
+    ``height``; every category an ``id`` and a string ``name``;
+    no two images share an ``id`` (pycocotools would keep one of them and give
+    it the annotations of both). The annotations are left to the caller.
+
+    Args:
+        ann_file: Path of the ``instances_*.json`` file.
+
+    Returns:
+        dict: The parsed file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: A check failed; the message names the file and the image.
+    """
+    if not osp.isfile(ann_file):
+        raise FileNotFoundError(f'COCO annotation file not found: {ann_file}')
+    with open(ann_file) as f:
+        try:
+            coco = json.load(f)
+        except ValueError as error:  # JSONDecodeError, or bytes that are no text
+            raise ValueError(f'{ann_file}: not valid JSON ({error})') from None
+    if not isinstance(coco, dict):
+        raise ValueError(f'{ann_file}: expected a JSON object with "images", '
+                         '"annotations" and "categories" at the top, got a '
+                         f'{type(coco).__name__}')
+    for key in ('images', 'annotations', 'categories'):
+        entries = coco.get(key)
+        if not isinstance(entries, list):
+            raise ValueError(f'{ann_file}: expected a list "{key}" in a COCO '
+                             f'annotation file, got {type(entries).__name__}')
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise ValueError(f'{ann_file}: {key}[{index}] is a '
+                                 f'{type(entry).__name__}; expected an object')
+    file_names: Dict[object, List[str]] = {}
+    for index, image in enumerate(coco['images']):
+        if 'id' not in image:
+            raise ValueError(f'{ann_file}: images[{index}] has no "id"; expected '
+                             'a number that its annotations refer to')
+        where = f'{ann_file}: image id {image["id"]!r}'
+        if not isinstance(image.get('file_name'), str):
+            raise ValueError(f'{where}: no "file_name"; expected the image '
+                             'path relative to the image folder')
+        for key in ('width', 'height'):
+            if not _positive_number(image.get(key)):
+                found = (f'"{key}" is {image[key]!r}' if key in image else f'no "{key}"')
+                raise ValueError(f'{where} ({image["file_name"]}): {found}; '
+                                 'expected a positive number')
+        if not is_coco_id(image['id']):
+            raise ValueError(f'{where} ({image["file_name"]}): expected a '
+                             'number as id')
+        file_names.setdefault(image['id'], []).append(image['file_name'])
+    for index, category in enumerate(coco['categories']):
+        if not is_coco_id(category.get('id')) or not isinstance(category.get('name'), str):
+            raise ValueError(f'{ann_file}: categories[{index}] is {category!r}; '
+                             'expected a number "id" and a string "name"')
+    for image_id, names in file_names.items():
+        if len(names) > 1:
+            shown = ', '.join(names[:5]) + (', ...' if len(names) > 5 else '')
+            raise ValueError(f'{ann_file}: image id {image_id!r} is used by '
+                             f'{len(names)} images ({shown}); expected one '
+                             'id per image')
+    return coco
+
+
+def image_file_problem(path: str) -> Optional[str]:
+    """What keeps the image file at ``path`` from being read, or None.
+
+    Cheap enough for every image of a large data set: a missing or empty file,
+    and a PNG file (by its name) without the PNG signature at its start or the
+    closing IEND chunk at its end (a copy cut short: OpenCV decodes it to
+    nothing). Nothing else of the file is read; a JPEG is not checked (data
+    after its end marker is common, so a cut one is not detectable this way).
+
+    Args:
+        path: The image file.
+    """
+    if not osp.isfile(path):
+        return 'does not exist'
+    size = osp.getsize(path)
+    if size == 0:
+        return 'an empty file'
+    if path.lower().endswith('.png'):
+        with open(path, 'rb') as f:
+            head = f.read(len(_PNG_SIGNATURE))
+            f.seek(max(size - _PNG_TAIL_BYTES, 0))
+            tail = f.read()
+        if head != _PNG_SIGNATURE:
+            return 'not a PNG file (no PNG signature at its start)'
+        if b'IEND' not in tail:
+            return 'a truncated PNG (no IEND chunk at its end)'
+    return None
+
+
 
 def validate_coco_annotations(
         ann_file: str,
@@ -562,11 +679,13 @@ def validate_coco_annotations(
         expected_classes: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Check a COCO detection annotation file; raise ValueError on problems.
 
-    Checks that image, annotation and category ids are unique, that every
+    Checks the structure (:func:`read_coco_file`, which raises at once), that
+    annotation and category ids are unique, that every
     annotation refers to an existing image and category, that every box is
     ``[x, y, w, h]`` with positive size and lies inside its image, that
     ``area`` is positive and ``iscrowd`` is 0 or 1. With ``img_dir``, also
-    that every image file exists and has the recorded size; with
+    that every image file is whole (:func:`image_file_problem`) and has the
+    recorded size; with
     ``expected_classes``, that the category names are exactly these, in
     category-id order.
 
@@ -578,14 +697,8 @@ def validate_coco_annotations(
     Returns:
         dict: Counts: ``images``, ``annotations``, and per category name.
     """
-    if not osp.isfile(ann_file):
-        raise FileNotFoundError(f'COCO annotation file not found: {ann_file}')
-    with open(ann_file) as f:
-        coco = json.load(f)
+    coco = read_coco_file(ann_file)
     problems: List[str] = []
-    for key in ('images', 'annotations', 'categories'):
-        if not isinstance(coco.get(key), list):
-            raise ValueError(f'{ann_file}: missing list "{key}"')
 
     def unique_ids(key: str) -> Dict[int, dict]:
         by_id: Dict[int, dict] = {}
@@ -638,8 +751,10 @@ def validate_coco_annotations(
     if img_dir is not None:
         for image in coco['images']:
             path = osp.join(img_dir, image['file_name'])
-            if not osp.isfile(path):
-                problems.append(f'image file missing: {path}')
+            problem = image_file_problem(path)
+            if problem is not None:
+                problems.append(f'image file missing: {path}' if problem == 'does not exist'
+                                else f'{path}: {problem}')
                 continue
             with Image.open(path) as img:
                 if img.size != (image['width'], image['height']):

@@ -5,9 +5,11 @@ box has no overlap with its image, ``w < 1``, ``h < 1`` or ``area <= 0``, or who
 ``category_id`` is not one of the dataset's classes; an annotation of an image
 id that the file does not list is never read. A data set made only of such
 annotations trains on nothing and exits 0. The audit below applies the same
-rules before the runner is built and says which annotations they hit.
+rules before the runner is built and says which annotations they hit. It reads
+the file with :func:`lors_mmdet.datasets.read_coco_file`, which refuses what no
+rule covers: a file that is not a COCO object, an image without a size, two
+images with one id (pycocotools keeps one of them, with the boxes of both).
 """
-import json
 import logging
 import math
 import os.path as osp
@@ -18,6 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from ..datasets.synthetic import is_coco_id, image_file_problem, read_coco_file
 from .runtime import _datasets
 
 #: (image id, annotation id) of an offending annotation.
@@ -31,9 +34,11 @@ UNDER_ONE_PIXEL = 'w or h under 1 px'
 OUTSIDE_IMAGE = 'no overlap with its image'
 NO_AREA = 'area <= 0'
 UNKNOWN_CATEGORY = "category_id not among the file's categories"
-MALFORMED = 'no [x, y, w, h] bbox, area or category_id'
+MALFORMED = 'no id, image_id, [x, y, w, h] bbox, area or category_id'
 NOT_FINITE = 'non-finite bbox'
-INVALID = (MALFORMED, NOT_FINITE)
+# mmdet asserts unique annotation ids, but only once the runner is built.
+DUPLICATE_ID = 'annotation id used more than once'
+INVALID = (MALFORMED, NOT_FINITE, DUPLICATE_ID)
 
 
 @dataclass
@@ -52,6 +57,8 @@ class CocoAudit:
         classes_not_in_file: Names of ``metainfo.classes`` that no category of
             the file has (those classes get no ground truth).
         missing_images: (image id, path) of each image file that does not exist.
+        broken_images: (image id, path, problem) of each image file that
+            exists but cannot be read (:func:`image_file_problem`).
     """
     ann_file: str
     images: int = 0
@@ -61,6 +68,7 @@ class CocoAudit:
     outside_classes: int = 0
     classes_not_in_file: List[str] = field(default_factory=list)
     missing_images: List[Tuple[object, str]] = field(default_factory=list)
+    broken_images: List[Tuple[object, str, str]] = field(default_factory=list)
 
     def skipped(self) -> Dict[str, List[Offender]]:
         """The offenders mmdet skips silently."""
@@ -88,7 +96,7 @@ def _reason(ann: dict, image: Optional[dict], known_ids: set,
     bbox = ann.get('bbox')
     is_box = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
         _is_number(v) for v in bbox)
-    if not is_box or not _is_number(ann.get('area')) or 'category_id' not in ann:
+    if not is_box or not _is_number(ann.get('area')):
         return MALFORMED
     if not all(math.isfinite(v) for v in bbox):
         return NOT_FINITE
@@ -97,8 +105,8 @@ def _reason(ann: dict, image: Optional[dict], known_ids: set,
         return NO_SIZE
     if w < 1 or h < 1:
         return UNDER_ONE_PIXEL
-    width, height = image.get('width', math.inf), image.get('height', math.inf)
-    if min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
+    if (min(x + w, image['width']) <= max(x, 0)
+            or min(y + h, image['height']) <= max(y, 0)):
         return OUTSIDE_IMAGE
     if ann['area'] <= 0:
         return NO_AREA
@@ -116,29 +124,35 @@ def audit_coco_file(ann_file: str, img_dir: Optional[str] = None,
     Args:
         ann_file: Path of the COCO json.
         img_dir: Folder the ``file_name`` of each image is relative to; None
-            skips the check that the image files exist (only their existence
-            is checked: no image is opened).
+            skips the check of the image files (that they exist and, for PNG,
+            are whole: :func:`image_file_problem` reads a few bytes of each;
+            no image is decoded).
         classes: The dataset's ``metainfo.classes``; as in mmdet, the categories
             whose name is among them are trained on. None: every category.
     """
-    with open(ann_file) as f:
-        coco = json.load(f)
-    for key in ('images', 'annotations', 'categories'):
-        if not isinstance(coco.get(key), list):
-            raise ValueError(f'{ann_file}: expected a list "{key}" in a COCO '
-                             f'annotation file, got {type(coco.get(key)).__name__}')
+    coco = read_coco_file(ann_file)
     audit = CocoAudit(ann_file, images=len(coco['images']),
                       annotations=len(coco['annotations']))
-    images = {image.get('id'): image for image in coco['images']}
-    known_ids = {category.get('id') for category in coco['categories']}
+    images = {image['id']: image for image in coco['images']}
+    known_ids = {category['id'] for category in coco['categories']}
     if classes is None:
         class_ids = known_ids
     else:
-        class_ids = {category.get('id') for category in coco['categories']
-                     if category.get('name') in classes}
-        names = {category.get('name') for category in coco['categories']}
+        class_ids = {category['id'] for category in coco['categories']
+                     if category['name'] in classes}
+        names = {category['name'] for category in coco['categories']}
         audit.classes_not_in_file = [name for name in classes if name not in names]
+    ann_ids = set()
     for ann in coco['annotations']:
+        if not all(is_coco_id(ann.get(key)) for key in ('id', 'image_id', 'category_id')):
+            audit.offenders.setdefault(MALFORMED, []).append(
+                (ann.get('image_id'), ann.get('id')))
+            continue
+        if ann['id'] in ann_ids:
+            audit.offenders.setdefault(DUPLICATE_ID, []).append(
+                (ann.get('image_id'), ann.get('id')))
+            continue
+        ann_ids.add(ann['id'])
         reason = _reason(ann, images.get(ann.get('image_id')), known_ids, class_ids)
         if reason is None:
             audit.trainable += 1
@@ -149,9 +163,12 @@ def audit_coco_file(ann_file: str, img_dir: Optional[str] = None,
                 (ann.get('image_id'), ann.get('id')))
     if img_dir is not None:
         for image in coco['images']:
-            path = osp.join(img_dir, str(image.get('file_name')))
-            if not osp.isfile(path):
-                audit.missing_images.append((image.get('id'), path))
+            path = osp.join(img_dir, image['file_name'])
+            problem = image_file_problem(path)
+            if problem == 'does not exist':
+                audit.missing_images.append((image['id'], path))
+            elif problem is not None:
+                audit.broken_images.append((image['id'], path, problem))
     return audit
 
 
@@ -190,11 +207,15 @@ def check_coco_annotations(cfg: Config, splits: Iterable[str] = ('train', 'val')
     that reads COCO json by mmdet's ``CocoDataset`` rules is audited with
     :func:`audit_coco_file`. The policy:
 
+    - a file that is not a COCO object, an image without an id, file name or
+      size, two images with one id (:func:`read_coco_file`), a file that lists
+      no images: ``ValueError``;
     - an image file that does not exist: ``FileNotFoundError`` (the data set is
-      incomplete; mmdet would fail on it in the middle of an epoch);
+      incomplete; mmdet would fail on it in the middle of an epoch); a PNG cut
+      short (:func:`image_file_problem`): ``ValueError``;
     - an annotation mmdet cannot use (no ``[x, y, w, h]`` bbox, area or
       category_id; a non-finite bbox, which mmdet may keep and turn into NaN
-      losses): ``ValueError``;
+      losses; an annotation id used twice): ``ValueError``;
     - no annotation left to train on in a ``train`` data set: ``ValueError``;
     - annotations that mmdet skips (no size, under 1 px, no overlap with the
       image, area <= 0, unknown category or image id): a warning with the
@@ -240,6 +261,9 @@ def check_coco_annotations(cfg: Config, splits: Iterable[str] = ('train', 'val')
 def _report(key: str, audit: CocoAudit, for_training: bool, max_listed: int) -> None:
     """Raise or warn for one audited file, following check_coco_annotations."""
     where = f'{key}: {audit.ann_file}'
+    if audit.images == 0:
+        raise ValueError(f'{where}: lists no images; expected at least one image to '
+                         f'{"train" if for_training else "evaluate"} on')
     if audit.missing_images:
         shown = ', '.join(f'{path} (image_id={image})'
                           for image, path in audit.missing_images[:max_listed])
@@ -247,6 +271,13 @@ def _report(key: str, audit: CocoAudit, for_training: bool, max_listed: int) -> 
             f'{where}: {len(audit.missing_images)} of {audit.images} image files '
             f'do not exist: {shown}{", ..." if len(audit.missing_images) > max_listed else ""}'
             f'; check data_prefix.img or restore the images')
+    if audit.broken_images:
+        shown = ', '.join(f'{path} (image_id={image}): {problem}'
+                          for image, path, problem in audit.broken_images[:max_listed])
+        raise ValueError(
+            f'{where}: {len(audit.broken_images)} of {audit.images} image files are '
+            f'broken: {shown}{", ..." if len(audit.broken_images) > max_listed else ""}'
+            '; restore them from the original data')
     if audit.invalid():
         raise ValueError(f'{where}: annotations that mmdet cannot use: '
                          f'{_listing(audit.invalid(), max_listed)}; fix or remove them')

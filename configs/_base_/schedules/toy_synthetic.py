@@ -42,4 +42,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(type='AtomicCheckpointHook', interval=max_iters, by_epoch=False))
 log_processor = dict(by_epoch=False)
+# The images are 128 px: tools/test.py --show-dir draws them 4x enlarged, with labels
+# that do not cover each other (lors_mmdet.engine.ReadableDetVisualizer).
+visualizer = dict(type='ReadableDetVisualizer', scale=4)
 randomness = dict(seed=0)

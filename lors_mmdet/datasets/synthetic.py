@@ -555,6 +555,9 @@ def _write_split(out_dir: str, split: str, split_index: int, num_images: int,
 # Checking a data set
 # ----------------------------------------------------------------------------
 
+#: :func:`image_file_problem` of a path where no file is.
+IMAGE_MISSING = 'does not exist'
+
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # The closing IEND chunk is searched in this many last bytes, so that a few
 # bytes some writers append after it are tolerated.
@@ -656,7 +659,7 @@ def image_file_problem(path: str) -> Optional[str]:
         path: The image file.
     """
     if not osp.isfile(path):
-        return 'does not exist'
+        return IMAGE_MISSING
     size = osp.getsize(path)
     if size == 0:
         return 'an empty file'
@@ -753,7 +756,7 @@ def validate_coco_annotations(
             path = osp.join(img_dir, image['file_name'])
             problem = image_file_problem(path)
             if problem is not None:
-                problems.append(f'image file missing: {path}' if problem == 'does not exist'
+                problems.append(f'image file missing: {path}' if problem == IMAGE_MISSING
                                 else f'{path}: {problem}')
                 continue
             with Image.open(path) as img:

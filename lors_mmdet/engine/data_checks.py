@@ -20,7 +20,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ..datasets.synthetic import is_coco_id, image_file_problem, read_coco_file
+from ..datasets.synthetic import (IMAGE_MISSING, image_file_problem, is_coco_id,
+                                  read_coco_file)
 from .runtime import _datasets
 
 #: (image id, annotation id) of an offending annotation.
@@ -165,7 +166,7 @@ def audit_coco_file(ann_file: str, img_dir: Optional[str] = None,
         for image in coco['images']:
             path = osp.join(img_dir, image['file_name'])
             problem = image_file_problem(path)
-            if problem == 'does not exist':
+            if problem == IMAGE_MISSING:
                 audit.missing_images.append((image['id'], path))
             elif problem is not None:
                 audit.broken_images.append((image['id'], path, problem))

@@ -62,13 +62,13 @@ def place_labels(boxes: np.ndarray, sizes: Sequence[Tuple[int, int]], width: int
             return left, top, left + w, top + h
 
         candidates = [fit(x0, y0 - h), fit(x0, y0), fit(x0, y1), fit(x0, y1 - h)]
-        first = candidates[0]
-        step = max(h // 2, 1)
-        grid = [fit(x, y) for y in range(0, height - h + 1, step)
-                for x in range(0, width - w + 1, step)]
-        grid.sort(key=lambda r: (r[0] - first[0]) ** 2 + (r[1] - first[1]) ** 2)
-        spot = next((rect for rect in candidates + grid if not _overlaps(rect, placed)),
-                    None)
+        spot = next((rect for rect in candidates if not _overlaps(rect, placed)), None)
+        if spot is None:  # the search over the whole image, only when needed
+            first, step = candidates[0], max(h // 2, 1)
+            grid = [fit(x, y) for y in range(0, height - h + 1, step)
+                    for x in range(0, width - w + 1, step)]
+            grid.sort(key=lambda r: (r[0] - first[0]) ** 2 + (r[1] - first[1]) ** 2)
+            spot = next((rect for rect in grid if not _overlaps(rect, placed)), None)
         if spot is not None:
             placed.append(spot)
         result.append(spot)

@@ -1,7 +1,8 @@
 """Controlled experiments on the synthetic data set: plain vs LORS, several seeds.
 
-Every run is ``tools/train.py CONFIG --cfg-options randomness.seed=S ...`` in its own
-work dir; finished runs are skipped, so the script can be stopped and started again.
+Every run is ``tools/train.py CONFIG --resume --cfg-options randomness.seed=S ...`` in
+its own work dir; finished runs are skipped and a stopped run resumes from its last
+checkpoint, so the script can be stopped and started again.
 Then it collects the logged losses and validation mAPs into a table and plots.
 
     python tools/analysis/run_experiments.py --plan families --seeds 0 1
@@ -69,10 +70,17 @@ DETR_STACKS = {
     'lors-dino encoder+decoder': (
         'configs/lors_dino/lors-encdec-dino-4scale_r18-tiny_1xb8-toy_synthetic.py', []),
 }
+# The accuracy study (docs/accuracy.md): the paper's 6 stages, K_i = [1, 1, 2, 2, 3, 3].
+ADAMIXER_6STAGE = {
+    'adamixer 6-stage': ('configs/adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py', []),
+    'lors-adamixer 6-stage':
+    ('configs/lors_adamixer/lors-adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py', []),
+}
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY},
     'detr-stacks': DETR_STACKS,
     'ablation': {name: (TOY['lors-adamixer'], options) for name, options in ABLATION.items()},
+    'adamixer-6stage': ADAMIXER_6STAGE,
 }
 
 
@@ -122,21 +130,61 @@ def is_finished(directory: str) -> bool:
     return osp.exists(osp.join(directory, 'finished.json'))
 
 
+def source_commit() -> str:
+    """The commit the runs are trained from; a checkout with changes is refused, since
+    its runs could not be told apart from the commit's."""
+    def git(*args: str) -> str:
+        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    if git('status', '--porcelain', '--untracked-files=no'):
+        raise SystemExit(f'{ROOT} has uncommitted changes: commit them (or train from a '
+                         'clean worktree of the commit) so that every run names its commit')
+    return git('rev-parse', 'HEAD')
+
+
+def check_same_commit(directory: str, commit: str) -> None:
+    """Record ``commit`` in a new run dir; refuse to resume a run begun at another one
+    (a resumed run would mix two versions of the code)."""
+    path = osp.join(directory, 'commit.txt')
+    if not osp.exists(path):
+        with open(path, 'w') as f:
+            f.write(commit + '\n')
+        return
+    with open(path) as f:
+        begun = f.read().strip()
+    if begun != commit:
+        raise SystemExit(f'{directory} was begun at commit {begun}, this checkout is at '
+                         f'{commit}: resume it from a worktree of {begun}, or use another '
+                         '--work-dir')
+
+
 def train(name: str, config: str, options: List[str], seed: int, directory: str,
           val_interval: int, threads: int) -> None:
     command = [sys.executable, 'tools/train.py', config, '--work-dir', directory,
-               '--cfg-options', f'randomness.seed={seed}',
+               '--resume', '--cfg-options', f'randomness.seed={seed}',
                f'train_cfg.val_interval={val_interval}', *options]
     print(f'[{time.strftime("%H:%M:%S")}] {name} seed {seed}: {" ".join(command)}',
           flush=True)
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    with open(osp.join(directory, 'train.log'), 'w') as log:
-        subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True)
+    # the seconds of earlier, stopped attempts of this run (resumed below)
+    seconds_file = osp.join(directory, 'seconds_before_resume.txt')
+    before = float(open(seconds_file).read()) if osp.exists(seconds_file) else 0.0
+    with open(osp.join(directory, 'train.log'), 'a') as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            returncode = process.wait()
+        finally:
+            with open(seconds_file, 'w') as f:
+                f.write(str(before + time.time() - start))
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, command)
+    with open(osp.join(directory, 'commit.txt')) as f:
+        commit = f.read().strip()
     with open(osp.join(directory, 'finished.json'), 'w') as f:
         json.dump(dict(name=name, config=config, options=options, seed=seed,
-                       seconds=time.time() - start), f)
+                       threads=threads, commit=commit, seconds=before + time.time() - start), f)
 
 
 def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
@@ -234,6 +282,7 @@ def main() -> None:
     check_doc_markers(args.doc, marker)
     if not args.report_only:
         threads = threads_per_job(args.jobs)
+        commit = source_commit()
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()
                 if not is_finished(run_dir(args.work_dir, name, seed))]
@@ -241,6 +290,7 @@ def main() -> None:
             futures = []
             for name, config, options, seed, directory in todo:
                 os.makedirs(directory, exist_ok=True)
+                check_same_commit(directory, commit)
                 futures.append(pool.submit(train, name, config, options, seed, directory,
                                            args.val_interval, threads))
             for future in futures:

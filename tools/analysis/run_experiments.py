@@ -214,6 +214,48 @@ def mean_std(values: List[float]) -> str:
     return f'{mean:.3f} ± {std:.3f}'
 
 
+def finished_aps(work_dir: str, name: str) -> Dict[int, Dict[int, float]]:
+    """{seed: {iteration: val AP}} of the finished runs of ``name``."""
+    aps = {}
+    for path in glob.glob(osp.join(run_dir(work_dir, name, '*'), 'finished.json')):
+        seed = int(osp.basename(osp.dirname(path))[len('seed'):])
+        _, metrics = read_scalars(osp.dirname(path))
+        aps[seed] = {it: record['coco/bbox_mAP'] for it, record in metrics.items()}
+    return aps
+
+
+def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
+    """Every run of the plan against its first (the baseline), paired by seed at every
+    validated iteration: mean +- std of both, the mean paired difference and its 95%
+    interval. Empty when fewer than two runs of the plan have finished seeds."""
+    from lors_mmdet.diagnostics import paired_difference
+    names = list(plans)
+    baseline = finished_aps(work_dir, names[0])
+    rows = []
+    for name in names[1:]:
+        treated = finished_aps(work_dir, name)
+        seeds = sorted(set(baseline) & set(treated))
+        if not seeds:
+            continue
+        iterations = sorted(set.intersection(*(set(baseline[s]) & set(treated[s])
+                                               for s in seeds)))
+        for it in iterations:
+            ours = [treated[s][it] for s in seeds]
+            theirs = [baseline[s][it] for s in seeds]
+            d = paired_difference(ours, theirs)
+            interval = (f'[{d["low"]:+.3f}, {d["high"]:+.3f}]' if d['n'] > 1 else '-')
+            rows.append(f'| {name} | {it} | {len(seeds)} | {mean_std(ours)} | '
+                        f'{mean_std(theirs)} | {d["mean"]:+.3f} | {interval} |')
+    if not rows:
+        return ''
+    return '\n'.join([
+        f'Paired by seed against `{names[0]}` (same seeds, same data order), val AP at '
+        'each validated iteration; the interval is the 95% Student-t interval of the '
+        'mean paired difference.', '',
+        f'| run | iteration | seeds | AP | AP of {names[0]} | mean difference | 95% interval |',
+        '|---|---|---|---|---|---|---|', *rows])
+
+
 def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
            command: str) -> str:
     """Write ``results.md`` and ``curves.png`` into ``out``; return the table."""
@@ -249,6 +291,9 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
         f'Produced by `{command}`.', '',
         '| run | seeds | AP | AP50 | AP75 | AP of each seed | train minutes / run |',
         '|---|---|---|---|---|---|---|', *rows])
+    paired = paired_table(plans, work_dir)
+    if paired:
+        table += '\n\n' + paired
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     print(table)

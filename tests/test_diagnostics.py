@@ -125,10 +125,11 @@ def test_report_pairs_the_runs_by_seed(tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'adamixer-6stage' / 'results.md').read_text()
     d = paired_difference([0.49, 0.37, 0.46], [0.50, 0.40, 0.45])
-    row = (f'| lors-adamixer 6-stage | 400 | 3 | 0.440 ± 0.062 | 0.450 ± 0.050 | '
+    row = (f'| lors-adamixer 6-stage | adamixer 6-stage | 400 | 3 | 0.440 ± 0.062 | '
+           f'0.450 ± 0.050 | '
            f'{d["mean"]:+.3f} | [{d["low"]:+.3f}, {d["high"]:+.3f}] |')
     assert row in table
-    assert '| lors-adamixer 6-stage | 200 | 3 |' in table
+    assert '| lors-adamixer 6-stage | adamixer 6-stage | 200 | 3 |' in table
 
 
 def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path):

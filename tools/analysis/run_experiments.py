@@ -71,17 +71,47 @@ DETR_STACKS = {
         'configs/lors_dino/lors-encdec-dino-4scale_r18-tiny_1xb8-toy_synthetic.py', []),
 }
 # The accuracy study (docs/accuracy.md): the paper's 6 stages, K_i = [1, 1, 2, 2, 3, 3].
+ADAMIXER_6 = 'configs/adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
+LORS_ADAMIXER_6 = 'configs/lors_adamixer/lors-adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
 ADAMIXER_6STAGE = {
-    'adamixer 6-stage': ('configs/adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py', []),
-    'lors-adamixer 6-stage':
-    ('configs/lors_adamixer/lors-adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py', []),
+    'adamixer 6-stage': (ADAMIXER_6, []),
+    'lors-adamixer 6-stage': (LORS_ADAMIXER_6, []),
+}
+# the same pair at other learning rates (the toy's 1e-3 is in the grid's middle)
+ADAMIXER_6STAGE_LR = {
+    f'{name} lr {lr}': (config, [f'optim_wrapper.optimizer.lr={lr}'])
+    for lr in ('5e-4', '2e-3') for name, config in (('adamixer 6-stage', ADAMIXER_6),
+                                                   ('lors-adamixer 6-stage', LORS_ADAMIXER_6))
+}
+# which private branch of the 6-stage LORS-AdaMixer matters (as ABLATION below)
+ADAMIXER_6STAGE_ABLATION = {
+    'lors-adamixer 6-stage': (LORS_ADAMIXER_6, []),
+    'lors-adamixer 6-stage static-only':
+    (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.core_generator.lr_mult=0']),
+    'lors-adamixer 6-stage adaptive-only':
+    (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0']),
+}
+# LORS-DINO encoder + decoder: is its gap the rank or the sharing?
+DETR_RANK = {
+    'dino': DETR_STACKS['dino'],
+    'lors-dino encoder+decoder': DETR_STACKS['lors-dino encoder+decoder'],
+    **{f'lors-dino encoder+decoder rank {rank}': (
+        DETR_STACKS['lors-dino encoder+decoder'][0],
+        [f'model.lors.encoder.rank={rank}', f'model.lors.decoder.rank={rank}'])
+       for rank in (32, 64)},
 }
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY},
     'detr-stacks': DETR_STACKS,
     'ablation': {name: (TOY['lors-adamixer'], options) for name, options in ABLATION.items()},
     'adamixer-6stage': ADAMIXER_6STAGE,
+    'adamixer-6stage-lr': ADAMIXER_6STAGE_LR,
+    'adamixer-6stage-ablation': ADAMIXER_6STAGE_ABLATION,
+    'detr-rank': DETR_RANK,
 }
+# the run each run is paired with in the report; by default the first run of its plan
+PAIRED_WITH = {f'lors-adamixer 6-stage lr {lr}': f'adamixer 6-stage lr {lr}'
+               for lr in ('5e-4', '2e-3')}
 
 
 def parse_args() -> argparse.Namespace:
@@ -230,9 +260,12 @@ def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
     interval. Empty when fewer than two runs of the plan have finished seeds."""
     from lors_mmdet.diagnostics import paired_difference
     names = list(plans)
-    baseline = finished_aps(work_dir, names[0])
     rows = []
     for name in names[1:]:
+        against = PAIRED_WITH.get(name, names[0])
+        if name == against or against not in plans:
+            continue
+        baseline = finished_aps(work_dir, against)
         treated = finished_aps(work_dir, name)
         seeds = sorted(set(baseline) & set(treated))
         if not seeds:
@@ -244,16 +277,17 @@ def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
             theirs = [baseline[s][it] for s in seeds]
             d = paired_difference(ours, theirs)
             interval = (f'[{d["low"]:+.3f}, {d["high"]:+.3f}]' if d['n'] > 1 else '-')
-            rows.append(f'| {name} | {it} | {len(seeds)} | {mean_std(ours)} | '
+            rows.append(f'| {name} | {against} | {it} | {len(seeds)} | {mean_std(ours)} | '
                         f'{mean_std(theirs)} | {d["mean"]:+.3f} | {interval} |')
     if not rows:
         return ''
     return '\n'.join([
-        f'Paired by seed against `{names[0]}` (same seeds, same data order), val AP at '
-        'each validated iteration; the interval is the 95% Student-t interval of the '
-        'mean paired difference.', '',
-        f'| run | iteration | seeds | AP | AP of {names[0]} | mean difference | 95% interval |',
-        '|---|---|---|---|---|---|---|', *rows])
+        'Paired by seed (same seeds, same data order), val AP at each validated '
+        'iteration; the interval is the 95% Student-t interval of the mean paired '
+        'difference.', '',
+        '| run | against | iteration | seeds | AP | AP of the other | mean difference | '
+        '95% interval |',
+        '|---|---|---|---|---|---|---|---|', *rows])
 
 
 def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,

@@ -1,7 +1,8 @@
 """Controlled experiments on the synthetic data set: plain vs LORS, several seeds.
 
-Every run is ``tools/train.py CONFIG --cfg-options randomness.seed=S ...`` in its own
-work dir; finished runs are skipped, so the script can be stopped and started again.
+Every run is ``tools/train.py CONFIG --resume --cfg-options randomness.seed=S ...`` in
+its own work dir; finished runs are skipped and a stopped run resumes from its last
+checkpoint, so the script can be stopped and started again.
 Then it collects the logged losses and validation mAPs into a table and plots.
 
     python tools/analysis/run_experiments.py --plan families --seeds 0 1
@@ -69,11 +70,48 @@ DETR_STACKS = {
     'lors-dino encoder+decoder': (
         'configs/lors_dino/lors-encdec-dino-4scale_r18-tiny_1xb8-toy_synthetic.py', []),
 }
+# The accuracy study (docs/accuracy.md): the paper's 6 stages, K_i = [1, 1, 2, 2, 3, 3].
+ADAMIXER_6 = 'configs/adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
+LORS_ADAMIXER_6 = 'configs/lors_adamixer/lors-adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
+ADAMIXER_6STAGE = {
+    'adamixer 6-stage': (ADAMIXER_6, []),
+    'lors-adamixer 6-stage': (LORS_ADAMIXER_6, []),
+}
+# the same pair at other learning rates (the toy's 1e-3 is in the grid's middle)
+ADAMIXER_6STAGE_LR = {
+    f'{name} lr {lr}': (config, [f'optim_wrapper.optimizer.lr={lr}'])
+    for lr in ('5e-4', '2e-3') for name, config in (('adamixer 6-stage', ADAMIXER_6),
+                                                   ('lors-adamixer 6-stage', LORS_ADAMIXER_6))
+}
+# which private branch of the 6-stage LORS-AdaMixer matters (as ABLATION below)
+ADAMIXER_6STAGE_ABLATION = {
+    'lors-adamixer 6-stage': (LORS_ADAMIXER_6, []),
+    'lors-adamixer 6-stage static-only':
+    (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.core_generator.lr_mult=0']),
+    'lors-adamixer 6-stage adaptive-only':
+    (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0']),
+}
+# LORS-DINO encoder + decoder: is its gap the rank or the sharing?
+DETR_RANK = {
+    'dino': DETR_STACKS['dino'],
+    'lors-dino encoder+decoder': DETR_STACKS['lors-dino encoder+decoder'],
+    **{f'lors-dino encoder+decoder rank {rank}': (
+        DETR_STACKS['lors-dino encoder+decoder'][0],
+        [f'model.lors.encoder.rank={rank}', f'model.lors.decoder.rank={rank}'])
+       for rank in (32, 64)},
+}
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY},
     'detr-stacks': DETR_STACKS,
     'ablation': {name: (TOY['lors-adamixer'], options) for name, options in ABLATION.items()},
+    'adamixer-6stage': ADAMIXER_6STAGE,
+    'adamixer-6stage-lr': ADAMIXER_6STAGE_LR,
+    'adamixer-6stage-ablation': ADAMIXER_6STAGE_ABLATION,
+    'detr-rank': DETR_RANK,
 }
+# the run each run is paired with in the report; by default the first run of its plan
+PAIRED_WITH = {f'lors-adamixer 6-stage lr {lr}': f'adamixer 6-stage lr {lr}'
+               for lr in ('5e-4', '2e-3')}
 
 
 def parse_args() -> argparse.Namespace:
@@ -122,21 +160,61 @@ def is_finished(directory: str) -> bool:
     return osp.exists(osp.join(directory, 'finished.json'))
 
 
+def source_commit() -> str:
+    """The commit the runs are trained from; a checkout with changes is refused, since
+    its runs could not be told apart from the commit's."""
+    def git(*args: str) -> str:
+        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    if git('status', '--porcelain', '--untracked-files=no'):
+        raise SystemExit(f'{ROOT} has uncommitted changes: commit them (or train from a '
+                         'clean worktree of the commit) so that every run names its commit')
+    return git('rev-parse', 'HEAD')
+
+
+def check_same_commit(directory: str, commit: str) -> None:
+    """Record ``commit`` in a new run dir; refuse to resume a run begun at another one
+    (a resumed run would mix two versions of the code)."""
+    path = osp.join(directory, 'commit.txt')
+    if not osp.exists(path):
+        with open(path, 'w') as f:
+            f.write(commit + '\n')
+        return
+    with open(path) as f:
+        begun = f.read().strip()
+    if begun != commit:
+        raise SystemExit(f'{directory} was begun at commit {begun}, this checkout is at '
+                         f'{commit}: resume it from a worktree of {begun}, or use another '
+                         '--work-dir')
+
+
 def train(name: str, config: str, options: List[str], seed: int, directory: str,
           val_interval: int, threads: int) -> None:
     command = [sys.executable, 'tools/train.py', config, '--work-dir', directory,
-               '--cfg-options', f'randomness.seed={seed}',
+               '--resume', '--cfg-options', f'randomness.seed={seed}',
                f'train_cfg.val_interval={val_interval}', *options]
     print(f'[{time.strftime("%H:%M:%S")}] {name} seed {seed}: {" ".join(command)}',
           flush=True)
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    with open(osp.join(directory, 'train.log'), 'w') as log:
-        subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True)
+    # the seconds of earlier, stopped attempts of this run (resumed below)
+    seconds_file = osp.join(directory, 'seconds_before_resume.txt')
+    before = float(open(seconds_file).read()) if osp.exists(seconds_file) else 0.0
+    with open(osp.join(directory, 'train.log'), 'a') as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            returncode = process.wait()
+        finally:
+            with open(seconds_file, 'w') as f:
+                f.write(str(before + time.time() - start))
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, command)
+    with open(osp.join(directory, 'commit.txt')) as f:
+        commit = f.read().strip()
     with open(osp.join(directory, 'finished.json'), 'w') as f:
         json.dump(dict(name=name, config=config, options=options, seed=seed,
-                       seconds=time.time() - start), f)
+                       threads=threads, commit=commit, seconds=before + time.time() - start), f)
 
 
 def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
@@ -164,6 +242,52 @@ def mean_std(values: List[float]) -> str:
         return f'{mean:.3f}'
     std = (sum((v - mean)**2 for v in values) / (len(values) - 1))**0.5
     return f'{mean:.3f} ± {std:.3f}'
+
+
+def finished_aps(work_dir: str, name: str) -> Dict[int, Dict[int, float]]:
+    """{seed: {iteration: val AP}} of the finished runs of ``name``."""
+    aps = {}
+    for path in glob.glob(osp.join(run_dir(work_dir, name, '*'), 'finished.json')):
+        seed = int(osp.basename(osp.dirname(path))[len('seed'):])
+        _, metrics = read_scalars(osp.dirname(path))
+        aps[seed] = {it: record['coco/bbox_mAP'] for it, record in metrics.items()}
+    return aps
+
+
+def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
+    """Every run of the plan against its first (the baseline), paired by seed at every
+    validated iteration: mean +- std of both, the mean paired difference and its 95%
+    interval. Empty when fewer than two runs of the plan have finished seeds."""
+    from lors_mmdet.diagnostics import paired_difference
+    names = list(plans)
+    rows = []
+    for name in names[1:]:
+        against = PAIRED_WITH.get(name, names[0])
+        if name == against or against not in plans:
+            continue
+        baseline = finished_aps(work_dir, against)
+        treated = finished_aps(work_dir, name)
+        seeds = sorted(set(baseline) & set(treated))
+        if not seeds:
+            continue
+        iterations = sorted(set.intersection(*(set(baseline[s]) & set(treated[s])
+                                               for s in seeds)))
+        for it in iterations:
+            ours = [treated[s][it] for s in seeds]
+            theirs = [baseline[s][it] for s in seeds]
+            d = paired_difference(ours, theirs)
+            interval = (f'[{d["low"]:+.3f}, {d["high"]:+.3f}]' if d['n'] > 1 else '-')
+            rows.append(f'| {name} | {against} | {it} | {len(seeds)} | {mean_std(ours)} | '
+                        f'{mean_std(theirs)} | {d["mean"]:+.3f} | {interval} |')
+    if not rows:
+        return ''
+    return '\n'.join([
+        'Paired by seed (same seeds, same data order), val AP at each validated '
+        'iteration; the interval is the 95% Student-t interval of the mean paired '
+        'difference.', '',
+        '| run | against | iteration | seeds | AP | AP of the other | mean difference | '
+        '95% interval |',
+        '|---|---|---|---|---|---|---|---|', *rows])
 
 
 def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
@@ -201,6 +325,9 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
         f'Produced by `{command}`.', '',
         '| run | seeds | AP | AP50 | AP75 | AP of each seed | train minutes / run |',
         '|---|---|---|---|---|---|---|', *rows])
+    paired = paired_table(plans, work_dir)
+    if paired:
+        table += '\n\n' + paired
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     print(table)
@@ -234,6 +361,7 @@ def main() -> None:
     check_doc_markers(args.doc, marker)
     if not args.report_only:
         threads = threads_per_job(args.jobs)
+        commit = source_commit()
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()
                 if not is_finished(run_dir(args.work_dir, name, seed))]
@@ -241,6 +369,7 @@ def main() -> None:
             futures = []
             for name, config, options, seed, directory in todo:
                 os.makedirs(directory, exist_ok=True)
+                check_same_commit(directory, commit)
                 futures.append(pool.submit(train, name, config, options, seed, directory,
                                            args.val_interval, threads))
             for future in futures:

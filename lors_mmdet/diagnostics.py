@@ -1,0 +1,258 @@
+"""What a trained (LORS-)AdaMixer learned, read from the checkpoints of one run.
+
+For the accuracy study (docs/accuracy.md): each stage's own AP, the size of each LORS
+stage's private residual next to the shared part it adds to, and how strongly each
+group of decoder parameters is pushed (gradient norms on a fixed training batch) and
+moved (update norms between checkpoints).
+
+Parameter groups of the decoder (``roi_head``):
+
+- ``shared mixing``: LORS's stack-wide mixing generator and output projection;
+- ``s{i} mixing``: stage ``i``'s own mixing (plain AdaMixer: its generator and output
+  projection; LORS: the private core generator, L, R, and the projection's A, B, bias);
+- ``s{i} other``: the rest of stage ``i`` (attention, sampling offsets, FFN, heads).
+"""
+import copy
+import os.path as osp
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.config import Config
+from torch import Tensor, nn
+
+
+def decoder_parameter_group(name: str) -> str:
+    """Group of a ``roi_head`` parameter name (see the module doc)."""
+    if name.startswith('shared_mixing'):
+        return 'shared mixing'
+    parts = name.split('.')
+    if parts[0] == 'bbox_head' and len(parts) > 2:
+        kind = 'mixing' if parts[2] == 'adaptive_mixing' else 'other'
+        return f's{parts[1]} {kind}'
+    return 'other'
+
+
+def grouped_norms(tensors: Dict[str, Tensor]) -> Dict[str, float]:
+    """Frobenius norm of each parameter group (the root of its tensors' summed
+    squares), keyed as :func:`decoder_parameter_group`."""
+    squares: Dict[str, float] = defaultdict(float)
+    for name, tensor in tensors.items():
+        squares[decoder_parameter_group(name)] += float(tensor.detach().double().pow(2).sum())
+    return {group: value**0.5 for group, value in sorted(squares.items())}
+
+
+def decoder_state(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The ``roi_head`` tensors of a detector state dict, prefix removed."""
+    prefix = 'roi_head.'
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def update_norms(before: Dict[str, Tensor], after: Dict[str, Tensor]) -> Dict[str, dict]:
+    """Per group: norm of the change between two decoder states and that norm
+    relative to the group's norm before.
+
+    Args:
+        before: decoder state (:func:`decoder_state`) at the earlier checkpoint.
+        after: decoder state at the later one, same keys.
+    """
+    if before.keys() != after.keys():
+        raise ValueError(f'the two checkpoints hold different decoder tensors: '
+                         f'{sorted(before.keys() ^ after.keys())[:5]}')
+    change = grouped_norms({k: after[k].double() - before[k].double() for k in after})
+    size = grouped_norms(before)
+    return {g: dict(norm=change[g], relative=change[g] / max(size[g], 1e-12))
+            for g in change}
+
+
+@torch.no_grad()
+def private_residual_sizes(decoder: nn.Module,
+                           queries: List[Tensor]) -> Dict[str, dict]:
+    """How large each LORS stage's private residual is next to the shared part.
+
+    Static: ``||B A|| / ||W_shared||`` of the mixing output projection. Adaptive: for
+    the channel (M) and spatial (S) mixing matrices, the mean over the queries of
+    ``||M_i(q) - M_shared(q)|| / ||M_shared(q)||`` (Frobenius, per query and group).
+
+    Args:
+        decoder: a ``LorsAdaMixerDecoder``.
+        queries: per stage, the queries (..., content_dim) that entered its mixing.
+    """
+    sizes = {}
+    for stage, (head, query) in enumerate(zip(decoder.bbox_head, queries)):
+        mixing = head.adaptive_mixing
+        shared_w = mixing.out_proj.shared.weight
+        lors_b, lors_a = mixing.out_proj.lors_B, mixing.out_proj.lors_A
+        static = (lors_b @ lors_a).norm() / shared_w.norm()
+        mats = mixing.generator(query)
+        adaptive = {}
+        for j, matrix in enumerate(('M', 'S')):
+            shared = mats.shared[j]
+            private = mats.materialise(j) - shared
+            ratio = private.flatten(-2).norm(dim=-1) / shared.flatten(-2).norm(
+                dim=-1).clamp_min(1e-12)
+            adaptive[matrix] = float(ratio.mean())
+        sizes[f's{stage}'] = dict(static_out_proj=float(static), **adaptive)
+    return sizes
+
+
+def _mixing_queries(decoder: nn.Module):
+    """Forward pre-hooks that record each stage's mixing query; returns (list, handles)."""
+    queries: List[Optional[Tensor]] = [None] * len(decoder.bbox_head)
+    handles = []
+    for stage, head in enumerate(decoder.bbox_head):
+        def hook(module, args, stage=stage):
+            queries[stage] = args[1].detach()
+        handles.append(head.adaptive_mixing.register_forward_pre_hook(hook))
+    return queries, handles
+
+
+def diagnose_checkpoint(cfg: Config, checkpoint: str, work_dir: str,
+                        stage_ap: bool = False) -> dict:
+    """Diagnostics of one checkpoint of a (LORS-)AdaMixer run.
+
+    Gradient norms per parameter group on the first training batch (the config's
+    own loader and seed), weight norms, the private residual sizes of a LORS
+    decoder on that batch's queries and, with ``stage_ap``, the COCO AP of every
+    stage's own predictions on the val set.
+
+    Args:
+        cfg: the run's config.
+        checkpoint: its checkpoint file.
+        work_dir: where mmengine may write its logs (not the run's own work dir).
+        stage_ap: also evaluate every stage (one val pass per stage).
+    """
+    from mmengine.runner import Runner
+
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    cfg.default_hooks.pop('visualization', None)
+    cfg.train_cfg = cfg.get('train_cfg')
+    runner = Runner.from_cfg(cfg)
+    runner.load_checkpoint(checkpoint, map_location='cpu')
+    model = runner.model
+    decoder = model.roi_head
+    result = dict(checkpoint=osp.basename(checkpoint),
+                  weight_norms=grouped_norms(dict(decoder.named_parameters())))
+
+    torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
+    batch = next(iter(runner.build_dataloader(cfg.train_dataloader)))
+    model.train()
+    lors = hasattr(decoder, 'shared_mixing_generator')
+    queries, handles = _mixing_queries(decoder) if lors else ([], [])
+    try:
+        data = model.data_preprocessor(batch, True)
+        losses = model(**data, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        model.zero_grad()
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    result['grad_norms'] = grouped_norms({
+        name: p.grad for name, p in decoder.named_parameters() if p.grad is not None})
+    result['stage_losses'] = {k: float(v) for k, v in losses.items()
+                              if k.startswith('s') and 'loss' in k}
+    model.zero_grad()
+    if lors:
+        result['private_residual'] = private_residual_sizes(decoder, queries)
+    if stage_ap:
+        num_stages = decoder.num_stages
+        result['stage_ap'] = {}
+        try:
+            for stage in range(num_stages):
+                decoder.num_stages = stage + 1
+                metrics = runner.test()
+                result['stage_ap'][f's{stage}'] = float(metrics['coco/bbox_mAP'])
+        finally:
+            decoder.num_stages = num_stages
+    return result
+
+
+def run_checkpoints(run_dir: str) -> List[str]:
+    """The ``iter_N.pth`` files of a run, by N."""
+    import glob
+    import re
+    found = []
+    for path in glob.glob(osp.join(run_dir, 'iter_*.pth')):
+        match = re.fullmatch(r'iter_(\d+)\.pth', osp.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def run_config(run_dir: str) -> Config:
+    """The config mmengine dumped into the run dir (the options of the run applied)."""
+    import glob
+    dumped = [p for p in glob.glob(osp.join(run_dir, '*.py'))]
+    if len(dumped) != 1:
+        raise FileNotFoundError(f'{run_dir}: expected the one config mmengine dumps '
+                                f'there, found {dumped}')
+    return Config.fromfile(dumped[0])
+
+
+def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> dict:
+    """:func:`diagnose_checkpoint` of every checkpoint of a run, and the update norms
+    between consecutive ones; written to ``run_dir/diagnostics.json``.
+
+    Args:
+        run_dir: the run's work dir (its dumped config and ``iter_*.pth``).
+        stage_ap: per-stage AP at the last checkpoint.
+        force: recompute even if ``diagnostics.json`` exists.
+    """
+    import json
+    import tempfile
+
+    from lors_mmdet.checkpoint_loading import safe_load_checkpoint
+    from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
+
+    out = osp.join(run_dir, 'diagnostics.json')
+    if osp.exists(out) and not force:
+        with open(out) as f:
+            return json.load(f)
+    checkpoints = run_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f'{run_dir}: no iter_*.pth checkpoint')
+    cfg = run_config(run_dir)
+    result = dict(run_dir=run_dir, checkpoints=[])
+    previous = None
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, path in enumerate(checkpoints):
+            entry = diagnose_checkpoint(cfg, path, scratch,
+                                        stage_ap=stage_ap and i == len(checkpoints) - 1)
+            state = decoder_state(safe_load_checkpoint(path, map_location='cpu')['state_dict'])
+            if previous is not None:
+                entry['update_norms'] = update_norms(previous, state)
+            previous = state
+            result['checkpoints'].append(entry)
+    AtomicLocalBackend().put_text(json.dumps(result, indent=1), out)
+    return result
+
+
+def paired_difference(treated: List[float], baseline: List[float],
+                      confidence: float = 0.95) -> dict:
+    """Mean of ``treated[i] - baseline[i]`` (pairs: same seed) and its two-sided
+    Student-t confidence interval.
+
+    Args:
+        treated: one value per seed.
+        baseline: the same seeds' values of the other model, in the same order.
+        confidence: level of the interval.
+
+    Returns:
+        dict(n, mean, std, low, high); low = high = mean for one pair.
+    """
+    from scipy import stats
+    if len(treated) != len(baseline) or not treated:
+        raise ValueError(f'need the same positive number of values on both sides, got '
+                         f'{len(treated)} and {len(baseline)}')
+    diffs = [t - b for t, b in zip(treated, baseline)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n == 1:
+        return dict(n=1, mean=mean, std=0.0, low=mean, high=mean)
+    std = (sum((d - mean)**2 for d in diffs) / (n - 1))**0.5
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / n**0.5
+    return dict(n=n, mean=mean, std=std, low=mean - half, high=mean + half)

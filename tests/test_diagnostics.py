@@ -1,0 +1,153 @@
+"""The accuracy study's statistics and diagnostics (lors_mmdet/diagnostics.py) and the
+experiment tool's pairing, resuming and commit checks."""
+import json
+import os.path as osp
+import subprocess
+
+import pytest
+import torch
+
+from lors_mmdet.diagnostics import (decoder_parameter_group, grouped_norms,
+                                    paired_difference, private_residual_sizes,
+                                    update_norms)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def test_paired_difference_matches_a_paired_t_test():
+    """The interval is the one whose ends a paired t-test (scipy) puts at p = 0.05."""
+    from scipy import stats
+    treated = [0.50, 0.52, 0.49, 0.55, 0.51, 0.47]
+    baseline = [0.52, 0.53, 0.52, 0.56, 0.50, 0.50]
+    d = paired_difference(treated, baseline)
+    assert d['n'] == 6
+    assert d['mean'] == pytest.approx(sum(treated) / 6 - sum(baseline) / 6)
+    for end in (d['low'], d['high']):  # shifting by an end makes the test borderline
+        shifted = [t - end for t in treated]
+        assert stats.ttest_rel(shifted, baseline).pvalue == pytest.approx(0.05, abs=1e-9)
+    assert d['low'] < d['mean'] < d['high']
+
+
+def test_paired_difference_refuses_unpaired_values():
+    with pytest.raises(ValueError, match='same positive number'):
+        paired_difference([0.5, 0.6], [0.5])
+    assert paired_difference([0.4], [0.5])['low'] == pytest.approx(-0.1)
+
+
+def test_parameter_groups_and_norms():
+    assert decoder_parameter_group('shared_mixing_generator.generator.weight') == \
+        'shared mixing'
+    assert decoder_parameter_group('bbox_head.3.adaptive_mixing.out_proj.lors_B') == \
+        's3 mixing'
+    assert decoder_parameter_group('bbox_head.0.ffn.layers.1.weight') == 's0 other'
+    tensors = {'bbox_head.0.adaptive_mixing.a': torch.full((2, 2), 1.0),
+               'bbox_head.0.adaptive_mixing.b': torch.full((4,), 2.0),
+               'bbox_head.1.fc_cls.weight': torch.tensor([3.0, 4.0])}
+    norms = grouped_norms(tensors)
+    assert norms == {'s0 mixing': pytest.approx((4 + 16) ** 0.5), 's1 other': 5.0}
+    after = {k: v * 3 for k, v in tensors.items()}
+    change = update_norms(tensors, after)
+    assert change['s1 other'] == dict(norm=pytest.approx(10.0), relative=pytest.approx(2.0))
+    with pytest.raises(ValueError, match='different decoder tensors'):
+        update_norms(tensors, {'x': torch.zeros(1)})
+
+
+def _toy_lors_decoder():
+    from lors_mmdet.analysis import build_detector
+    torch.manual_seed(0)
+    model = build_detector(osp.join(
+        ROOT, 'configs/lors_adamixer/lors-adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'))
+    return model.roi_head
+
+
+def test_private_residual_sizes_are_the_materialised_matrices():
+    """Zero at init (the published init zeroes the core generators and B); after a
+    perturbation, the ratio computed from the full matrices the stage would use."""
+    decoder = _toy_lors_decoder()
+    with torch.no_grad():
+        decoder.shared_mixing_generator.generator.weight.normal_(0, 0.1)
+    queries = [torch.randn(2, 5, 64) for _ in decoder.bbox_head]
+    sizes = private_residual_sizes(decoder, queries)
+    assert set(sizes) == {f's{i}' for i in range(6)}
+    assert all(v == 0 for s in sizes.values() for v in s.values())
+
+    head = decoder.bbox_head[2].adaptive_mixing
+    with torch.no_grad():
+        head.generator.core_generator.weight.normal_(0, 0.5)
+        head.out_proj.lors_B.normal_(0, 0.5)
+    sizes = private_residual_sizes(decoder, queries)
+    assert sizes['s1'] == dict(static_out_proj=0.0, M=0.0, S=0.0)
+    static = head.out_proj.lors_B @ head.out_proj.lors_A
+    assert sizes['s2']['static_out_proj'] == pytest.approx(
+        float(static.norm() / head.out_proj.shared.weight.norm()), rel=1e-5)
+    # the stage's channel-mixing matrix, built from its generators directly
+    with torch.no_grad():
+        mats = head.generator(queries[2])
+        full, shared = mats.materialise(0), mats.shared[0]
+    ratio = ((full - shared).flatten(-2).norm(dim=-1) / shared.flatten(-2).norm(dim=-1))
+    assert sizes['s2']['M'] == pytest.approx(float(ratio.mean()), rel=1e-5)
+    assert sizes['s2']['M'] > 0 and sizes['s2']['S'] > 0
+
+
+def _experiments(*args: str, cwd: str = ROOT):
+    import os
+    import sys
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'run_experiments.py'), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _run(work_dir, name: str, seed: int, maps) -> None:
+    run = work_dir / name.replace(' ', '_') / f'seed{seed}'
+    scalars = run / '20261206_000000' / 'vis_data'
+    scalars.mkdir(parents=True)
+    records = []
+    for i, value in enumerate(maps, start=1):
+        records += [dict(iter=200 * i, loss=1.0 / i),
+                    {'coco/bbox_mAP': value, 'coco/bbox_mAP_50': value,
+                     'coco/bbox_mAP_75': value, 'step': 0}]
+    (scalars / 'scalars.json').write_text('\n'.join(json.dumps(r) for r in records))
+    (run / 'finished.json').write_text(json.dumps(dict(name=name, seconds=60.0)))
+
+
+def test_report_pairs_the_runs_by_seed(tmp_path):
+    """Only seeds finished on both sides are paired, at every validated iteration."""
+    work_dir = tmp_path / 'runs'
+    plain = {0: [0.30, 0.50], 1: [0.20, 0.40], 2: [0.25, 0.45], 3: [0.1, 0.1]}
+    lors = {0: [0.28, 0.49], 1: [0.21, 0.37], 2: [0.22, 0.46]}
+    for seed, maps in plain.items():
+        _run(work_dir, 'adamixer 6-stage', seed, maps)
+    for seed, maps in lors.items():
+        _run(work_dir, 'lors-adamixer 6-stage', seed, maps)
+    result = _experiments('--plan', 'adamixer-6stage', '--report-only', '--work-dir',
+                          str(work_dir), '--out', str(tmp_path / 'out'))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / 'out' / 'adamixer-6stage' / 'results.md').read_text()
+    d = paired_difference([0.49, 0.37, 0.46], [0.50, 0.40, 0.45])
+    row = (f'| lors-adamixer 6-stage | adamixer 6-stage | 400 | 3 | 0.440 ± 0.062 | '
+           f'0.450 ± 0.050 | '
+           f'{d["mean"]:+.3f} | [{d["low"]:+.3f}, {d["high"]:+.3f}] |')
+    assert row in table
+    assert '| lors-adamixer 6-stage | adamixer 6-stage | 200 | 3 |' in table
+
+
+def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path):
+    """A run dir records its commit; resuming it from another checkout is refused
+    before anything trains (a resumed run would mix two versions of the code)."""
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    run = tmp_path / 'runs' / 'adamixer_6-stage' / 'seed0'
+    run.mkdir(parents=True)
+    (run / 'commit.txt').write_text('0' * 40 + '\n')
+    result = _experiments('--plan', 'adamixer-6stage', '--only', 'adamixer 6-stage',
+                          '--seeds', '0', '--work-dir', str(tmp_path / 'runs'),
+                          '--out', str(tmp_path / 'out'))
+    assert result.returncode != 0
+    if dirty:
+        assert 'uncommitted changes' in result.stderr
+    else:
+        assert f'begun at commit {"0" * 40}' in result.stderr and head in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ['commit.txt']  # nothing trained

@@ -1,0 +1,29 @@
+"""Diagnostics of one (LORS-)AdaMixer training run, from its checkpoints.
+
+    python tools/analysis/diagnose_run.py work_dirs/study6/lors-adamixer_6-stage/seed0
+
+For every ``iter_*.pth`` of the run: weight and gradient norms per decoder parameter
+group, each stage's loss on one training batch, a LORS decoder's private residual
+sizes; the update norms between consecutive checkpoints; with ``--stage-ap`` the AP of
+each stage's own predictions at the last checkpoint. Written to ``diagnostics.json`` in
+the run dir; a run that has one is skipped (``--force`` recomputes).
+See lors_mmdet/diagnostics.py for the definitions.
+"""
+import argparse
+
+from lors_mmdet.diagnostics import diagnose_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('run_dirs', nargs='+', help='work dirs of finished runs')
+    parser.add_argument('--stage-ap', action='store_true',
+                        help='evaluate every stage at the last checkpoint')
+    parser.add_argument('--force', action='store_true', help='recompute')
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        diagnose_run(run_dir, stage_ap=args.stage_ap, force=args.force)
+
+
+if __name__ == '__main__':
+    main()

@@ -22,7 +22,7 @@ setup(
     # mmcv must be built against the installed torch, which pip cannot express.
     install_requires=['numpy', 'Pillow', 'pycocotools', 'tqdm', 'matplotlib'],
     extras_require={
-        'tests': ['pytest'],
+        'tests': ['pytest', 'transformers'],
         # mmdet's tools/analysis_tools: analyze_logs.py (seaborn, pandas), benchmark.py (psutil)
         'tools': ['seaborn', 'pandas', 'psutil'],
     },

@@ -21,6 +21,8 @@ from lors_mmdet.lors import LorsLinear, find_lors_stacks
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 EMBED_DIMS = 256
 NUM_CLASSES = 3
+# a LORS stack needs at least 2 layers
+ENCODER_LAYERS = 2
 STOCK_TYPES = {'DINO': 'DINO', 'DeformableDETR': 'DeformableDETR'}
 LORS_TYPES = {'DINO': 'LorsDINO', 'DeformableDETR': 'LorsDeformableDETR'}
 
@@ -64,7 +66,7 @@ def tiny_model_cfg(family: str = 'DINO',
         neck=dict(type='ChannelMapper', in_channels=[32, 64], kernel_size=1,
                   out_channels=EMBED_DIMS, act_cfg=None,
                   norm_cfg=dict(type='GN', num_groups=32), num_outs=2),
-        encoder=dict(num_layers=1, layer_cfg=dict(
+        encoder=dict(num_layers=ENCODER_LAYERS, layer_cfg=dict(
             self_attn_cfg=dict(embed_dims=EMBED_DIMS, num_levels=2,
                                num_points=2, dropout=0.0),
             ffn_cfg=dict(embed_dims=EMBED_DIMS, feedforward_channels=64,
@@ -438,8 +440,8 @@ def test_toy_configs_differ_only_by_lors(stock_config, lors_config):
      ValueError, r"ranks\['cross_attn.attention_weights'\]: rank 129"),
     (dict(decoder=dict(rank=[4, 4])), ValueError,
      r'lors\.decoder\.rank must have one entry per layer'),
-    (dict(encoder=dict(num_terms=[1, 2])), ValueError,
-     r'lors\.encoder\.num_terms must have one entry per layer \(num_layers=1'),
+    (dict(encoder=dict(num_terms=[1, 2, 3])), ValueError,
+     r'lors\.encoder\.num_terms must have one entry per layer \(num_layers=2'),
     (dict(decoder=dict(rank='full', num_terms=2)), ValueError,
      r"'full' needs num_terms"),
     (dict(decoder=dict(rank=4, ranks={'cross_attn.sampling_offset': 4})),
@@ -487,7 +489,7 @@ def test_cpu_uses_mmcv_pytorch_deformable_attention(monkeypatch):
     model = build_model(tiny_model_cfg('DeformableDETR', lors=LORS)).eval()
     with torch.no_grad():
         model.predict(*tiny_batch(model, training=False))
-    assert len(calls) == 1 + 3  # encoder layer, decoder layers
+    assert len(calls) == ENCODER_LAYERS + 3  # encoder, decoder layers
 
 
 @pytest.mark.cuda

@@ -308,6 +308,24 @@ def test_bad_lors_config_names_the_key(lors, message):
         build(tiny_cfg('DETR', lors))
 
 
+@pytest.mark.parametrize('family, part, num_layers, message', [
+    ('DETR', 'decoder', 0, r'lors.decoder is given but model.decoder.'
+     r'num_layers = 0: the decoder has no layers to make a LORS stack of'),
+    ('DINO', 'encoder', 0, r'lors.encoder is given but model.encoder.'
+     r'num_layers = 0: the encoder has no layers'),
+    ('DETR', 'encoder', 1, r'lors.encoder: the stack has 1 layer; LORS '
+     r'shares weights across layers'),
+])
+def test_a_stack_of_fewer_than_two_layers_is_refused_by_name(
+        family, part, num_layers, message):
+    """Not mmdet's IndexError on an empty stack, nor a 'LORS' stack larger
+    than the stock one."""
+    cfg = tiny_cfg(family, {part: dict(rank=2)})
+    cfg[part].num_layers = num_layers
+    with pytest.raises(ValueError, match=message):
+        build(cfg)
+
+
 @pytest.mark.parametrize(
     'family', ['DETR', 'DeformableDETR-refine', 'DeformableDETR-twostage',
                'DINO'])

@@ -9,7 +9,7 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PACKAGES = ['torch', 'setuptools', 'mmengine', 'mmcv', 'mmdet', 'pycocotools', 'tqdm',
-            'matplotlib', 'Pillow', 'pytest']
+            'matplotlib', 'Pillow', 'pytest', 'transformers']
 
 
 def test_second_run_installs_nothing_and_times_every_step(tmp_path):

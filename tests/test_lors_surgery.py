@@ -496,3 +496,216 @@ def test_init_as_stock_keeps_parameter_objects(init):
         else:  # full rank: every layer has its own init back
             torch.testing.assert_close(effective,
                                        torch.full_like(effective, index + 1))
+
+
+# --------------------------------------------------------------------------
+# odd stacks: ties, hooks, dtypes, stack size, transposed linears
+# --------------------------------------------------------------------------
+def tie_across_layers(model):
+    model.blocks[1].mlp[0] = model.blocks[0].mlp[0]
+
+
+def tie_within_a_layer(model):
+    for block in model.blocks:
+        block.alias = block.mlp[0]
+
+
+def tie_parameters_across_layers(model):
+    model.blocks[2].attn.proj.weight = model.blocks[0].attn.proj.weight
+
+
+def tie_a_parameter_outside_the_stack(model):
+    model.extra = nn.Linear(DIM, DIM).double()
+    model.extra.weight = model.blocks[3].attn.proj.weight
+
+
+@pytest.mark.parametrize('tie, match', [
+    (tie_across_layers,
+     r"layer 0's 'mlp.0' is also 'blocks.1.mlp.0' of ViT \(the same Linear"),
+    (tie_within_a_layer,
+     r"layer 0's 'mlp.0' is also 'blocks.0.alias' of ViT \(the same Linear"),
+    (tie_parameters_across_layers,
+     r"layer 0's attn.proj.weight is also 'blocks.2.attn.proj.weight' of "
+     r'ViT \(tied parameters\)'),
+    (tie_a_parameter_outside_the_stack,
+     r"layer 3's attn.proj.weight is also 'extra.weight' of ViT"),
+])
+def test_ties_are_refused_before_anything_changes_and_kept_when_excluded(
+        tie, match):
+    model = vit()
+    tie(model)
+    before = structure(model)
+    with pytest.raises(ValueError, match=match + r'.*untie it first, or '
+                       r'leave it out with lors.exclude'):
+        apply_lors(model, 'blocks', dict(rank=2))
+    assert structure(model) == before
+    excluded = 'mlp.0' if 'mlp.0' in match else 'attn.proj'
+    x = inputs('vit')
+    expected = model(x)
+    stack = apply_lors(model, 'blocks',
+                       dict(rank='full', init='dense', exclude=excluded))
+    assert excluded not in stack.plans
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)
+    if tie is tie_across_layers:
+        assert model.blocks[1].mlp[0] is model.blocks[0].mlp[0]
+    elif tie is tie_within_a_layer:
+        assert all(b.alias is b.mlp[0] for b in model.blocks)
+    elif tie is tie_parameters_across_layers:
+        assert model.blocks[2].attn.proj.weight is \
+            model.blocks[0].attn.proj.weight
+    else:
+        assert model.extra.weight is model.blocks[3].attn.proj.weight
+
+
+def test_a_tied_attention_is_refused():
+    model = encoder()
+    model.layers[4].self_attn = model.layers[1].self_attn
+    with pytest.raises(ValueError, match=r"layer 1's 'self_attn' is also "
+                       r"'layers.4.self_attn' of TransformerEncoder \(the "
+                       r'same MultiheadAttention object\)'):
+        apply_lors(model, 'layers', dict(rank=2))
+    assert type(model.layers[1].self_attn) is nn.MultiheadAttention
+
+
+def test_call_hooks_move_with_the_replaced_modules_and_back():
+    """Forward, forward-pre (with kwargs) and full backward hooks on a Linear
+    and an nn.MultiheadAttention fire after the surgery and after merging,
+    with the values of the stock model; the user's handles still remove
+    them."""
+    model = encoder().train()
+    layer = model.layers[2]
+    seen = {'linear1': [], 'self_attn': [], 'pre': [], 'grad': []}
+    handles = [
+        layer.linear1.register_forward_hook(
+            lambda m, args, out: seen['linear1'].append(out.detach())),
+        layer.self_attn.register_forward_hook(
+            lambda m, args, out: seen['self_attn'].append(out[0].detach())),
+        layer.linear2.register_forward_pre_hook(
+            lambda m, args, kwargs: seen['pre'].append(args[0].detach()),
+            with_kwargs=True),
+        layer.linear2.register_full_backward_hook(
+            lambda m, grad_in, grad_out: seen['grad'].append(
+                grad_out[0].detach())),
+    ]
+    x = inputs('encoder')
+
+    def run():
+        for values in seen.values():
+            values.clear()
+        model.zero_grad()
+        model(x).sum().backward()
+        assert all(len(values) == 1 for values in seen.values()), seen
+        return {name: values[0] for name, values in seen.items()}
+
+    expected = run()
+    apply_lors(model, 'layers', dict(rank='full', init='dense'))
+    assert isinstance(model.layers[2].linear1, LorsLinear)
+    assert isinstance(model.layers[2].self_attn, LorsAttention)
+    for name, value in run().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-10)
+    merge_lors(model)
+    assert type(model.layers[2].linear1) is nn.Linear
+    for name, value in run().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-10)
+    apply_lors(model, 'layers', dict(rank=2))
+    for handle in handles:
+        handle.remove()
+    for values in seen.values():
+        values.clear()
+    model(x).sum().backward()
+    assert not any(seen.values())
+
+
+@pytest.mark.parametrize('where, match', [
+    ('state_dict', r"layer 3's 'linear1' has state_dict_hooks; they would see LORS "
+                   r"parameters instead of Linear's"),
+    ('out_proj', r"layer 3's self_attn.out_proj has hooks, and the surgery "
+                 r"replaces 'self_attn' as a whole"),
+])
+def test_hooks_the_surgery_cannot_keep_are_refused(where, match):
+    model = encoder()
+    if where == 'state_dict':
+        model.layers[3].linear1._register_state_dict_hook(
+            lambda *args: None)
+    else:
+        model.layers[3].self_attn.out_proj.register_forward_hook(
+            lambda *args: None)
+    with pytest.raises(ValueError, match=match):
+        apply_lors(model, 'layers', dict(rank=2))
+    assert structure(model) == structure(encoder())
+
+
+def test_mixed_dtypes_are_refused_at_apply_not_at_forward():
+    model = encoder()
+    model.layers[2].float()
+    with pytest.raises(ValueError, match=r"layer 2 differs from layer 0 at "
+                       r"'self_attn.q_proj': \(in, out, bias, type, dtype, "
+                       r'device\) = \(16, 16, True, MultiheadAttention, '
+                       r'torch.float32, cpu\), layer 0 has .*torch.float64'):
+        apply_lors(model, 'layers', dict(rank=2))
+    assert structure(model) == structure(encoder())
+
+
+@pytest.mark.parametrize('num_layers, match', [
+    (0, r'lors: the stack has no layers'),
+    (1, r'lors: the stack has 1 layer; LORS shares weights across layers, '
+        r'so one layer has nothing to share .*leave it stock'),
+])
+def test_stacks_with_nothing_to_share_are_refused(num_layers, match):
+    model = ViT()
+    model.blocks = nn.ModuleList(Block() for _ in range(num_layers))
+    before = structure(model)
+    with pytest.raises(ValueError, match=match):
+        apply_lors(model, 'blocks', dict(rank=2))
+    assert structure(model) == before
+
+
+class Conv1D(nn.Module):
+    """Like transformers.pytorch_utils.Conv1D (GPT-2): a linear map whose
+    weight is stored transposed, (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) / math.sqrt(nx))
+        self.bias = nn.Parameter(torch.randn(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, self.nx),
+                           self.weight).reshape(*x.shape[:-1], self.nf)
+
+
+class ConvMLP(nn.Module):
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_fc = Conv1D(FF, DIM)
+        self.c_proj = Conv1D(DIM, FF)
+
+    def forward(self, x):
+        return x + self.c_proj(F.gelu(self.c_fc(x)))
+
+
+@pytest.mark.parametrize('init', ['dense', 'fresh'])
+def test_transposed_linears_are_static_targets(init):
+    model = randomised(nn.Sequential(*(ConvMLP() for _ in range(4))))
+    owner = nn.Module()
+    owner.blocks = model
+    stock_keys = list(owner.state_dict())
+    x = inputs('vit')
+    expected = model(x)
+    first = model[0].c_proj.weight.detach().clone()
+    stack = apply_lors(owner, 'blocks', dict(rank='full', init=init))
+    assert sorted(stack.plans) == ['c_fc', 'c_proj']
+    assert isinstance(model[1].c_fc, LorsLinear)
+    assert stack.shared_linear(0, 'c_fc').weight.shape == (FF, DIM)
+    if init == 'dense':
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)
+    else:  # shared = layer 0's map, in nn.Linear's layout
+        assert torch.equal(stack.shared_linear(0, 'c_proj').weight, first.t())
+    lors_out = model(x)
+    merge_lors(owner)
+    assert type(model[2].c_proj) is Conv1D
+    assert model[2].c_proj.weight.shape == (FF, DIM)
+    assert list(owner.state_dict()) == stock_keys
+    torch.testing.assert_close(model(x), lors_out, rtol=0, atol=1e-12)

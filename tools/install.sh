@@ -102,6 +102,10 @@ ensure mmdet 3.3.0 'installing mmdet 3.3.0' pip_install mmdet==3.3.0
 for package in pycocotools tqdm matplotlib Pillow pytest; do
   ensure "$package" '' "installing $package" pip_install "$package"
 done
+# Test-time only (tests/test_lors_gpt2.py: the surgery on a real GPT-2; skipped without it).
+# Pure Python plus small wheels, no torch: about 25 s.
+ensure transformers '' 'installing transformers (for the GPT-2 surgery test)' \
+  pip_install transformers
 
 # Checked from outside the repository: there, the current directory would hide a missing install.
 repo=$(pwd -P)

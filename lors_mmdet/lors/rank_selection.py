@@ -26,6 +26,7 @@ from .attention import PROJECTIONS
 from .merge import _check_dense
 from .stack_config import LorsStackConfig, matches
 from .surgery import _check_layers
+from .targets import linear_spec, linear_weight
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,11 @@ def rank_report(weights: Sequence[Tensor],
 
 
 def dense_weight(layer: nn.Module, path: str) -> Tensor:
-    """The weight of projection ``path`` of a stock layer: an
-    ``nn.Linear``'s weight, or for ``<attention>.q_proj`` ... of an
-    ``nn.MultiheadAttention`` its slice of the packed input projection (the
-    paths :func:`~lors_mmdet.lors.apply_lors` uses).
+    """The weight of projection ``path`` of a stock layer, (out, in): an
+    ``nn.Linear``'s weight, a transposed linear's (``Conv1D``) transposed,
+    or for ``<attention>.q_proj`` ... of an ``nn.MultiheadAttention`` its
+    slice of the packed input projection (the paths
+    :func:`~lors_mmdet.lors.apply_lors` uses).
 
     Raises:
         ValueError: ``path`` names neither.
@@ -169,10 +171,11 @@ def dense_weight(layer: nn.Module, path: str) -> Tensor:
             return owner.in_proj_weight.chunk(3)[index]
         return getattr(owner, f'{name[0]}_proj_weight')
     module = layer.get_submodule(path)
-    if not isinstance(module, nn.Linear):
+    if linear_spec(module) is None:
         raise ValueError(f'{path!r} is a {type(module).__name__}, not an '
-                         'nn.Linear or a map of an nn.MultiheadAttention')
-    return module.weight
+                         'nn.Linear, a transposed linear (Conv1D) or a map '
+                         'of an nn.MultiheadAttention')
+    return linear_weight(module)
 
 
 def stack_weights(layers: Sequence[nn.Module],

@@ -2,7 +2,8 @@
 
 The way peft injects LoRA: the model is built as usual, then
 :func:`apply_lors` replaces, inside each of the N layers, the selected
-``nn.Linear`` modules by :class:`~lors_mmdet.lors.LorsLinear` maps and the
+``nn.Linear`` modules (and transposed linears, ``transformers``' ``Conv1D``:
+:mod:`.targets`) by :class:`~lors_mmdet.lors.LorsLinear` maps and the
 selected ``nn.MultiheadAttention`` modules by a
 :class:`~lors_mmdet.lors.LorsAttention` whose projections are LORS maps. The
 shared weights are registered once, on the owner of the stack, in a
@@ -22,8 +23,22 @@ from .attention import PROJECTIONS, LorsAttention
 from .merge import lors_from_dense
 from .stack_config import LorsStackConfig, ProjectionPlan
 from .static import LorsLinear, SharedLinear
+from .targets import build_linear, linear_spec, linear_weight
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+# (in_features, out_features, bias, type, dtype, device) of a projection
+Spec = Tuple[int, int, bool, type, torch.dtype, torch.device]
+# Hooks that see the module's call (arguments, output, gradients): the LORS
+# module has the call contract of the module it replaces, so they move with
+# it. The flag says which kind of backward hook the dicts hold.
+_CALL_HOOKS = ('_forward_hooks', '_forward_hooks_with_kwargs',
+               '_forward_hooks_always_called', '_forward_pre_hooks',
+               '_forward_pre_hooks_with_kwargs', '_backward_hooks',
+               '_backward_pre_hooks', '_is_full_backward_hook')
+# Hooks that see the module's own parameters and state-dict keys, which the
+# LORS module does not have.
+_STATE_HOOKS = ('_state_dict_hooks', '_state_dict_pre_hooks',
+                '_load_state_dict_pre_hooks', '_load_state_dict_post_hooks')
 
 
 class LorsStack(nn.Module):
@@ -122,13 +137,8 @@ class LorsStack(nn.Module):
         for layer in self.layers:
             for path in self.plans:
                 lors = layer.get_submodule(path)
-                dense = self.dense_types[path](
-                    lors.in_features, lors.out_features,
-                    bias=lors.bias is not None, device=lors.lors_A.device,
-                    dtype=lors.lors_A.dtype)
-                dense.weight.copy_(lors.weight)
-                if lors.bias is not None:
-                    dense.bias.copy_(lors.bias)
+                dense = build_linear(self.dense_types[path], lors.weight,
+                                     lors.bias)
                 _replace(layer, path, dense.train(lors.training))
             for path in self.attentions:
                 attention = layer.get_submodule(path)
@@ -141,17 +151,24 @@ class LorsStack(nn.Module):
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` of ``root``, with the call hooks of the
+    module it replaces (the same hook dicts: a user's handle still removes
+    the hook)."""
     parent, _, name = path.rpartition('.')
-    setattr(root.get_submodule(parent) if parent else root, name, module)
+    owner = root.get_submodule(parent) if parent else root
+    old = getattr(owner, name)
+    for attr in _CALL_HOOKS:
+        setattr(module, attr, getattr(old, attr))
+    setattr(owner, name, module)
 
 
-def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool, type]]:
-    """``{path: (in_features, out_features, bias, type)}`` of a layer's
-    projections: its ``nn.Linear`` modules (outside attentions) and the four
-    maps of each ``nn.MultiheadAttention`` (``<path>.q_proj`` ...), in module
-    order.
+def _projections(layer: nn.Module) -> Dict[str, Spec]:
+    """``{path: (in_features, out_features, bias, type, dtype, device)}`` of
+    a layer's projections: its ``nn.Linear`` and transposed linear modules
+    (outside attentions) and the four maps of each ``nn.MultiheadAttention``
+    (``<path>.q_proj`` ...), in module order.
     """
-    found: Dict[str, Tuple[int, int, bool, type]] = {}
+    found: Dict[str, Spec] = {}
     attentions = set()
     for path, module in layer.named_modules():
         if not path:
@@ -160,34 +177,114 @@ def _projections(layer: nn.Module) -> Dict[str, Tuple[int, int, bool, type]]:
             attentions.add(path)
             bias = module.in_proj_bias is not None
             dim = module.embed_dim
+            weight = module.out_proj.weight
             for name, in_features in zip(
                     PROJECTIONS, (dim, module.kdim, module.vdim, dim)):
                 found[f'{path}.{name}'] = (in_features, dim, bias,
-                                           nn.MultiheadAttention)
-        elif (isinstance(module, nn.Linear)
-              and path.rpartition('.')[0] not in attentions):
-            found[path] = (module.in_features, module.out_features,
-                           module.bias is not None, type(module))
+                                           nn.MultiheadAttention,
+                                           weight.dtype, weight.device)
+        elif path.rpartition('.')[0] not in attentions:
+            spec = linear_spec(module)
+            if spec is not None:
+                found[path] = (*spec, type(module), module.weight.dtype,
+                               module.weight.device)
     return found
 
 
+def _replaced_modules(layer: nn.Module,
+                      paths: Sequence[str]) -> Dict[str, nn.Module]:
+    """``{path: module}`` of what the surgery replaces in ``layer`` for the
+    projections ``paths``: the projection, or its whole attention."""
+    replaced = {}
+    for path in paths:
+        parent = path.rpartition('.')[0]
+        if parent and isinstance(layer.get_submodule(parent),
+                                 nn.MultiheadAttention):
+            path = parent
+        replaced[path] = layer.get_submodule(path)
+    return replaced
+
+
+def _check_ties_and_hooks(owner: nn.Module, layers: Sequence[nn.Module],
+                          paths: Sequence[str], key: str) -> None:
+    """Refuse what replacing the selected modules would silently break.
+
+    - A module or parameter that is reachable under another name in
+      ``owner`` (tied weights, a module shared by two layers or aliased in
+      one): the surgery gives each layer its own new modules, so the tie would
+      be lost. Ties to modules outside ``owner`` are not visible here.
+    - Hooks on a replaced module that see its parameters or state-dict keys,
+      and any hook inside a replaced ``nn.MultiheadAttention`` (its
+      ``out_proj`` is never called as a module by torch). Call hooks on the
+      replaced module itself are kept (:func:`_replace`).
+    """
+    names: Dict[int, List[str]] = {}
+    for name, module in owner.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    for name, param in owner.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    hint = (f'the surgery gives every layer its own new module and would '
+            f'untie it; untie it first, or leave it out with {key}.exclude')
+    for index, layer in enumerate(layers):
+        layer_names = names[id(layer)]
+        for path, module in _replaced_modules(layer, paths).items():
+            own = {f'{prefix}.{path}' for prefix in layer_names}
+            other = sorted(set(names[id(module)]) - own)
+            if other:
+                raise ValueError(
+                    f'{key}: layer {index}\'s {path!r} is also {other[0]!r} '
+                    f'of {type(owner).__name__} (the same '
+                    f'{type(module).__name__} object): {hint}')
+            for local, param in module.named_parameters(
+                    remove_duplicate=False):
+                allowed = {f'{name}.{local}' for name in own}
+                other = sorted(set(names[id(param)]) - allowed)
+                if other:
+                    raise ValueError(
+                        f'{key}: layer {index}\'s {path}.{local} is also '
+                        f'{other[0]!r} of {type(owner).__name__} (tied '
+                        f'parameters): {hint}')
+            for attr in _STATE_HOOKS:
+                if getattr(module, attr, None):
+                    raise ValueError(
+                        f'{key}: layer {index}\'s {path!r} has '
+                        f'{attr.strip("_")}; they would see LORS parameters '
+                        f'instead of {type(module).__name__}\'s: remove '
+                        f'them or leave {path!r} out with {key}.exclude')
+            for sub_path, sub in module.named_modules():
+                if sub_path and any(getattr(sub, attr, None)
+                                    for attr in _CALL_HOOKS + _STATE_HOOKS
+                                    if attr != '_is_full_backward_hook'):
+                    raise ValueError(
+                        f'{key}: layer {index}\'s {path}.{sub_path} has '
+                        f'hooks, and the surgery replaces {path!r} as a '
+                        f'whole: remove them or leave {path!r} out with '
+                        f'{key}.exclude')
+
+
 def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
-                  config: LorsStackConfig
-                  ) -> Dict[str, Tuple[int, int, bool, type]]:
+                  config: LorsStackConfig) -> Dict[str, Spec]:
     """Check the stack; return the projections common to all its layers.
 
     A projection present in only some layers (Conditional-DETR drops the
     ``qpos_proj`` of all but the first decoder layer) is no stack member:
-    it stays private. One that ``config`` selects must have the same type and
-    shape in every layer; the others may differ (they stay private), e.g.
+    it stays private. One that ``config`` selects must have the same type,
+    shape, dtype and device in every layer, and no tie or hook that the
+    surgery would lose; the others may differ (they stay private), e.g.
     LORS-AdaMixer's per-stage adaptive core generators.
     """
+    key = config.key
     if isinstance(owner, _CONTAINERS):
         raise TypeError(f'owner must be the module holding the stack, not a '
                         f'{type(owner).__name__} (its iteration would see '
                         f'the LorsStack)')
     if not layers:
-        raise ValueError('the stack has no layers')
+        raise ValueError(f'{key}: the stack has no layers')
+    if len(layers) == 1:
+        raise ValueError(
+            f'{key}: the stack has 1 layer; LORS shares weights across '
+            f'layers, so one layer has nothing to share and its private '
+            f'residuals would only add parameters: leave it stock')
     if len({id(layer) for layer in layers}) != len(layers):
         raise ValueError('the same module appears twice in the stack')
     if hasattr(owner, name):
@@ -209,18 +306,27 @@ def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
                              f'layer 0 a {type(layers[0]).__name__}')
     if not common:
         raise ValueError(f'the layers ({type(layers[0]).__name__}) have no '
-                         f'nn.Linear or nn.MultiheadAttention in common')
-    key = config.key
-    for path in config.select(list(common)):
+                         f'nn.Linear, transposed linear (Conv1D) or '
+                         f'nn.MultiheadAttention in common')
+    selected = config.select(list(common))
+    for path in selected:
         for index, found in enumerate(per_layer):
             if found[path] != common[path]:
                 raise ValueError(
                     f'{key}: layer {index} differs from layer 0 at {path!r}: '
-                    f'(in, out, bias, type) = {found[path]}, layer 0 has '
-                    f'{common[path]}; only a projection identical in every '
-                    f'layer can be shared, and {key}.include / {key}.exclude '
-                    f'select this one')
+                    f'(in, out, bias, type, dtype, device) = '
+                    f'{_describe(found[path])}, layer 0 has '
+                    f'{_describe(common[path])}; only a projection identical '
+                    f'in every layer can be shared, and {key}.include / '
+                    f'{key}.exclude select this one')
+    _check_ties_and_hooks(owner, layers, selected, key)
     return common
+
+
+def _describe(spec: Spec) -> str:
+    in_features, out_features, bias, cls, dtype, device = spec
+    return (f'({in_features}, {out_features}, {bias}, {cls.__name__}, '
+            f'{dtype}, {device})')
 
 
 @torch.no_grad()
@@ -303,10 +409,10 @@ def apply_lors(owner: nn.Module,
             has_bias = denses[0].bias is not None
             if config.init == 'dense':
                 shared, new_layers, _ = lors_from_dense(
-                    [d.weight for d in denses], ranks, terms,
+                    [linear_weight(d) for d in denses], ranks, terms,
                     [d.bias for d in denses] if has_bias else None)
             else:
-                weight = denses[0].weight
+                weight = linear_weight(denses[0])
                 shared = SharedLinear(weight.shape[1], weight.shape[0],
                                       len(group)).to(weight)
                 shared.weight.copy_(weight)

@@ -108,6 +108,15 @@ class LorsStacksMixin:
         self.lors_cfg = parse_lors_cfg(
             lors, self.lors_key, tuple(self.lors_stack_paths),
             self.lors_stack_defaults, self.lors_missing_parts)
+        for part, config in self.lors_cfg.items():
+            # mmdet's encoders / decoders index their first layer while
+            # building: an empty stack would fail there, before the surgery
+            num_layers = (kwargs.get(part) or {}).get('num_layers')
+            if isinstance(num_layers, int) and num_layers < 1:
+                raise ValueError(
+                    f'{config.key} is given but model.{part}.num_layers = '
+                    f'{num_layers}: the {part} has no layers to make a LORS '
+                    f'stack of (a LORS stack needs at least 2)')
         super().__init__(*args, **kwargs)
         for part, config in self.lors_cfg.items():
             owner, layers = self.lors_stack_owner(part)

@@ -5,6 +5,8 @@
 - :mod:`.adaptive`: query-generated matrices, shared generator plus per-layer
   low-rank private part ``M_i(q) = M_shared(q) + sum_t L_it Z_it(q) R_it``.
 - :mod:`.merge`: LORS stack <-> N dense weights (deployment, conversion).
+- :mod:`.calibrated`: dense -> LORS fitted to the layers' inputs (whitened
+  residuals, shared weight refit), from streamed input second moments.
 - :mod:`.rank_selection`: ranks of a from-dense stack by the residual energy
   they keep (and the energy a fixed rank keeps).
 - :mod:`.accounting`: parameter counts, re-initialisation of private parts.
@@ -17,6 +19,8 @@ See ``docs/lors_library.md``.
 from .accounting import ParameterCount, count_parameters, reset_lors_parameters
 from .adaptive import GeneratedMatrices, LorsAdaptive, SharedGenerator
 from .attention import LorsAttention
+from .calibrated import (InputSecondMoment, calibrated_factors,
+                         lors_from_dense_calibrated)
 from .merge import lors_from_dense, merge_linears
 from .rank_selection import (RankChoice, choose_stack_ranks, dense_weight,
                              rank_for_energy, rank_report,
@@ -34,5 +38,6 @@ __all__ = [
     'reset_lors_parameters', 'FACTOR_INITS', 'LorsAttention', 'LorsStackConfig',
     'LorsStack', 'apply_lors', 'find_lors_stacks', 'merge_lors', 'init_as_stock',
     'RankChoice', 'choose_stack_ranks', 'dense_weight', 'rank_for_energy',
-    'rank_report', 'residual_energy_curves'
+    'rank_report', 'residual_energy_curves', 'InputSecondMoment',
+    'calibrated_factors', 'lors_from_dense_calibrated'
 ]

@@ -27,8 +27,10 @@ import collections
 import contextlib
 import copy
 import io
+import math
 import os
 import os.path as osp
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -37,15 +39,21 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from lors_mmdet.engine import check_outputs
 from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
+from lors_mmdet.engine.config_source import assignment, comment, one_line
 from lors_mmdet.engine.lors_settings import (GENERATED_HEADER, META_KEY,
-                                             _python, differences, plain)
+                                             differences, plain)
 from lors_mmdet.lors import (RankChoice, apply_lors,
                              choose_stack_ranks, count_parameters)
 from lors_mmdet.lors.stack_config import matches
 
 PARTS = ('encoder', 'decoder')
 RankSpec = Union[int, str]
+# An output name is a file stem: letters, digits, '_', '+', '-', '.'; no
+# leading '.' or '-' (a hidden file, a command-line option); no spaces,
+# quotes, braces, slashes or line breaks.
+NAME_PATTERN = re.compile(r'[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}')
 
 
 # --------------------------------------------------------------------------
@@ -258,9 +266,13 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
     Returns:
         ``({config key: value}, header lines)``.
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f'the fine-tune fraction must be in (0, 1], got '
-                         f'{fraction!r}')
+    if not (_is_number(fraction) and 0 < fraction <= 1):
+        raise ValueError(f'the fine-tune fraction (--finetune-fraction) must '
+                         f'be in (0, 1], got {fraction!r}')
+    if not (_is_number(lr_factor) and math.isfinite(lr_factor)
+            and lr_factor > 0):
+        raise ValueError(f'the fine-tune lr factor (--lr-factor) must be a '
+                         f'finite number > 0, got {lr_factor!r}')
     train_cfg = cfg.get('train_cfg') or {}
     overrides: dict = {}
     if 'max_epochs' in train_cfg:
@@ -297,6 +309,10 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
         'gradient clipping and paramwise lr multipliers are inherited.',
     ]
     return overrides, header
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------
@@ -344,38 +360,49 @@ def _custom_imports(cfg: Config) -> dict:
 def config_text(config: str, out_dir: str, checkpoint: str, lors_type: str,
                 lors: dict, schedule: dict, header: List[str], cfg: Config,
                 command: str, distill: Optional[dict] = None) -> str:
-    """The source of the compressed model's config."""
-    model = [f'    type={lors_type!r},', '    lors=dict(']
-    model += [f'        {part}={_python(value)},' for part, value in lors.items()]
-    model[-1] = model[-1][:-1] + ')' + (',' if distill is not None else ')')
+    """The source of the compressed model's config: every value a literal,
+    the free text (paths, the command line) in one-line comments
+    (:mod:`lors_mmdet.engine.config_source`)."""
+    model = dict(type=lors_type, lors=lors)
     if distill is not None:
-        model.append(f'    distill={_python(distill)})')
+        model['distill'] = distill
     lines = [
-        f'{GENERATED_HEADER}tools/compress.py (the LORS settings of '
-        f'{osp.basename(checkpoint)})',
-        f'# {command}',
-        f'# {config} compressed to LORS: shared = mean of the layers,',
+        GENERATED_HEADER + one_line(
+            f'tools/compress.py (the LORS settings of '
+            f'{osp.basename(checkpoint)})'),
+        comment(command),
+        comment(f'{config} compressed to LORS: shared = mean of the layers,'),
         '# private = truncated SVD of each residual; load_from is the',
         '# compressed checkpoint.',
-        *('# ' + line for line in header),
-        f'_base_ = {_base_reference(config, out_dir)!r}',
+        *map(comment, header),
+        assignment('_base_', _base_reference(config, out_dir)),
         '',
-        f'custom_imports = {_python(_custom_imports(cfg))}',
-        'model = dict(',
-        *model,
-        f'load_from = {osp.abspath(checkpoint)!r}',
+        assignment('custom_imports', _custom_imports(cfg)),
+        assignment('model', model),
+        assignment('load_from', osp.abspath(checkpoint)),
     ]
-    lines += [f'{key} = {_python(value)}' for key, value in schedule.items()]
+    lines += [assignment(key, value) for key, value in schedule.items()]
     return '\n'.join(lines) + '\n'
 
 
-def output_paths(out_dir: str, name: str, force: bool) -> Tuple[str, str]:
+def output_paths(out_dir: str, name: str, force: bool,
+                 inputs: Optional[Mapping[str, str]] = None) -> Tuple[str, str]:
     """``(<out_dir>/<name>.pth, <out_dir>/<name>.py)``.
 
+    Args:
+        out_dir: The output folder.
+        name: The file stem (see :func:`check_name`).
+        force: Whether existing files may be replaced.
+        inputs: ``{what: path}`` of the files read, which no output may be
+            (see :func:`~lors_mmdet.engine.check_outputs`).
+
     Raises:
-        FileExistsError: one of them exists and ``force`` is False.
+        ValueError: ``name`` is no plain file stem, or an output is an input.
+        FileExistsError: an output exists and ``force`` is False.
     """
+    check_name(name)
     paths = (osp.join(out_dir, name + '.pth'), osp.join(out_dir, name + '.py'))
+    check_outputs(inputs or {}, dict(checkpoint=paths[0], config=paths[1]))
     existing = [p for p in paths if osp.exists(p)]
     if existing and not force:
         raise FileExistsError(f'{", ".join(existing)} exist(s); pass --force '
@@ -386,6 +413,23 @@ def output_paths(out_dir: str, name: str, force: bool) -> Tuple[str, str]:
 def default_name(config: str) -> str:
     stem = osp.splitext(osp.basename(config.split('::')[-1]))[0]
     return f'lors-compressed_{stem}'
+
+
+def check_name(name: str) -> None:
+    """Refuse an output name that is no plain file stem (see ``NAME_PATTERN``).
+
+    Args:
+        name: The stem of the written ``.pth`` and ``.py``.
+
+    Raises:
+        ValueError: naming the name and what is allowed.
+    """
+    if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
+        raise ValueError(
+            f'the output name (--name) {name!r} is not allowed: expected 1 to '
+            '128 letters, digits, "_", "+", "-" or "." (neither of the last two '
+            'first), e.g. '
+            'lors-compressed_dino')
 
 
 def compress(config: str,
@@ -417,14 +461,20 @@ def compress(config: str,
         force: replace existing output files.
         command: the command line, recorded in the config header.
     """
+    from lors_mmdet.models.distill import parse_distill_cfg
     parts = list(dict.fromkeys(parts))
     if not parts or any(p not in PARTS for p in parts):
         raise ValueError(f'stacks must be some of {PARTS}, got {parts}')
     name = name or default_name(config)
-    ckpt_path, cfg_path = output_paths(out_dir, name, force)
+    ckpt_path, cfg_path = output_paths(
+        out_dir, name, force, inputs=dict(config=config, checkpoint=checkpoint))
     cfg = load_config(config)
     lors_type = lors_type_for(cfg.model.get('type'))
     schedule, header = finetune_schedule(cfg, fraction, lr_factor)
+    if distill is not None:
+        distill = dict(distill, teacher_config=_teacher_path(config),
+                       teacher_checkpoint=_teacher_path(checkpoint))
+        parse_distill_cfg(distill, 'distill (--distill)')
 
     stock = build_model(cfg.model, cfg.get('default_scope', 'mmdet')).eval()
     state_dict, stock_meta = read_state_dict(checkpoint)
@@ -433,9 +483,6 @@ def compress(config: str,
     lors, choices = compress_model(stock, parts, rank, energy, ranks)
     converted = stock.state_dict()
     settings = {'model.type': lors_type, 'model.lors': plain(lors)}
-    if distill is not None:
-        distill = dict(distill, teacher_config=_teacher_path(config),
-                       teacher_checkpoint=_teacher_path(checkpoint))
 
     os.makedirs(out_dir, exist_ok=True)
     text = config_text(config, out_dir, ckpt_path, lors_type, lors, schedule,

@@ -390,7 +390,7 @@ def test_distillation_is_off_by_default_and_zero_for_the_teacher_itself(
     (dict(teacher_config='a.py', teacher_checkpoint='b.pth', weigth=1),
      r"unknown key\(s\) \['weigth'\]"),
     (dict(teacher_config='a.py', teacher_checkpoint='b.pth', weight=-1),
-     'distill.weight must be a number >= 0'),
+     'distill.weight must be a finite number >= 0'),
 ])
 def test_bad_distill_settings_are_named(distill, message):
     with pytest.raises(ValueError, match=message):

@@ -16,11 +16,10 @@ lors_mmdet/models/adamixer/checkpoint_converter.py and docs/adamixer.md. The
 source (a file or a URL) is loaded with weights_only=True.
 """
 import argparse
-import os.path as osp
 
 from lors_mmdet.analysis import load_config
 from lors_mmdet.checkpoint_loading import load_any_checkpoint
-from lors_mmdet.engine import save_checkpoint_file
+from lors_mmdet.engine import check_outputs, save_checkpoint_file
 from lors_mmdet.models.adamixer.checkpoint_converter import (
     convert_adamixer_checkpoint, settings_mismatches)
 
@@ -39,8 +38,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if osp.abspath(args.src) == osp.abspath(args.dst):
-        raise SystemExit('error: dst must differ from src')
+    try:
+        check_outputs(dict(src=args.src, config=args.config), dict(dst=args.dst))
+    except ValueError as error:
+        raise SystemExit(f'error: {error}')
     checkpoint = load_any_checkpoint(args.src, map_location='cpu')
     converted, report = convert_adamixer_checkpoint(checkpoint)
     if args.config:

@@ -26,7 +26,8 @@ result loads into mmdet's own config, e.g. mmdet::dino/dino-4scale_r50_8xb2-12e_
 import argparse
 
 import lors_mmdet  # noqa: F401  (compat fixes, registers the LORS models)
-from lors_mmdet.engine import fit_config, format_config_fit, matching_config_path
+from lors_mmdet.engine import (check_outputs, fit_config, format_config_fit,
+                               matching_config_path)
 from lors_mmdet.models.detr.convert import (convert_checkpoint,
                                             format_conversion)
 
@@ -35,10 +36,13 @@ def parse_rank(value: str):
     if value == 'full':
         return value
     try:
-        return int(value)
+        rank = int(value)
     except ValueError:
+        rank = 0
+    if rank <= 0:
         raise argparse.ArgumentTypeError(
             f"--rank must be a positive int or 'full', got {value!r}")
+    return rank
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,8 +60,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    # Refuse to overwrite a user's file before any work is done.
+    # Refuse to overwrite a user's file or an input before any work is done.
     config_out = matching_config_path(args.out) if args.rank is not None else None
+    check_outputs(dict(config=args.config, checkpoint=args.checkpoint),
+                  dict(checkpoint=args.out, config=config_out))
     result = convert_checkpoint(args.direction, args.config, args.checkpoint,
                                 args.out, rank=args.rank)
     print(format_conversion(result))

@@ -25,6 +25,7 @@ The validation split is never trained on; the printed accuracy is measured on it
 import argparse
 import functools
 import json
+import math
 import os
 import os.path as osp
 import time
@@ -66,10 +67,15 @@ def centre_row(image_index: int, bbox: List[float], label: int) -> tuple:
     return image_index, x + w / 2, y + h / 2, label
 
 
+def annotation_file(data_root: str, split: str) -> str:
+    """The COCO annotation file of a split."""
+    return osp.join(data_root, 'annotations', f'instances_{split}.json')
+
+
 def load_split(data_root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray]:
     """Normalised RGB images of a split and one (image index, cx, cy, label) row per box."""
     from PIL import Image
-    ann_file = osp.join(data_root, 'annotations', f'instances_{split}.json')
+    ann_file = annotation_file(data_root, split)
     if not osp.isfile(ann_file):
         raise FileNotFoundError(
             f'{ann_file} not found: generate the data set first '
@@ -174,6 +180,10 @@ def pretrain(data_root: str, out: str, iters: int, batch_size: int, lr: float,
     """Train the shape classifier and save its backbone's weights to ``out``
     (with the torch thread count it ran with: the weights depend on it)."""
     import mmdet.models  # noqa: F401  (registers ResNet)
+
+    from lors_mmdet.engine import check_outputs
+    check_outputs({f'{split} annotations': annotation_file(data_root, split)
+                   for split in ('train', 'val')}, dict(checkpoint=out))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_images, train_rows = load_split(data_root, 'train')
@@ -235,6 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key in ('iters', 'batch_size', 'window', 'threads'):
         if getattr(args, key) < 1:
             parser.error(f'--{key.replace("_", "-")} must be at least 1')
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f'--lr must be a finite number > 0, got {args.lr}')
     if args.extra_images < 0:
         parser.error('--extra-images must be at least 0')
     if not 0 <= args.jitter < args.window // 2:

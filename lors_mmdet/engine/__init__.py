@@ -10,6 +10,7 @@ from .load_checks import (CheckpointMismatchError, LorsCheckpointCheckHook,
 from .lors_settings import (ConfigFit, cfg_options, fit_config, format_config_fit,
                             matching_config_path)
 from .model_wrappers import DeviceAwareDistributedDataParallel
+from .outputs import check_outputs, same_file
 from .runtime import (adapt_cfg_to_machine, check_data_paths, check_pretrained_paths,
                       enable_amp, load_tool_config, use_atomic_checkpoints)
 from .visualization import ReadableDetVisualizer, place_labels
@@ -22,4 +23,4 @@ __all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'checkpoint_problem',
            'DeviceAwareDistributedDataParallel', 'adapt_cfg_to_machine',
            'check_data_paths', 'check_pretrained_paths', 'load_tool_config', 'enable_amp',
            'use_atomic_checkpoints', 'CocoAudit', 'audit_coco_file', 'check_coco_annotations',
-           'ReadableDetVisualizer', 'place_labels']
+           'ReadableDetVisualizer', 'place_labels', 'check_outputs', 'same_file']

@@ -19,6 +19,10 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from mmengine.config import Config, DictAction
 
+from .atomic_checkpoint import AtomicLocalBackend
+from .config_source import assignment, comment, one_line
+from .outputs import check_outputs
+
 META_KEY = 'lors_settings'
 # First line of every config written by write_matching_config: only such files
 # are ever overwritten.
@@ -201,22 +205,6 @@ def format_cfg_options(arguments: List[str]) -> str:
 # --------------------------------------------------------------------------
 # A config next to a converted checkpoint
 # --------------------------------------------------------------------------
-def _python(value: Any) -> str:
-    """``value`` as Python source, dicts in mmdet's ``dict(key=...)`` style."""
-    if isinstance(value, Mapping):
-        if all(isinstance(k, str) and k.isidentifier() for k in value):
-            return 'dict(' + ', '.join(f'{k}={_python(v)}'
-                                       for k, v in value.items()) + ')'
-        return '{' + ', '.join(f'{k!r}: {_python(v)}'
-                               for k, v in value.items()) + '}'
-    if isinstance(value, list):
-        return '[' + ', '.join(map(_python, value)) + ']'
-    if isinstance(value, tuple):
-        items = list(map(_python, value))
-        return '(' + ', '.join(items) + (',)' if len(items) == 1 else ')')
-    return repr(value)
-
-
 def matching_config_path(checkpoint: str) -> str:
     """Where the matching config of ``checkpoint`` goes: beside it, same name,
     ``.py``.
@@ -251,18 +239,19 @@ def write_matching_config(config: str, settings: Mapping[str, Any],
         RuntimeError: the written config does not load with the settings
             (a bug, never a silent wrong config).
     """
+    check_outputs(dict(config=config, checkpoint=checkpoint),
+                  dict(config=path))
     patch = settings_patch(Config.fromfile(config), settings)
     base = osp.relpath(osp.abspath(config), osp.dirname(osp.abspath(path)))
     lines = [
-        f'{GENERATED_HEADER}the LORS settings of '
-        f'{osp.basename(checkpoint)}',
-        f'# on top of {config}.',
-        f'_base_ = {base!r}',
+        GENERATED_HEADER + one_line(
+            f'the LORS settings of {osp.basename(checkpoint)}'),
+        comment(f'on top of {config}.'),
+        assignment('_base_', base),
         '',
     ]
-    lines += [f'{key} = {_python(value)}' for key, value in patch.items()]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    lines += [assignment(key, value) for key, value in patch.items()]
+    AtomicLocalBackend().put_text('\n'.join(lines) + '\n', path)
     left = differences(Config.fromfile(path), settings)
     if left:
         raise RuntimeError(f'{path} does not reproduce the recorded LORS '

@@ -32,6 +32,7 @@ proposals, i.e. while the encoders agree (exact when only the decoder is
 compressed, before the fine-tune moves the encoder).
 """
 import copy
+import math
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
@@ -59,8 +60,9 @@ def parse_distill_cfg(distill: Optional[Mapping],
                              f'{" or URL" if "checkpoint" in name else ""})')
     cfg = {**dict(weight=1.0, bbox_weight=5.0), **distill}
     for name in ('weight', 'bbox_weight'):
-        if not isinstance(cfg[name], (int, float)) or cfg[name] < 0:
-            raise ValueError(f'{key}.{name} must be a number >= 0, got '
+        if (not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool)
+                or not math.isfinite(cfg[name]) or cfg[name] < 0):
+            raise ValueError(f'{key}.{name} must be a finite number >= 0, got '
                              f'{cfg[name]!r}')
     return cfg
 

@@ -131,21 +131,32 @@ def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
     ``state_dict`` and ``meta`` (the source's plain-typed meta plus
     ``merged_from``: the source files and the merged decoder's sizes).
 
+    Nothing is written unless every check passes: the outputs are new files
+    (no input, not each other), ``out_config`` is a ``.py``, the checkpoint
+    fits the config; then both are written atomically.
+
     Returns:
         ``meta['merged_from']``.
+
+    Raises:
+        ValueError: a check fails, named.
     """
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     from lors_mmdet.analysis import load_config, strip_pretrained
     from lors_mmdet.checkpoint_loading import load_any_checkpoint
-    from lors_mmdet.engine import save_checkpoint_file
+    from lors_mmdet.engine import (AtomicLocalBackend, check_outputs,
+                                   save_checkpoint_file)
     register_all_modules()
-    for out in (out_config, out_checkpoint):
-        if osp.abspath(out) in (osp.abspath(config), osp.abspath(checkpoint)):
-            raise ValueError(f'output {out} would overwrite an input')
+    check_outputs(dict(config=config, checkpoint=checkpoint),
+                  dict(config=out_config, checkpoint=out_checkpoint))
+    if not str(out_config).endswith('.py'):
+        raise ValueError(f'the output config {out_config} must be a .py file '
+                         '(the plain AdaMixer config for tools/test.py)')
     cfg = load_config(config)
     plain_cfg = plain_adamixer_config(cfg)
+    config_text = plain_cfg.pretty_text
     source = load_any_checkpoint(checkpoint, map_location='cpu')
     state_dict = source.get('state_dict', source)
     model = MODELS.build(strip_pretrained(copy.deepcopy(cfg)).model)
@@ -168,5 +179,5 @@ def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
             if isinstance(v, (str, int, float, bool))}
     meta['merged_from'] = merged_from
     save_checkpoint_file(dict(state_dict=merged, meta=meta), out_checkpoint)
-    plain_cfg.dump(out_config)
+    AtomicLocalBackend().put_text(config_text, out_config)
     return merged_from

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from lors_mmdet.engine import check_outputs, save_checkpoint_file
 from lors_mmdet.engine.lors_settings import META_KEY as LORS_SETTINGS_META
 from lors_mmdet.engine.lors_settings import plain
 from lors_mmdet.lors import apply_lors, merge_lors
@@ -181,8 +182,13 @@ def convert_checkpoint(direction: str, config, checkpoint: str, out: str,
 
     Returns:
         The :class:`Conversion` (errors, parameter counts, settings).
+
+    Raises:
+        ValueError: a bad request, or ``out`` is an input (nothing written).
     """
     from mmengine.config import Config
+    check_outputs(dict(config=config if isinstance(config, str) else config.filename,
+                       checkpoint=checkpoint), dict(checkpoint=out))
     if direction not in DIRECTIONS:
         raise ValueError(f'direction must be one of {DIRECTIONS}, got '
                          f'{direction!r}')
@@ -219,7 +225,7 @@ def convert_checkpoint(direction: str, config, checkpoint: str, out: str,
     meta.pop(LORS_SETTINGS_META, None)
     if result.lors_settings:
         meta[LORS_SETTINGS_META] = result.lors_settings
-    torch.save(dict(meta=meta, state_dict=target.state_dict()), out)
+    save_checkpoint_file(dict(meta=meta, state_dict=target.state_dict()), out)
     return result
 
 

@@ -5,13 +5,16 @@ config's, writes a matching config and prints the --cfg-options; tools/train.py
 and tools/test.py refuse a checkpoint whose LORS tensors do not fit the model,
 while a classification head with another number of classes still only warns.
 The tools run for real, in subprocesses, on the tiny Deformable-DETR of the
-end-to-end tests.
+end-to-end tests. The LORS detectors check every state dict loaded into them
+themselves, so mmdet's own tools and APIs (``.mim/tools/test.py``,
+``init_detector``) refuse the same checkpoints.
 """
 import os
 import os.path as osp
 import subprocess
 import sys
 
+import mmdet
 import pytest
 import torch
 from mmengine.config import Config, DictAction
@@ -28,6 +31,7 @@ from test_tools_e2e import ROOT, data_options
 TINY = osp.join(ROOT, 'tests', 'configs', 'tiny_deformable_detr_synthetic.py')
 TINY_LORS = osp.join(ROOT, 'tests', 'configs',
                      'tiny_lors_deformable_detr_synthetic.py')
+MMDET_TEST = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
 EMBED_DIMS = 32  # of the tiny config: the 'full' rank of its square maps
 CONFIG_RANK = 4  # lors.decoder.rank of TINY_LORS
 
@@ -158,6 +162,103 @@ def test_train_load_from_unchanged_config_is_an_error(converted, data_root,
 
 
 # --------------------------------------------------------------------------
+# The model's own state-dict loading: mmdet's tools and APIs
+# --------------------------------------------------------------------------
+Q_PROJ_A = 'decoder.layers.0.self_attn.attn.q_proj.lors_A'
+
+
+def test_mmdet_test_script_refuses_another_rank(converted, data_root,
+                                                tmp_path):
+    """mmdet's own tools/test.py (no hook of ours in its config): the
+    detector's state-dict loading raises before anything is evaluated."""
+    _, out, _ = converted
+    result = run([MMDET_TEST, TINY_LORS, out, '--work-dir', str(tmp_path),
+                  '--cfg-options', *data_options(data_root)],
+                 expect_ok=False)
+    assert result.returncode != 0
+    assert 'CheckpointMismatchError' in result.stderr
+    assert (f'{Q_PROJ_A}: checkpoint ({EMBED_DIMS}, {EMBED_DIMS}), model '
+            f'({CONFIG_RANK}, {EMBED_DIMS})') in result.stderr
+    assert 'convert_detr_checkpoint.py to-lors' in result.stderr
+    assert '--rank' in result.stderr
+    assert 'bbox_mAP' not in result.stdout
+
+
+def test_init_detector_refuses_another_rank(converted):
+    from mmdet.apis import init_detector
+    _, out, _ = converted
+    with pytest.raises(CheckpointMismatchError) as error:
+        init_detector(TINY_LORS, out, device='cpu')
+    message = str(error.value)
+    assert (f'{Q_PROJ_A}: checkpoint ({EMBED_DIMS}, {EMBED_DIMS}), model '
+            f'({CONFIG_RANK}, {EMBED_DIMS})') in message
+    assert '40 tensor(s) differ in shape' in message
+    assert 'model.lors.<part>.rank' in message
+
+
+def test_det_inferencer_refuses_another_rank(converted):
+    from mmdet.apis import DetInferencer
+    _, out, _ = converted
+    with pytest.raises(CheckpointMismatchError,
+                       match=rf'{Q_PROJ_A}: checkpoint \({EMBED_DIMS}, '
+                       rf'{EMBED_DIMS}\), model \({CONFIG_RANK}, '
+                       rf'{EMBED_DIMS}\)'):
+        DetInferencer(model=TINY_LORS, weights=out, device='cpu',
+                      show_progress=False)
+
+
+def test_init_detector_refuses_a_lors_checkpoint_for_a_stock_model(
+        converted):
+    """The LORS class without ``model.lors`` builds the stock model: the
+    checkpoint's LORS tensors would be dropped and its layers left random."""
+    from mmdet.apis import init_detector
+    _, out, _ = converted
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'(?s)belong to LORS stacks the model does not '
+                       r'have.*self_attn\.attn\.q_proj\.lors_A.*'
+                       r'convert_detr_checkpoint\.py to-stock'):
+        init_detector(TINY_LORS, out, device='cpu',
+                      cfg_options={'model.lors': None})
+
+
+def test_tools_test_refuses_a_lors_checkpoint_for_a_stock_config(
+        converted, data_root, tmp_path):
+    _, out, _ = converted
+    result = run(['tools/test.py', TINY, out, '--work-dir', str(tmp_path),
+                  '--cfg-options', *data_options(data_root)],
+                 expect_ok=False)
+    assert result.returncode != 0
+    assert 'CheckpointMismatchError' in result.stderr
+    assert f'  {Q_PROJ_A}\n' in result.stderr
+    assert 'convert_detr_checkpoint.py to-stock' in result.stderr
+    assert 'merge_lors_adamixer.py' in result.stderr
+    assert 'bbox_mAP' not in result.stdout
+
+
+def test_partial_loads_still_only_warn(converted, tmp_path):
+    """mmengine's non-strict loading stays as it was for what is not a LORS
+    tensor: another number of classes, a backbone taken from a LORS
+    checkpoint by ``init_cfg``, the same model's checkpoint."""
+    from mmengine.runner import load_checkpoint
+    _, out, _ = converted
+    model = build(TINY_LORS)
+    other = build(TINY_LORS, **{'model.bbox_head.num_classes': 3})
+    torch.save(dict(state_dict=other.state_dict()), str(tmp_path / 'o.pth'))
+    load_checkpoint(model, str(tmp_path / 'o.pth'), logger='silent')
+    assert torch.equal(model.decoder.layers[1].ffn.layers[1].lors_A,
+                       other.decoder.layers[1].ffn.layers[1].lors_A)
+    from mmdet.registry import MODELS
+    cfg = Config.fromfile(TINY_LORS)
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=out,
+                                       prefix='backbone.')
+    backbone = MODELS.build(cfg.model)
+    backbone.init_weights()
+    saved = torch.load(out, weights_only=True)['state_dict']
+    assert torch.equal(backbone.backbone.conv1.weight,
+                       saved['backbone.conv1.weight'])
+
+
+# --------------------------------------------------------------------------
 # The check, in process
 # --------------------------------------------------------------------------
 @pytest.fixture(scope='module')
@@ -183,6 +284,15 @@ def test_lors_tensors_are_found_from_module_types(lors_model):
                                  'bbox_head.', 'query_embedding'))
                    for k in owned)
     assert not any('.norms.' in k for k in owned)
+
+
+def test_lors_keys_are_those_no_stock_model_has(lors_model):
+    from lors_mmdet.lors import is_lors_key
+    lors_keys = {k for k in lors_model.state_dict() if is_lors_key(k)}
+    assert {k for k in lors_model.state_dict()
+            if k.endswith(('.lors_A', '.lors_B'))
+            or k.startswith('decoder.lors_layers.')} == lors_keys
+    assert not any(is_lors_key(k) for k in build(TINY).state_dict())
 
 
 def test_other_class_count_is_left_to_mmengine(lors_model):

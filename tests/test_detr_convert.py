@@ -160,8 +160,9 @@ def test_conversion_errors_are_clear(tmp_path):
                            str(tmp_path / 'x.pth'))
     lors_config = write_config(tmp_path / 'lors.py',
                                tiny_model_cfg('DINO', lors=BOTH))
-    with pytest.raises(ValueError, match=r'read as a LorsDINO checkpoint\) '
-                       r'does not fit.*unexpected keys'):
+    with pytest.raises(ValueError, match=r'(?s)read as a LorsDINO checkpoint'
+                       r'\) does not fit.*have no place in these LORS '
+                       r'modules.*convert_detr_checkpoint\.py to-lors'):
         convert_checkpoint('to-stock', lors_config, dino_ckpt,
                            str(tmp_path / 'x.pth'))
     with pytest.raises(ValueError, match=r'model\.lors\.encoder\.rank: rank '

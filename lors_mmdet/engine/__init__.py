@@ -6,7 +6,8 @@ from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend,
 from .data_checks import CocoAudit, audit_coco_file, check_coco_annotations
 from .hooks import RNGStateHook
 from .load_checks import (CheckpointMismatchError, LorsCheckpointCheckHook,
-                          add_lors_checkpoint_check, check_lors_checkpoint)
+                          add_lors_checkpoint_check, check_lors_checkpoint,
+                          check_lors_state_dict)
 from .lors_settings import (ConfigFit, cfg_options, fit_config, format_config_fit,
                             matching_config_path)
 from .model_wrappers import DeviceAwareDistributedDataParallel
@@ -18,7 +19,8 @@ from .visualization import ReadableDetVisualizer, place_labels
 __all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'checkpoint_problem',
            'find_resumable_checkpoint', 'select_resume_checkpoint', 'save_checkpoint_file', 'RNGStateHook',
            'LorsCheckpointCheckHook', 'CheckpointMismatchError',
-           'add_lors_checkpoint_check', 'check_lors_checkpoint', 'ConfigFit',
+           'add_lors_checkpoint_check', 'check_lors_checkpoint', 'check_lors_state_dict',
+           'ConfigFit',
            'cfg_options', 'fit_config', 'format_config_fit', 'matching_config_path',
            'DeviceAwareDistributedDataParallel', 'adapt_cfg_to_machine',
            'check_data_paths', 'check_pretrained_paths', 'load_tool_config', 'enable_amp',

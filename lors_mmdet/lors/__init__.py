@@ -29,7 +29,7 @@ from .stack_config import LorsStackConfig
 from .static import (FACTOR_INITS, LorsLinear, LorsLinearStack, SharedLinear,
                      build_lors_linears)
 from .surgery import (LorsStack, apply_lors, find_lors_stacks, init_as_stock,
-                      merge_lors)
+                      is_lors_key, merge_lors)
 
 __all__ = [
     'SharedLinear', 'LorsLinear', 'LorsLinearStack', 'build_lors_linears',
@@ -37,6 +37,7 @@ __all__ = [
     'lors_from_dense', 'count_parameters', 'ParameterCount',
     'reset_lors_parameters', 'FACTOR_INITS', 'LorsAttention', 'LorsStackConfig',
     'LorsStack', 'apply_lors', 'find_lors_stacks', 'merge_lors', 'init_as_stock',
+    'is_lors_key',
     'RankChoice', 'choose_stack_ranks', 'dense_weight', 'rank_for_energy',
     'rank_report', 'residual_energy_curves', 'InputSecondMoment',
     'calibrated_factors', 'lors_from_dense_calibrated'

@@ -39,6 +39,21 @@ _CALL_HOOKS = ('_forward_hooks', '_forward_hooks_with_kwargs',
 # LORS module does not have.
 _STATE_HOOKS = ('_state_dict_hooks', '_state_dict_pre_hooks',
                 '_load_state_dict_pre_hooks', '_load_state_dict_post_hooks')
+# Starts the name of every tensor or module that only a LORS model has: the
+# stacks (lors_<layers path>) and the private factors (LorsLinear's lors_A /
+# lors_B, LorsAdaptive's lors_L / lors_R).
+LORS_NAME_PREFIX = 'lors_'
+
+
+def is_lors_key(key: str) -> bool:
+    """Whether state-dict key ``key`` names a tensor of a LORS model that no
+    stock model has (a path component starts with ``lors_``).
+
+    Args:
+        key: a state-dict key, e.g.
+            ``'decoder.layers.0.ffn.layers.1.lors_A'``.
+    """
+    return any(part.startswith(LORS_NAME_PREFIX) for part in key.split('.'))
 
 
 class LorsStack(nn.Module):
@@ -370,7 +385,7 @@ def apply_lors(owner: nn.Module,
             raise TypeError(f'{layers!r} must name a ModuleList or '
                             f'Sequential, got {type(container).__name__}')
         layers = list(container)
-        name = name or 'lors_' + layers_path.replace('.', '_')
+        name = name or LORS_NAME_PREFIX + layers_path.replace('.', '_')
     elif name is None:
         raise ValueError('name is needed when the layers are given as '
                          'modules')

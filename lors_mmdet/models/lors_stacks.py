@@ -18,8 +18,9 @@ stock.
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
+from lors_mmdet.engine.load_checks import check_lors_state_dict
 from lors_mmdet.lors import (LorsStack, LorsStackConfig, apply_lors,
                              find_lors_stacks, init_as_stock)
 
@@ -80,7 +81,10 @@ class LorsStacksMixin:
     modules and re-derives the LORS stacks from the result (``init='fresh'``:
     each shared weight = the first layer's freshly initialised weight,
     private residuals zero), in place: the optimizer, built by mmengine
-    before ``init_weights``, keeps the parameters the model uses.
+    before ``init_weights``, keeps the parameters the model uses. Loading a
+    state dict (by any loader: mmdet's tools, ``init_detector``, mmengine's
+    non-strict ``load_checkpoint``) refuses tensors that do not fit its LORS
+    stacks, and LORS stacks it does not have.
 
     A detector class says where its stacks are:
 
@@ -133,6 +137,24 @@ class LorsStacksMixin:
                           config: LorsStackConfig) -> None:
         """Family-specific checks of a part's config before the surgery
         (the surgery checks the rest)."""
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Tensor],
+                              prefix: str, *args, **kwargs) -> None:
+        """Refuse a state dict that does not fit the LORS stacks before
+        anything is copied (mmengine's loading would only warn).
+
+        Args:
+            state_dict: what is loaded (this detector's keys under
+                ``prefix``).
+            prefix: the key prefix of this detector's tensors.
+            *args, **kwargs: the rest of ``nn.Module._load_from_state_dict``.
+
+        Raises:
+            CheckpointMismatchError: see
+                :func:`~lors_mmdet.engine.check_lors_state_dict`.
+        """
+        check_lors_state_dict(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_weights(self) -> None:
         """The detector's init on the stock modules, then the LORS stacks

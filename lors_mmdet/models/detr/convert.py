@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lors_mmdet.engine import check_outputs, save_checkpoint_file
+from lors_mmdet.engine.load_checks import CheckpointMismatchError
 from lors_mmdet.engine.lors_settings import META_KEY as LORS_SETTINGS_META
 from lors_mmdet.engine.lors_settings import plain
 from lors_mmdet.lors import apply_lors, merge_lors
@@ -99,7 +100,7 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor],
     """
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:
+    except (RuntimeError, CheckpointMismatchError) as error:
         raise ValueError(f'{what} does not fit the model built from the '
                          f'config: {error}') from error
     if missing or unexpected:

@@ -44,11 +44,15 @@ from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
 from lors_mmdet.engine.config_source import assignment, comment, one_line
 from lors_mmdet.engine.lors_settings import (GENERATED_HEADER, META_KEY,
                                              differences, plain)
-from lors_mmdet.lors import (RankChoice, apply_lors,
-                             choose_stack_ranks, count_parameters)
+from lors_mmdet.lors import (InputSecondMoment, RankChoice, apply_lors,
+                             calibrated_factors, choose_stack_ranks,
+                             count_parameters, dense_weight, find_lors_stacks)
+from lors_mmdet.lors.calibrated import whitened_residual_spectrum
 from lors_mmdet.lors.stack_config import matches
 
 PARTS = ('encoder', 'decoder')
+# {part: {projection path: [E[x x^T] of each layer's inputs]}}
+Statistics = Dict[str, Dict[str, List[torch.Tensor]]]
 RankSpec = Union[int, str]
 # An output name is a file stem: letters, digits, '_', '+', '-', '.'; no
 # leading '.' or '-' (a hidden file, a command-line option); no spaces,
@@ -224,28 +228,267 @@ def compress_model(model: nn.Module,
                    parts: Sequence[str],
                    rank: Optional[RankSpec] = None,
                    energy: Optional[float] = None,
-                   ranks: Optional[Mapping] = None
-                   ) -> Tuple[dict, Dict[str, Dict[str, RankChoice]]]:
+                   ranks: Optional[Mapping] = None,
+                   stats: Optional[Statistics] = None,
+                   budget: Optional[float] = None,
+                   iterations: int = 0):
     """Turn the ``parts`` stacks of a trained stock model into LORS stacks
-    initialised from its weights, in place (see :func:`choose_ranks`).
+    initialised from its weights, in place.
+
+    Without ``stats``: weight-space init (shared = mean, truncated SVD of each
+    residual) at the ranks of :func:`choose_ranks`. With ``stats``
+    (:func:`input_statistics`): the same ranks, or with ``budget`` those of
+    :func:`budget_choices`, and factors fitted to the measured inputs
+    (:func:`fit_to_inputs_`, ``iterations`` shared-weight refits).
 
     Returns:
-        ``(lors dict of the LORS variant's config, choices)``.
+        ``(lors dict of the LORS variant's config, choices, output errors)``; the
+        output errors (``{part: {path: [relative error per layer]}}``) only with
+        ``stats``, else None.
     """
-    choices = choose_ranks(model, parts, rank, energy, ranks)
+    if budget is not None:
+        if stats is None:
+            raise ValueError('a parameter budget (--budget) allocates ranks by the '
+                             'measured output error: it needs --calibrate N')
+        if rank is not None or energy is not None or ranks:
+            raise ValueError('give a parameter budget (--budget) or ranks (--rank, '
+                             '--energy, --ranks), not both')
+        choices = budget_choices(model, parts, stats, budget)
+    else:
+        choices = choose_ranks(model, parts, rank, energy, ranks)
+    stock = ({part: _stock_weights(model, part, list(choices[part])) for part in parts}
+             if stats is not None else None)
     lors = {part: lors_stack_dict(choices[part]) for part in parts}
     for part in parts:
         apply_lors(getattr(model, part), 'layers',
                    dict(lors[part], init='dense'), key=f'lors.{part}')
-    return lors, choices
+    errors = None
+    if stats is not None:
+        errors = fit_to_inputs_(model, parts, stock, stats, iterations)
+    return lors, choices, errors
+
+
+# --------------------------------------------------------------------------
+# Calibration: the inputs each compressed projection receives
+# --------------------------------------------------------------------------
+def _stack_of(model: nn.Module, part: str):
+    """The one LORS stack of ``model.<part>``."""
+    stacks = find_lors_stacks(getattr(model, part))
+    if len(stacks) != 1:
+        raise ValueError(f'model.{part} holds {len(stacks)} LORS stacks, expected 1')
+    return stacks[0][1]
+
+
+def calibration_loader(cfg: Config, seed: int = 0):
+    """The config's own train dataloader, in this process (no workers) and seeded:
+    the same batches, augmentation included, on every run."""
+    from mmengine.runner import Runner
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    loader_cfg.pop('prefetch_factor', None)
+    return Runner.build_dataloader(loader_cfg, seed=seed)
+
+
+@torch.no_grad()
+def input_statistics(model: nn.Module, parts: Sequence[str], batches,
+                     num_batches: int, progress: bool = True) -> Statistics:
+    """Per part, projection and layer, the second moment ``E[x x^T]`` (float64) of
+    the inputs the stock model's projections receive on ``num_batches`` batches.
+
+    A copy of the model is turned into LORS at full rank (the stock function, with
+    every projection a module of its own, attention's q/k/v/out included); forward
+    pre-hooks on its projections stream the statistics. ``model`` is not changed.
+
+    Args:
+        model: the stock detector (trained weights).
+        parts: the stacks that will be compressed.
+        batches: an iterable of data batches (:func:`calibration_loader`).
+        num_batches: how many to run (inference mode, as the detector predicts).
+        progress: show a progress bar.
+    """
+    from lors_mmdet.progress import progress_bar
+    if not isinstance(num_batches, int) or isinstance(num_batches, bool) \
+            or num_batches < 1:
+        raise ValueError(f'the number of calibration batches (--calibrate) must be '
+                         f'a positive int, got {num_batches!r}')
+    probe = copy.deepcopy(model).eval()
+    moments: Dict[str, Dict[str, List[InputSecondMoment]]] = {}
+    handles = []
+    for part in parts:
+        apply_lors(getattr(probe, part), 'layers', dict(rank='full', init='dense'),
+                   key=f'lors.{part}')
+        stack = _stack_of(probe, part)
+        moments[part] = {}
+        for path in stack.plans:
+            moments[part][path] = []
+            for lors in stack.lors_linears(path):
+                moment = InputSecondMoment(lors.in_features)
+                handles.append(lors.register_forward_pre_hook(moment.hook))
+                moments[part][path].append(moment)
+    bar = progress_bar(num_batches, 'calibration', 'batch') if progress else None
+    done = 0
+    try:
+        for batch in batches:
+            if done == num_batches:
+                break
+            data = probe.data_preprocessor(batch, False)
+            probe(**data, mode='predict')
+            done += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        if bar is not None:
+            bar.close()
+    if done < num_batches:
+        raise ValueError(f'--calibrate {num_batches}: the train dataloader gave only '
+                         f'{done} batches')
+    return {part: {path: [m.value for m in layer_moments]
+                   for path, layer_moments in paths.items()}
+            for part, paths in moments.items()}
+
+
+def _stock_weights(model: nn.Module, part: str,
+                   paths: Sequence[str]) -> Dict[str, List[torch.Tensor]]:
+    layers = getattr(model, part).layers
+    return {path: [dense_weight(layer, path).detach().clone() for layer in layers]
+            for path in paths}
+
+
+def budget_choices(model: nn.Module, parts: Sequence[str], stats: Statistics,
+                   budget: float) -> Dict[str, Dict[str, RankChoice]]:
+    """Per-layer ranks that keep the transformer (encoder + decoder) within ``budget``
+    x its stock parameters while removing the most measured output error.
+
+    Every layer's residual starts at rank 1 (the smallest the surgery builds); then,
+    greedily, the (projection, layer) whose next rank removes the most relative
+    output error per parameter gets it, while the budget allows. The error of a
+    layer at rank ``r`` is what the whitened residual's singular values beyond ``r``
+    hold, relative to the layer's output energy ``|W_i C_i^{1/2}|_F^2``, with the
+    mean of the layers as the shared weight (:mod:`lors_mmdet.lors.calibrated`).
+
+    Args:
+        model: the stock detector.
+        parts: stacks to compress.
+        stats: :func:`input_statistics` of those parts.
+        budget: fraction in (0, 1) of the stock transformer's parameters.
+
+    Returns:
+        ``{part: {path: RankChoice}}`` with per-layer ``layer_ranks`` (``rank`` their
+        maximum), ``kept_energy`` the fraction of each whitened residual's energy
+        kept and ``target`` the budget.
+    """
+    import heapq
+    if not (_is_number(budget) and 0 < budget < 1):
+        raise ValueError(f'the parameter budget (--budget) must be a fraction in '
+                         f'(0, 1) of the stock transformer, got {budget!r}')
+    total = parameter_counts(model)['transformer']
+    allowed = budget * total
+    spent = total
+    items = []  # [part, path, layer, out + in, tail energies, output energy]
+    for part in parts:
+        weights = _stock_weights(model, part, list(stats[part]))
+        for path, layer_weights in weights.items():
+            out_features, in_features = layer_weights[0].shape
+            spent -= (len(layer_weights) - 1) * out_features * in_features
+            mean = torch.stack([w.double() for w in layer_weights]).mean(0)
+            for i, (w, cov) in enumerate(zip(layer_weights, stats[part][path])):
+                spectrum, energy = whitened_residual_spectrum(w, mean, cov)
+                items.append([part, path, i, out_features + in_features, spectrum,
+                              energy])
+    spent += sum(item[3] for item in items)  # rank 1 everywhere
+    if spent > allowed:
+        raise ValueError(f'--budget {budget}: even rank 1 everywhere keeps '
+                         f'{spent / total:.1%} of the stock transformer\'s '
+                         f'{total:,d} parameters; the budget must be above that')
+    ranks = [1] * len(items)
+
+    def gain(k: int) -> float:
+        spectrum, energy = items[k][4], items[k][5]
+        r = ranks[k]
+        return float(spectrum[r]) / energy if r < len(spectrum) and energy > 0 else 0.0
+
+    heap = [(-gain(k) / items[k][3], k) for k in range(len(items))]
+    heapq.heapify(heap)
+    while heap:
+        neg, k = heapq.heappop(heap)
+        if neg == 0 or spent + items[k][3] > allowed:
+            if neg == 0:
+                break
+            continue  # too dear now; a cheaper projection may still fit
+        ranks[k] += 1
+        spent += items[k][3]
+        if ranks[k] < len(items[k][4]):
+            heapq.heappush(heap, (-gain(k) / items[k][3], k))
+    choices: Dict[str, Dict[str, RankChoice]] = {part: {} for part in parts}
+    for part in parts:
+        for path in stats[part]:
+            chosen = [(k, ranks[k]) for k, item in enumerate(items)
+                      if item[0] == part and item[1] == path]
+            kept = []
+            for k, r in chosen:
+                spectrum = items[k][4]
+                whole = float(spectrum.sum())
+                kept.append(float(spectrum[:r].sum()) / whole if whole > 0 else 1.0)
+            layer_ranks = tuple(r for _, r in chosen)
+            choices[part][path] = RankChoice(
+                max(layer_ranks), len(items[chosen[0][0]][4]), layer_ranks,
+                tuple(kept), budget, per_layer=True)
+    return choices
+
+
+@torch.no_grad()
+def fit_to_inputs_(model: nn.Module, parts: Sequence[str],
+                   stock: Dict[str, Dict[str, List[torch.Tensor]]], stats: Statistics,
+                   iterations: int = 0) -> Dict[str, Dict[str, List[float]]]:
+    """Overwrite the shared weights and private factors of the LORS stacks of
+    ``parts`` with those fitted to the measured inputs (per group of layers,
+    :func:`~lors_mmdet.lors.calibrated_factors`), at the ranks the stacks were built
+    with.
+
+    Args:
+        model: the model after the surgery.
+        parts: its LORS stacks.
+        stock: ``{part: {path: [stock weight per layer]}}``.
+        stats: :func:`input_statistics`.
+        iterations: alternations of the shared-weight refit.
+
+    Returns:
+        ``{part: {path: [relative output error per layer]}}``.
+    """
+    errors: Dict[str, Dict[str, List[float]]] = {}
+    for part in parts:
+        stack = _stack_of(model, part)
+        errors[part] = {}
+        for path, plan in stack.plans.items():
+            layers = stack.lors_linears(path)
+            per_layer = [0.0] * len(layers)
+            for group, members in enumerate(stack.groups):
+                shared, factors, group_errors = calibrated_factors(
+                    [stock[part][path][i] for i in members],
+                    [stats[part][path][i] for i in members],
+                    [plan.ranks[i] * plan.num_terms[i] for i in members], iterations)
+                target = stack.shared_linear(group, path).weight
+                target.copy_(shared.to(target))
+                for i, (b, a), error in zip(members, factors, group_errors):
+                    layers[i].lors_B.copy_(b.to(layers[i].lors_B))
+                    layers[i].lors_A.copy_(a.to(layers[i].lors_A))
+                    per_layer[i] = error
+            errors[part][path] = per_layer
+    return errors
 
 
 def lors_stack_dict(choices: Mapping[str, RankChoice]) -> dict:
     """The ``lors`` dict of one stack: the most common rank as ``rank``
     (ties: the larger), exact paths of the others in ``ranks``."""
-    counts = collections.Counter(c.rank for c in choices.values())
-    common = max(counts, key=lambda r: (counts[r], r))
-    others = {path: c.rank for path, c in choices.items() if c.rank != common}
+    def spec(c: RankChoice):  # per-layer ranks where a budget chose them
+        return list(c.layer_ranks) if c.per_layer and len(set(c.layer_ranks)) > 1 \
+            else c.rank
+    counts = collections.Counter(spec(c) for c in choices.values()
+                                 if not isinstance(spec(c), list))
+    common = max(counts, key=lambda r: (counts[r], r)) if counts else 1
+    others = {path: spec(c) for path, c in choices.items() if spec(c) != common}
     return dict(rank=common, ranks=others) if others else dict(rank=common)
 
 
@@ -328,6 +571,8 @@ class Compression:
         choices: ``{part: {path: RankChoice}}``.
         params_before / params_after: :func:`parameter_counts`.
         schedule: the fine-tune overrides in the config.
+        output_errors: with calibration, ``{part: {path: [relative output error
+            |(W_i - W'_i) C_i^{1/2}| / |W_i C_i^{1/2}| per layer]}}``.
     """
     config: str
     checkpoint: str
@@ -337,6 +582,7 @@ class Compression:
     params_before: Dict[str, int]
     params_after: Dict[str, int]
     schedule: dict = field(default_factory=dict)
+    output_errors: Optional[Dict[str, Dict[str, List[float]]]] = None
 
 
 def _write_atomically(data: bytes, path: str) -> None:
@@ -444,7 +690,11 @@ def compress(config: str,
              lr_factor: float = 0.1,
              distill: Optional[dict] = None,
              force: bool = False,
-             command: str = '') -> Compression:
+             command: str = '',
+             calibrate: Optional[int] = None,
+             budget: Optional[float] = None,
+             refit_shared: int = 0,
+             cfg_options: Optional[Mapping] = None) -> Compression:
     """Compress ``checkpoint`` (of ``config``) and write the LORS config and
     checkpoint to ``out_dir``.
 
@@ -460,6 +710,17 @@ def compress(config: str,
             the fine-tune (teacher = ``config`` + ``checkpoint``), or None.
         force: replace existing output files.
         command: the command line, recorded in the config header.
+        calibrate: run this many batches of the config's train dataloader through
+            the stock model and fit the LORS factors to the inputs each projection
+            receives (:func:`input_statistics`, :func:`fit_to_inputs_`); None: the
+            weight-space init.
+        budget: instead of ranks, a fraction of the stock transformer's parameters
+            to keep; per-layer ranks chosen by measured error
+            (:func:`budget_choices`, needs ``calibrate``).
+        refit_shared: alternations of the shared-weight refit (with ``calibrate``).
+        cfg_options: overrides of the stock config for this command only (e.g. the
+            calibration data's root), as ``--cfg-options``; not written into the
+            output config.
     """
     from lors_mmdet.models.distill import parse_distill_cfg
     parts = list(dict.fromkeys(parts))
@@ -469,6 +730,8 @@ def compress(config: str,
     ckpt_path, cfg_path = output_paths(
         out_dir, name, force, inputs=dict(config=config, checkpoint=checkpoint))
     cfg = load_config(config)
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
     lors_type = lors_type_for(cfg.model.get('type'))
     schedule, header = finetune_schedule(cfg, fraction, lr_factor)
     if distill is not None:
@@ -480,7 +743,18 @@ def compress(config: str,
     state_dict, stock_meta = read_state_dict(checkpoint)
     load_strictly(stock, state_dict, f'checkpoint {checkpoint}')
     params_before = parameter_counts(stock)
-    lors, choices = compress_model(stock, parts, rank, energy, ranks)
+    stats = None
+    if calibrate is not None:
+        if not isinstance(refit_shared, int) or isinstance(refit_shared, bool) \
+                or refit_shared < 0:
+            raise ValueError(f'--refit-shared must be a non-negative int, got '
+                             f'{refit_shared!r}')
+        stats = input_statistics(stock, parts, calibration_loader(cfg), calibrate)
+    elif budget is not None or refit_shared:
+        raise ValueError('--budget and --refit-shared fit the model to measured '
+                         'inputs: they need --calibrate N')
+    lors, choices, errors = compress_model(stock, parts, rank, energy, ranks, stats,
+                                           budget, refit_shared)
     converted = stock.state_dict()
     settings = {'model.type': lors_type, 'model.lors': plain(lors)}
 
@@ -517,7 +791,7 @@ def compress(config: str,
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_cfg)
     return Compression(cfg_path, ckpt_path, lors_type, lors, choices,
-                       params_before, params_after, schedule)
+                       params_before, params_after, schedule, errors)
 
 
 def _teacher_path(path: str) -> str:
@@ -537,6 +811,17 @@ def format_report(result: Compression) -> str:
             lines.append(f'  {part:8} {path:34} '
                          f'{choice.rank:>4}/{choice.max_rank:<4} {target:>6} '
                          f'{choice.min_kept_energy:8.3f}  {kept}')
+    if result.output_errors:
+        lines.append('relative output error on the calibration inputs '
+                     '(|(W_i - W\'_i) C_i^1/2| / |W_i C_i^1/2|), per layer:')
+        for part, paths in result.output_errors.items():
+            for path, errors in paths.items():
+                ranks = result.choices[part][path].layer_ranks \
+                    if result.choices[part][path].per_layer else None
+                text = ' '.join(f'{e:.3f}' for e in errors)
+                lines.append(f'  {part:8} {path:34} {text}'
+                             + (f'  (ranks {" ".join(map(str, ranks))})' if ranks
+                                else ''))
     lines.append('parameters (each tensor once):')
     lines.append(f'  {"":12} {"before":>12} {"after":>12} {"after/before":>12}')
     for key, before in result.params_before.items():

@@ -26,7 +26,7 @@ from lors_mmdet.compress import (build_model, choose_ranks, compress,
                                  lors_type_for, parse_rank_overrides,
                                  read_state_dict)
 from lors_mmdet.engine.lors_settings import recorded_settings
-from lors_mmdet.lors import apply_lors, dense_weight
+from lors_mmdet.lors import apply_lors, dense_weight, find_lors_stacks
 from lors_mmdet.models.distill import parse_distill_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -156,7 +156,7 @@ def test_other_families_compress_to_their_registered_lors_variant(family):
         randomise(stock)
         data = batch(stock, torch.float32)
         expected = flat(stock(**data, mode='tensor'))
-        lors, choices = compress_model(stock, ['decoder', 'encoder'], rank,
+        lors, choices, _ = compress_model(stock, ['decoder', 'encoder'], rank,
                                        energy)
         got = flat(stock(**data, mode='tensor'))
         lors_model = build(tiny_cfg(family, lors)).eval()
@@ -395,3 +395,111 @@ def test_distillation_is_off_by_default_and_zero_for_the_teacher_itself(
 def test_bad_distill_settings_are_named(distill, message):
     with pytest.raises(ValueError, match=message):
         parse_distill_cfg(distill)
+
+
+def _data_cfg_options(data_root) -> dict:
+    return {f'{split}_dataloader.dataset.data_root': data_root
+            for split in ('train', 'val', 'test')}
+
+
+def test_calibrated_full_rank_is_exact(trained, data_root, tmp_path):
+    """Data-aware init at full rank (with shared refits) computes the stock model:
+    the written config + checkpoint, built and loaded as mmdet would."""
+    from mmdet.testing import demo_mm_inputs
+    result = compress(CONFIG, trained, str(tmp_path), parts=['decoder', 'encoder'],
+                      rank='full', calibrate=2, refit_shared=2,
+                      cfg_options=_data_cfg_options(data_root))
+    assert max(e for paths in result.output_errors.values() for errors in paths.values()
+               for e in errors) < 1e-6
+    stock = build_model(Config.fromfile(CONFIG).model).eval()
+    stock.load_state_dict(read_state_dict(trained)[0])
+    lors = build_model(Config.fromfile(result.config).model).eval()
+    lors.load_state_dict(read_state_dict(result.checkpoint)[0])
+    torch.manual_seed(0)
+    data = stock.data_preprocessor(
+        demo_mm_inputs(2, [[3, 64, 64], [3, 48, 64]], num_classes=6), False)
+    with torch.no_grad():
+        for a, b in zip(lors(**data, mode='tensor'), stock(**data, mode='tensor')):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_calibrated_init_lowers_the_output_error_at_the_same_ranks(trained, data_root):
+    """At the same ranks, every projection of every layer makes no more error on the
+    calibration inputs than the weight-space init, and the stack as a whole less."""
+    from lors_mmdet.compress import calibration_loader, input_statistics
+    from lors_mmdet.lors.calibrated import output_error
+    cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict(_data_cfg_options(data_root))
+    stock = build_model(cfg.model).eval()
+    stock.load_state_dict(read_state_dict(trained)[0])
+    parts = ['decoder', 'encoder']
+    stats = input_statistics(stock, parts, calibration_loader(cfg), 2, progress=False)
+    dense = {part: {path: [dense_weight(layer, path).detach().clone()
+                           for layer in getattr(stock, part).layers]
+                    for path in stats[part]} for part in parts}
+    import copy
+    weight_space, calibrated = copy.deepcopy(stock), copy.deepcopy(stock)
+    compress_model(weight_space, parts, rank=2)
+    _, _, errors = compress_model(calibrated, parts, rank=2, stats=stats)
+    totals = [0.0, 0.0]
+    for part in parts:
+        stacks = [find_lors_stacks(getattr(m, part))[0][1]
+                  for m in (weight_space, calibrated)]
+        for path, covs in stats[part].items():
+            for i, cov in enumerate(covs):
+                w = dense[part][path][i]
+                ws, cal = (output_error(w, s.lors_linears(path)[i].weight.detach(), cov)
+                           for s in stacks)
+                assert cal <= ws * (1 + 1e-6) + 1e-12, (part, path, i)
+                norm = output_error(w, torch.zeros_like(w), cov)
+                if norm > 0:  # (DETR's first decoder layer gets zero values)
+                    assert errors[part][path][i] == pytest.approx(
+                        (cal / norm)**0.5, rel=1e-3, abs=1e-7)
+                totals[0] += ws
+                totals[1] += cal
+    assert totals[1] < 0.95 * totals[0]
+
+
+def test_budget_keeps_the_parameters_and_builds_per_layer_ranks(trained, data_root,
+                                                                tmp_path):
+    budget = 0.8
+    result = run_tool(['tools/compress.py', CONFIG, trained, '--out', str(tmp_path),
+                       '--stacks', 'decoder', 'encoder', '--budget', str(budget),
+                       '--calibrate', '2', '--cfg-options',
+                       *[f'{k}={v}' for k, v in _data_cfg_options(data_root).items()]])
+    assert 'relative output error on the calibration inputs' in result.stdout
+    name = 'lors-compressed_tiny_detr_synthetic'
+    cfg = Config.fromfile(str(tmp_path / f'{name}.py'))
+    lors = build_model(cfg.model)
+    lors.load_state_dict(read_state_dict(str(tmp_path / f'{name}.pth'))[0])
+    stock = build_model(Config.fromfile(CONFIG).model)
+    before = sum(p.numel() for part in ('encoder', 'decoder')
+                 for p in getattr(stock, part).parameters())
+    after = sum(p.numel() for part in ('encoder', 'decoder')
+                for p in getattr(lors, part).parameters())
+    assert after <= budget * before
+    # the budget is used: one more rank in the cheapest projection would not fit
+    stacks = dict(lors.lors_stacks())
+    cheapest = min(s.lors_linears(path)[0].in_features + s.lors_linears(path)[0].out_features
+                   for s in stacks.values() for path in s.plans)
+    assert after + cheapest > budget * before
+    ranks = {(part, path): plan.ranks
+             for part in ('encoder', 'decoder')
+             for path, plan in stacks[f'{part}.lors_layers'].plans.items()}
+    assert len({r for per_layer in ranks.values() for r in per_layer}) > 1
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(budget=0.5), 'need --calibrate'),
+    (dict(refit_shared=2, rank=2), 'need --calibrate'),
+    (dict(calibrate=0, rank=2), 'positive int'),
+    (dict(calibrate=1, budget=1.5), r'fraction in \(0, 1\)'),
+    (dict(calibrate=1, budget=0.5, rank=2), 'not both'),
+    (dict(calibrate=1, budget=0.01), 'even rank 1 everywhere keeps'),
+])
+def test_bad_calibration_requests_are_named(trained, data_root, tmp_path, kwargs,
+                                            message):
+    with pytest.raises(ValueError, match=message):
+        compress(CONFIG, trained, str(tmp_path), parts=['decoder', 'encoder'],
+                 cfg_options=_data_cfg_options(data_root), **kwargs)
+    assert not os.listdir(tmp_path)

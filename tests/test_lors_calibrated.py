@@ -41,8 +41,11 @@ def test_identity_statistics_give_the_weight_space_init():
 
 
 @pytest.mark.parametrize('iterations', [0, 3])
-def test_full_rank_is_exact(iterations):
-    weights, _, covs = _problem()
+@pytest.mark.parametrize('deficient', [False, True])
+def test_full_rank_is_exact(iterations, deficient):
+    """Also when the inputs span only part of the space (fewer samples than
+    features, as a few calibration batches may give)."""
+    weights, _, covs = _problem(deficient=deficient)
     biases = [torch.randn(OUT, dtype=torch.float64) for _ in range(N)]
     shared, layers, errors = lors_from_dense_calibrated(
         weights, covs, rank=min(OUT, IN), biases=biases, iterations=iterations)
@@ -108,7 +111,7 @@ def test_alternating_never_raises_the_error_and_beats_the_weight_space_init(defi
         return sum(output_error(w, shared + b @ a, c)
                    for w, (b, a), c in zip(weights, factors, covs))
     curve = [total(k) for k in range(5)]
-    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(curve, curve[1:]))
+    assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(curve, curve[1:]))
     assert curve[-1] < curve[0]
     _, ref_layers, _ = lors_from_dense(weights, rank=1)
     weight_space = sum(output_error(w, ref.weight, c)

@@ -18,6 +18,8 @@ import argparse
 import shlex
 import sys
 
+from mmengine.config import DictAction
+
 import lors_mmdet  # noqa: F401  (safe checkpoint loaders, registers models)
 from lors_mmdet.compress import (compress, format_report,
                                  parse_rank_overrides)
@@ -54,6 +56,16 @@ def parse_args() -> argparse.Namespace:
                      help='per projection kind, the smallest rank keeping '
                      'this fraction of every layer\'s residual energy '
                      '(default 0.9)')
+    how.add_argument('--budget', type=float, metavar='F',
+                     help='keep this fraction of the stock transformer\'s '
+                     'parameters, per-layer ranks chosen by the measured output '
+                     'error (needs --calibrate)')
+    parser.add_argument('--calibrate', type=int, metavar='N',
+                        help='fit the LORS factors to the inputs of N batches of '
+                        'the config\'s train dataloader (data-aware init)')
+    parser.add_argument('--refit-shared', type=int, default=0, metavar='K',
+                        help='with --calibrate: K alternations of refitting the '
+                        'shared weights to the inputs (default 0: the mean)')
     parser.add_argument('--ranks', nargs='+', default=[],
                         metavar='[PART:]PATTERN=R',
                         help='rank of the projections a glob pattern names '
@@ -65,10 +77,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--distill', nargs='?', type=float, const=1.0,
                         metavar='WEIGHT', help='distil from the stock model '
                         'during the fine-tune (prediction loss weight, 1.0)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='overrides of CONFIG for this command only, e.g. the '
+                        'data root of the calibration data '
+                        '(train_dataloader.dataset.data_root=...)')
     parser.add_argument('--force', action='store_true',
                         help='replace existing output files')
     args = parser.parse_args()
-    if args.rank is None and args.energy is None:
+    if args.rank is None and args.energy is None and args.budget is None:
         args.energy = 0.9
     return args
 
@@ -81,7 +97,8 @@ def main() -> None:
         ranks=parse_rank_overrides(args.ranks),
         fraction=args.finetune_fraction, lr_factor=args.lr_factor,
         distill=None if args.distill is None else dict(weight=args.distill),
-        force=args.force,
+        force=args.force, calibrate=args.calibrate, budget=args.budget,
+        refit_shared=args.refit_shared, cfg_options=args.cfg_options,
         command=' '.join(map(shlex.quote, ['python', 'tools/compress.py',
                                            *sys.argv[1:]])))
     print(format_report(result))

@@ -8,6 +8,9 @@ squared output error of an approximation ``W'_i`` is
 
     E |(W_i - W'_i) x|^2 = |(W_i - W'_i) C_i^{1/2}|_F^2.
 
+The fit uses ``C_i`` plus a tiny ridge (:data:`DAMPING` x its mean eigenvalue), so
+that directions no calibration input took keep a unique, exact solution.
+
 For ``W'_i = W_s + D_i`` (shared weight plus a private residual of rank ``r_i``):
 
 - given ``W_s``, the best ``D_i`` is ``[(W_i - W_s) C_i^{1/2}]_{r_i} C_i^{+1/2}``
@@ -77,6 +80,19 @@ def _check_covariances(covariances: Sequence[Tensor], num_layers: int,
             raise ValueError(f'covariances[{i}] holds non-finite values')
 
 
+DAMPING = 1e-8
+
+
+def _damped(cov: Tensor) -> Tensor:
+    """``C + DAMPING * (trace C / n) I`` in float64: directions the inputs never take
+    still count a little, so the fit stays unique and exact at full rank."""
+    cov = cov.double()
+    cov = (cov + cov.T) / 2
+    scale = float(cov.diagonal().mean().clamp_min(0))
+    return cov + DAMPING * scale * torch.eye(len(cov), dtype=cov.dtype,
+                                            device=cov.device)
+
+
 def _roots(cov: Tensor) -> Tuple[Tensor, Tensor]:
     """Symmetric square root of a PSD matrix and the pseudo-inverse of that root
     (eigenvalues below a relative threshold count as zero)."""
@@ -107,6 +123,17 @@ def _whitened_residual(target: Tensor, rank: int, root: Tensor,
         b = torch.cat([b, b.new_zeros(b.shape[0], rank - len(s))], 1)
         a = torch.cat([a, a.new_zeros(rank - len(s), a.shape[1])], 0)
     return b, a
+
+
+def whitened_residual_spectrum(weight: Tensor, shared: Tensor,
+                               cov: Tensor) -> Tuple[Tensor, float]:
+    """Squared singular values (descending) of the whitened residual
+    ``(W - W_s) C^{1/2}`` and the output energy ``|W C^{1/2}|_F^2``: at rank ``r``
+    the residual leaves the output error ``sum(values[r:])``."""
+    cov = _damped(cov)
+    root, _ = _roots(cov)
+    values = torch.linalg.svdvals((weight.double() - shared.double()) @ root)**2
+    return values, output_error(weight, torch.zeros_like(weight), cov)
 
 
 def refit_shared(weights: Sequence[Tensor], residuals: Sequence[Tensor],
@@ -150,7 +177,7 @@ def calibrated_factors(weights: Sequence[Tensor], covariances: Sequence[Tensor],
     if not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f'iterations must be a non-negative int, got {iterations!r}')
     dense = [w.double() for w in weights]
-    covs = [c.double() for c in covariances]
+    covs = [_damped(c) for c in covariances]
     roots = [_roots(c) for c in covs]
     shared = torch.stack(dense).mean(0)
     factors: List[Tuple[Tensor, Tensor]] = []
@@ -159,8 +186,8 @@ def calibrated_factors(weights: Sequence[Tensor], covariances: Sequence[Tensor],
             shared = refit_shared(dense, [b @ a for b, a in factors], covs)
         factors = [_whitened_residual(w - shared, r, *root)
                    for w, r, root in zip(dense, ranks, roots)]
-    errors = []
-    for w, (b, a), c in zip(dense, factors, covs):
+    errors = []  # on the measured statistics, without the ridge
+    for w, (b, a), c in zip(dense, factors, covariances):
         norm = output_error(w, torch.zeros_like(w), c)
         error = output_error(w, shared + b @ a, c)
         errors.append((error / norm)**0.5 if norm > 0 else error**0.5)

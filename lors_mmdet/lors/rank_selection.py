@@ -40,13 +40,17 @@ class RankChoice:
             (``rank`` itself everywhere for a fixed-rank report).
         kept_energy: per layer, the fraction of ``|W_i - mean|_F^2`` kept at
             ``rank`` (1.0 for a residual of zero energy).
-        target: the energy target, or None for a fixed rank.
+        target: the energy target (or parameter budget), or None for a fixed
+            rank.
+        per_layer: each layer is built at its own ``layer_ranks`` entry (a
+            budget's choice) instead of ``rank``.
     """
     rank: int
     max_rank: int
     layer_ranks: Tuple[int, ...]
     kept_energy: Tuple[float, ...]
     target: Optional[float] = None
+    per_layer: bool = False
 
     @property
     def min_kept_energy(self) -> float:

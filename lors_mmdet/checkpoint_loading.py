@@ -26,6 +26,7 @@ import io
 import os
 import os.path as osp
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
@@ -190,18 +191,29 @@ def safe_load_checkpoint(source: Source, map_location: Optional[Any] = None,
 # --------------------------------------------------------------------------
 # URLs and named schemes
 # --------------------------------------------------------------------------
-def hub_cache_path(url: str, model_dir: Optional[str] = None) -> str:
-    """Where torch.hub keeps (or will keep) the file downloaded from ``url``."""
+def hub_cache_path(url: str, model_dir: Optional[str] = None,
+                   file_name: Optional[str] = None) -> str:
+    """Where torch.hub keeps (or will keep) the file downloaded from ``url``.
+
+    Args:
+        url: Address of the file.
+        model_dir: Cache folder (default: ``<torch hub dir>/checkpoints``).
+        file_name: Name in the cache (default: the last part of the URL's path).
+    """
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
-    return osp.join(model_dir, osp.basename(urlparse(url).path))
+    return osp.join(model_dir, file_name or osp.basename(urlparse(url).path))
 
 
-def _download_to_hub_cache(url: str, model_dir: Optional[str], progress: bool) -> str:
-    cached = hub_cache_path(url, model_dir)
+def _download_to_hub_cache(url: str, model_dir: Optional[str], progress: bool,
+                           file_name: Optional[str] = None,
+                           check_hash: bool = False) -> str:
+    cached = hub_cache_path(url, model_dir, file_name)
     if not osp.isfile(cached):
         os.makedirs(osp.dirname(cached), exist_ok=True)
+        match = torch.hub.HASH_REGEX.search(osp.basename(cached)) if check_hash else None
         # torch.hub downloads to a temporary name and renames when complete.
-        torch.hub.download_url_to_file(url, cached, progress=progress)
+        torch.hub.download_url_to_file(url, cached, match.group(1) if match else None,
+                                       progress=progress)
     return cached
 
 
@@ -225,6 +237,31 @@ def load_url_safely(url: str, map_location: Optional[Any] = None,
         torch.distributed.barrier()
         if rank > 0:
             cached = _download_to_hub_cache(url, model_dir, progress)
+    return safe_load_checkpoint(cached, map_location, name=f'{url} (cached as {cached})')
+
+
+def load_url(url: str, model_dir: Optional[str] = None, map_location: Optional[Any] = None,
+             progress: bool = True, check_hash: bool = False,
+             file_name: Optional[str] = None, weights_only: bool = True) -> Any:
+    """``torch.hub.load_state_dict_from_url`` with the safe loader, for mmengine's ``load_url``.
+
+    mmengine's ``load_url`` is torch.hub's function, which unpickles with
+    ``weights_only=False``; :func:`install_safe_checkpoint_loaders` puts this one
+    under that name. The arguments mean what they mean to torch.hub, except that
+    ``weights_only`` is accepted and ignored: the load is always safe. Unlike
+    torch.hub, a zip archive holding a single legacy checkpoint is not unpacked.
+
+    Args:
+        url: ``http://`` or ``https://`` address of a checkpoint.
+        model_dir: Cache folder (default: ``<torch hub dir>/checkpoints``).
+        map_location: Same as :func:`torch.load`.
+        progress: Show a download progress bar.
+        check_hash: Check the download against the hash prefix in its file name
+            (``name-<sha256 prefix>.ext``).
+        file_name: Name in the cache (default: the last part of the URL's path).
+        weights_only: Ignored (always True).
+    """
+    cached = _download_to_hub_cache(url, model_dir, progress, file_name, check_hash)
     return safe_load_checkpoint(cached, map_location, name=f'{url} (cached as {cached})')
 
 
@@ -333,22 +370,38 @@ def _refusing_loader(prefix: str) -> Callable:
     return refuse
 
 
-def install_safe_checkpoint_loaders() -> None:
-    """Route every scheme of mmengine's ``CheckpointLoader`` through the safe loader.
+def _safe_checkpoint_loader(cls, path: str) -> Optional[Callable]:
+    """``CheckpointLoader._get_checkpoint_loader`` that hands out only our loaders.
 
-    mmengine's own loader functions are replaced by ours in its module too, since
-    some of them call each other directly (``load_from_torchvision`` calls
-    ``load_from_http``).
+    The scheme table is read at every load, so a scheme registered after
+    ``import lors_mmdet`` (even one that shadows ours) is refused too.
+    """
+    ours = set(SAFE_LOADERS.values())
+    for prefix, function in cls._schemes.items():
+        if re.match(prefix, path) is not None:
+            return function if function in ours else _refusing_loader(prefix)
+    return None
+
+
+def install_safe_checkpoint_loaders() -> None:
+    """Route every checkpoint load of mmengine through the safe loader.
+
+    Our loaders take the schemes of ``CheckpointLoader``, whose lookup refuses any
+    other loader found at load time. They also replace mmengine's loader functions
+    and ``load_url`` (torch.hub's) under their names in mmengine's modules, where
+    mmengine's functions find each other when called, so that those functions stay
+    safe when taken before ``import lors_mmdet``. Idempotent.
     """
     from mmengine.logging import HistoryBuffer
     from mmengine.runner import checkpoint as mmengine_checkpoint
+    from mmengine.utils import dl_utils
+    from mmengine.utils.dl_utils import hub
     HistoryBuffer.__getstate__ = _history_buffer_getstate
     HistoryBuffer.__setstate__ = _history_buffer_setstate
     loader = mmengine_checkpoint.CheckpointLoader
-    ours = set()
     for prefixes, function in SAFE_LOADERS.items():
         loader.register_scheme(prefixes=list(prefixes), loader=function, force=True)
         setattr(mmengine_checkpoint, function.__name__, function)
-        ours.update(prefixes)
-    for prefix in [p for p in loader._schemes if p not in ours]:
-        loader.register_scheme(prefixes=prefix, loader=_refusing_loader(prefix), force=True)
+    loader._get_checkpoint_loader = classmethod(_safe_checkpoint_loader)
+    for module in (mmengine_checkpoint, dl_utils, hub):
+        module.load_url = load_url

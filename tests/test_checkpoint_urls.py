@@ -208,14 +208,87 @@ def test_every_registered_scheme_is_safe():
     ours = {function for function in SAFE_LOADERS.values()}
     for prefix, loader in CheckpointLoader._schemes.items():
         assert loader in ours, f'{prefix} -> {loader}'
-    # A scheme another package registers is refused, not loaded unsafely.
-    CheckpointLoader.register_scheme('unsafe-test://', loader=torch.load)
+
+
+def _load_unsafely(filename: str, map_location=None):
+    """What a careless package registers: torch.load with weights_only=False."""
+    return torch.load(filename.split('://', 1)[1], map_location=map_location,
+                      weights_only=False)
+
+
+@pytest.mark.parametrize('prefix', ['late-test://', r'http://127\.0\.0\.1'],
+                         ids=['new', 'shadowing_http'])
+def test_scheme_registered_after_import_is_refused(prefix, evil_url, server, marker, hub_dir):
+    """Checked when loading: a scheme registered later (even one shadowing http://) is
+    refused, though nothing reinstalls the safe loaders."""
+    from mmengine.runner import CheckpointLoader
+    from mmengine.runner.checkpoint import _load_checkpoint
+    path = osp.join(server.folder, evil_url.rsplit('/', 1)[1])
+    name = f'late-test://{path}' if prefix == 'late-test://' else evil_url
+    CheckpointLoader.register_scheme(prefix, loader=_load_unsafely)
     try:
-        install_safe_checkpoint_loaders()
-        with pytest.raises(UnsafeCheckpointError, match='unsafe-test://'):
-            CheckpointLoader.load_checkpoint('unsafe-test://x.pth')
+        for load in (CheckpointLoader.load_checkpoint, _load_checkpoint):
+            with pytest.raises(UnsafeCheckpointError, match='registered'):
+                load(name, map_location='cpu')
     finally:
-        CheckpointLoader._schemes.pop('unsafe-test://')
+        CheckpointLoader._schemes.pop(prefix)
+    assert not osp.exists(marker)
+
+
+def test_mmengine_load_url_is_safe(server, evil_url, marker, hub_dir):
+    """mmengine's load_url (torch.hub's, weights_only=False) under every name it has."""
+    import mmengine.runner.checkpoint
+    import mmengine.utils.dl_utils
+    import mmengine.utils.dl_utils.hub
+    url = server.publish('by_load_url.pth', mmengine_checkpoint({'w': torch.arange(4.)}))
+    for module in (mmengine.utils.dl_utils, mmengine.utils.dl_utils.hub,
+                   mmengine.runner.checkpoint):
+        loaded = module.load_url(url, map_location='cpu')
+        assert torch.equal(loaded['state_dict']['w'], torch.arange(4.))
+        with pytest.raises(UnsafeCheckpointError):
+            module.load_url(evil_url, map_location='cpu')
+    # torch.hub's keyword arguments keep their meaning.
+    folder = osp.join(hub_dir, 'elsewhere')
+    loaded = mmengine.utils.dl_utils.load_url(url, model_dir=folder, file_name='renamed.pth',
+                                              progress=False)
+    assert torch.equal(loaded['state_dict']['w'], torch.arange(4.))
+    assert osp.isfile(osp.join(folder, 'renamed.pth'))
+    assert not osp.exists(marker)
+
+
+BOUND_BEFORE_IMPORT = """
+import sys
+from mmengine.runner.checkpoint import (CheckpointLoader, load_from_http,
+                                        load_from_openmmlab)
+from mmengine.utils.dl_utils import load_url
+url, name = sys.argv[1], sys.argv[2]
+found = CheckpointLoader._get_checkpoint_loader(url)
+import lors_mmdet  # noqa: E402
+from lors_mmdet.checkpoint_loading import UnsafeCheckpointError  # noqa: E402
+for load, source in ((load_from_http, url), (found, url), (load_from_openmmlab, name)):
+    try:
+        load(source, map_location='cpu')
+    except UnsafeCheckpointError:
+        print('refused', load.__name__)
+"""
+
+
+def test_mmengine_loaders_bound_before_import_are_safe(server, marker, tmp_path):
+    """mmengine's loader functions, taken before `import lors_mmdet`, load through
+    the safe loader: they find mmengine's load_url and each other at call time."""
+    evil = server.publish('evil_bound.pth', {'payload': RunsShellOnLoad(marker)})
+    torch_home = str(tmp_path / 'torch')
+    from mmengine.runner.checkpoint import get_external_models
+    name = 'open-mmlab://detectron2/resnet50_caffe'
+    cached = osp.join(torch_home, 'hub', 'checkpoints',
+                      osp.basename(get_external_models()['detectron2/resnet50_caffe']))
+    os.makedirs(osp.dirname(cached))
+    torch.save({'payload': RunsShellOnLoad(marker)}, cached)
+    result = run(['-c', BOUND_BEFORE_IMPORT, evil, name], torch_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line for line in result.stdout.split('\n') if line.startswith('refused')] == [
+        'refused load_from_http', 'refused load_from_http', 'refused load_from_openmmlab']
+    assert not osp.exists(marker)
 
 
 # ----------------------------------------------------------- damaged files

@@ -22,7 +22,10 @@ A scheme some other package registers with mmengine is refused rather than loade
 unsafely. Loading by hand, use ``mmengine.runner.CheckpointLoader.load_checkpoint``
 (any source) or :func:`safe_load_checkpoint` (a path or a binary file object).
 """
+import contextvars
+import functools
 import io
+import math
 import os
 import os.path as osp
 import pickle
@@ -74,10 +77,105 @@ class _LegacyMethodReference:
         self.name = name
 
 
+class _AllocationLimit:
+    """What one load may still allocate through numpy (None: no limit known)."""
+
+    def __init__(self, budget: Optional[int]) -> None:
+        self.budget = budget
+        self.refusal: Optional[str] = None
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if self.budget is None:
+            return
+        self.budget -= nbytes
+        if self.budget < 0:
+            self.refusal = (f'it asks for {what} of {nbytes} bytes, more than the file '
+                            'holds; a checkpoint cannot need more memory than its size')
+            raise UnsafeCheckpointError(self.refusal)
+
+
+_LIMIT: contextvars.ContextVar[_AllocationLimit] = contextvars.ContextVar(
+    'checkpoint_allocation_limit', default=_AllocationLimit(None))
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_numpy() -> Tuple[type, Callable]:
+    """An ndarray type and a ``_reconstruct`` for the unpickler, both bounded.
+
+    numpy pickles an array as ``_reconstruct(ndarray, (0,), 'b')`` followed by
+    ``__setstate__((version, shape, dtype, is_fortran, data))``. Unchecked, the
+    first can allocate any shape, calling ``ndarray`` directly too, and numpy's
+    ``__setstate__`` reads past the end of a too-short list of objects.
+    """
+    import numpy as np
+    reconstruct = (np._core if hasattr(np, '_core') else np.core).multiarray._reconstruct
+
+    class CheckedArray(np.ndarray):
+        """Stands in for ``numpy.ndarray`` while unpickling (see :func:`_plain_arrays`)."""
+
+        def __new__(cls, *args, **kwargs):
+            raise UnsafeCheckpointError('checkpoint calls numpy.ndarray(...) itself; '
+                                        'numpy pickles arrays through _reconstruct')
+
+        def __setstate__(self, state: tuple) -> None:
+            if not (isinstance(state, tuple) and len(state) == 5):
+                raise UnsafeCheckpointError(f'numpy array state {type(state).__name__} '
+                                            'is not (version, shape, dtype, order, data)')
+            shape, dtype, data = state[1], state[2], state[4]
+            if not (isinstance(dtype, np.dtype) and not dtype.hasobject):
+                raise UnsafeCheckpointError(f'numpy array of dtype {dtype!r}: only arrays '
+                                            'of numbers, strings and bytes are accepted')
+            nbytes = _array_bytes(shape, dtype)
+            if not isinstance(data, (bytes, bytearray)) or len(data) != nbytes:
+                raise UnsafeCheckpointError(f'numpy array data does not fill shape {shape}')
+            _LIMIT.get().charge(nbytes, 'a numpy array')
+            np.ndarray.__setstate__(self, state)
+
+    def checked_reconstruct(cls: type, shape: Any, dtype: Any) -> Any:
+        if cls is not CheckedArray:
+            raise UnsafeCheckpointError(f'numpy _reconstruct of {cls!r}: only plain '
+                                        'arrays are accepted')
+        _LIMIT.get().charge(_array_bytes(shape, np.dtype(dtype)), 'a numpy array')
+        return reconstruct(cls, shape, dtype)
+
+    return CheckedArray, checked_reconstruct
+
+
+def _array_bytes(shape: Any, dtype: Any) -> int:
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnsafeCheckpointError(f'numpy array shape {shape!r} is not a tuple of sizes')
+    return math.prod(shape) * dtype.itemsize
+
+
+def _plain_arrays(value: Any, array_type: type, seen: Dict[int, Any]) -> Any:
+    """``value`` with every ``array_type`` in it (in dicts, lists, tuples, object
+    attributes) turned back into a plain ``numpy.ndarray`` (a view, no copy)."""
+    import numpy as np
+    if isinstance(value, array_type):
+        return seen.setdefault(id(value), value.view(np.ndarray))
+    if isinstance(value, (torch.Tensor, str, bytes, int, float)) or value is None:
+        return value
+    if id(value) in seen:
+        return seen[id(value)]
+    seen[id(value)] = value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _plain_arrays(item, array_type, seen)
+    elif isinstance(value, list):
+        value[:] = [_plain_arrays(item, array_type, seen) for item in value]
+    elif isinstance(value, tuple):
+        seen[id(value)] = tuple(_plain_arrays(item, array_type, seen) for item in value)
+    elif hasattr(value, '__dict__') and not isinstance(value, type):
+        _plain_arrays(vars(value), array_type, seen)
+    return seen[id(value)]
+
+
 def _numpy_globals() -> List[Any]:
     import numpy as np
     core = np._core if hasattr(np, '_core') else np.core
-    found = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    array, reconstruct = _checked_numpy()
+    found = [np.dtype, core.multiarray.scalar, (array, 'numpy.ndarray'),
+             (reconstruct, f'{core.multiarray.__name__}._reconstruct')]
     # numpy 2 pickles dtypes through their per-type classes (numpy.dtypes.*DType).
     found += [type(np.dtype(name)) for name in
               ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
@@ -95,20 +193,54 @@ def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
 # --------------------------------------------------------------------------
 # One file (or buffer)
 # --------------------------------------------------------------------------
+def _header(source: Source, size: int) -> bytes:
+    if isinstance(source, str):
+        with open(source, 'rb') as f:
+            return f.read(size)
+    position = source.tell()
+    try:
+        source.seek(0)
+        return source.read(size)
+    finally:
+        source.seek(position)
+
+
+def _not_zip_problem(source: Source) -> str:
+    """Why a file that is no complete zip archive is not a torch.save checkpoint."""
+    header = _header(source, 4)
+    if header.startswith(b'PK'):
+        return 'it is not a complete torch zip archive (truncated?)'
+    if header[:1] == b'\x80':
+        return ("it is in torch's legacy (pre-1.6, non-zip) format, which has no "
+                'checksums to check and which neither torch.save nor mmengine writes '
+                'today; load it by name (--resume FILE, load_from) if you trust it')
+    return "it is neither in torch.save's zip format nor in its legacy one"
+
+
 def zip_checkpoint_problem(source: Source) -> Optional[str]:
     """Why a checkpoint in torch.save's zip format is damaged, or None if intact.
 
-    The archive must open, hold a ``data.pkl`` and match every record's CRC-32.
-    Nothing is unpickled.
+    The archive must open, hold a ``data.pkl``, store every record uncompressed (as
+    torch.save does: a compressed record can unpack to far more memory than the
+    file holds) and match every record's CRC-32. Nothing is unpickled.
 
     Args:
         source: Path of the file, or a binary file object.
     """
     try:
+        if not _is_zip(source):
+            return _not_zip_problem(source)
         with zipfile.ZipFile(source) as archive:
             if not any(name == 'data.pkl' or name.endswith('/data.pkl')
                        for name in archive.namelist()):
                 return 'it is a zip archive without data.pkl, not a torch checkpoint'
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    return (f'record {info.filename} is compressed, which torch.save '
+                            'never does (it could unpack to far more memory than the '
+                            'file holds)')
+                if info.file_size != info.compress_size:
+                    return f'record {info.filename} has two different sizes (corrupted)'
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         return f'it is not a complete torch zip archive (truncated?): {error}'
@@ -127,21 +259,34 @@ def _is_zip(source: Source) -> bool:
         source.seek(position)
 
 
-def _describe_corruption(error: BaseException) -> Optional[str]:
-    """The reason if ``error`` from torch.load means a damaged file, else None."""
+def _source_size(source: Source) -> int:
+    if isinstance(source, str):
+        return osp.getsize(source)
+    position = source.tell()
+    try:
+        return source.seek(0, io.SEEK_END)
+    finally:
+        source.seek(position)
+
+
+def _describe_corruption(error: BaseException) -> str:
+    """What ``error`` from torch.load says about the file."""
     if isinstance(error, EOFError):
         return 'the file ends early (empty or truncated)'
-    if isinstance(error, (KeyError, ValueError)):
-        return f'not a torch.save file ({type(error).__name__}: {error})'
     if isinstance(error, RuntimeError) and any(
-            word in str(error) for word in ('EOF', 'magic number', 'zip archive', 'corrupt')):
+            word in str(error) for word in ('EOF', 'magic number', 'zip archive', 'corrupt',
+                                            'record size')):
         return str(error).split('\n')[0]
-    return None
+    return f'not a well-formed torch.save file ({type(error).__name__}: {error})'
 
 
 def safe_load_checkpoint(source: Source, map_location: Optional[Any] = None,
                          name: Optional[str] = None) -> Any:
     """Load a checkpoint with ``weights_only=True`` and mmengine's types.
+
+    Numpy arrays in it may take no more memory than the file's size, all together
+    (tensors are bounded by the file already: torch.save's records are stored
+    uncompressed and torch checks each record's size).
 
     Args:
         source: Path of the checkpoint file, or a binary file object.
@@ -150,9 +295,11 @@ def safe_load_checkpoint(source: Source, map_location: Optional[Any] = None,
 
     Raises:
         FileNotFoundError: The file does not exist.
-        CorruptCheckpointError: The file is empty, truncated or damaged.
+        CorruptCheckpointError: The file is empty, truncated, damaged, compressed,
+            or not a well-formed torch.save file.
         UnsafeCheckpointError: Unpickling would call something that is not
-            allow-listed (e.g. a ``__reduce__`` running a shell command).
+            allow-listed (e.g. a ``__reduce__`` running a shell command) or
+            allocate more memory than the file's size.
     """
     if isinstance(source, str):
         source = osp.expanduser(source)
@@ -172,20 +319,29 @@ def safe_load_checkpoint(source: Source, map_location: Optional[Any] = None,
                 'written by torch.save')
         if not isinstance(source, str):
             source.seek(0)
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        try:
-            return torch.load(source, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
+    limit = _AllocationLimit(_source_size(source))
+    token = _LIMIT.set(limit)
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            loaded = torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if limit.refusal is not None:
             raise UnsafeCheckpointError(
-                f'refusing to load checkpoint {name}: it needs objects outside '
-                f'the allow-list of tensors, numpy arrays and mmengine buffers, '
-                f'which could run code on load. Details: {error}') from error
-        except (EOFError, KeyError, ValueError, RuntimeError) as error:
-            reason = _describe_corruption(error)
-            if reason is None:
-                raise
-            raise CorruptCheckpointError(
-                f'checkpoint {name} cannot be read: {reason}') from error
+                f'refusing to load checkpoint {name}: {limit.refusal}') from None
+        raise UnsafeCheckpointError(
+            f'refusing to load checkpoint {name}: it needs objects outside '
+            f'the allow-list of tensors, numpy arrays and mmengine buffers, '
+            f'which could run code on load. Details: {error}') from error
+    except (EOFError, KeyError, ValueError, RuntimeError, AttributeError, TypeError,
+            IndexError) as error:
+        if isinstance(error, RuntimeError) and 'device' in str(error):
+            # map_location does not fit this machine: the file is fine
+            raise RuntimeError(f'checkpoint {name}: {error}') from error
+        raise CorruptCheckpointError(
+            f'checkpoint {name} cannot be read: {_describe_corruption(error)}') from error
+    finally:
+        _LIMIT.reset(token)
+    return _plain_arrays(loaded, _checked_numpy()[0], {})
 
 
 # --------------------------------------------------------------------------

@@ -332,6 +332,111 @@ def test_buffer_sources_are_checked_too():
     assert zipfile.is_zipfile(io.BytesIO(buffer.getvalue()))
 
 
+def _rewrite_zip(path, edit=lambda name, data: data, compression=zipfile.ZIP_STORED) -> None:
+    """Rewrite the torch zip archive ``path`` record by record (CRCs stay right)."""
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, 'w', compression) as archive:
+        for name, data in records:
+            archive.writestr(name, edit(name, data))
+
+
+def test_compressed_records_are_refused(tmp_path):
+    """torch.save never compresses; a deflated record unpacks to far more than the file."""
+    from lors_mmdet.engine import checkpoint_problem
+    path = tmp_path / 'iter_8.pth'
+    torch.save({'w': torch.zeros(2 ** 22)}, path)  # 16 MiB of zeros
+    _rewrite_zip(path, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2 ** 16
+    with pytest.raises(CorruptCheckpointError, match=r'iter_8\.pth .*compressed'):
+        safe_load_checkpoint(str(path))
+    assert 'compressed' in checkpoint_problem(str(path))
+
+
+class _Reduces:
+    """Pickles as ``function(*args)`` (with ``state`` for BUILD, if given)."""
+
+    def __init__(self, *reduced) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _numpy_bombs() -> dict:
+    core = np._core if hasattr(np, '_core') else np.core
+    return {'reconstruct': (core.multiarray._reconstruct, (np.ndarray, (2 ** 22, ), 'O')),
+            'ndarray': (np.ndarray, ((2 ** 22, ), np.dtype('O')))}
+
+
+@pytest.mark.parametrize('bomb', sorted(_numpy_bombs()))
+def test_numpy_allocation_is_bounded_by_the_file_size(bomb, tmp_path):
+    """Allow-listed numpy calls that would allocate more than the file holds."""
+    path = tmp_path / 'epoch_2.pth'
+    torch.save({'meta': {'x': _Reduces(*_numpy_bombs()[bomb])}}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r'epoch_2\.pth'):
+        safe_load_checkpoint(str(path))
+
+
+CRASHING_ARRAY = """
+import sys
+import lors_mmdet
+from lors_mmdet.checkpoint_loading import UnsafeCheckpointError, safe_load_checkpoint
+try:
+    safe_load_checkpoint(sys.argv[1])
+except UnsafeCheckpointError as error:
+    print('refused:', error)
+"""
+
+
+def test_numpy_object_array_state_cannot_crash_the_loader(tmp_path):
+    """numpy's own __setstate__ reads past a too-short list of objects (a segfault)."""
+    core = np._core if hasattr(np, '_core') else np.core
+    path = tmp_path / 'crash.pth'
+    torch.save({'a': _Reduces(core.multiarray._reconstruct, (np.ndarray, (0, ), b'b'),
+                              (1, (10 ** 8, ), np.dtype('O'), False, [None]))}, path)
+    result = run(['-c', CRASHING_ARRAY, str(path)], str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'refused:' in result.stdout and 'crash.pth' in result.stdout
+
+
+def test_loaded_numpy_arrays_are_plain_arrays(tmp_path):
+    path = tmp_path / 'arrays.pth'
+    arrays = {'f': np.arange(5.), 'i': np.arange(6, dtype=np.int32).reshape(2, 3)}
+    shared = np.ones(3)
+    torch.save(dict(meta=dict(arrays=arrays, pair=(shared, shared), seed=np.int64(3)),
+                    message_hub=mmengine_checkpoint({})['message_hub']), path)
+    loaded = safe_load_checkpoint(str(path))
+    for key, value in arrays.items():
+        assert type(loaded['meta']['arrays'][key]) is np.ndarray
+        np.testing.assert_array_equal(loaded['meta']['arrays'][key], value)
+    first, second = loaded['meta']['pair']
+    assert type(first) is np.ndarray and first is second
+    history = loaded['message_hub']['log_scalars']['train/loss']
+    assert type(history._log_history) is np.ndarray and history.mean() == 2.5
+
+
+def _edit_pickle(old: bytes, new: bytes):
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith('data.pkl'):
+            assert old in data
+            return data.replace(old, new)
+        return data
+    return edit
+
+
+@pytest.mark.parametrize('old,new', [
+    (b'K\nt', b'J\x00\x00\x00\x10t'),  # the storage's element count: 2**28, not 10
+    (b'ctorch\nFloatStorage\n', b'K\x05'),  # the storage's type: an int
+], ids=['record_size', 'storage_type'])
+def test_every_read_error_names_the_file(old, new, tmp_path):
+    path = tmp_path / 'epoch_5.pth'
+    torch.save({'w': torch.arange(10.)}, path)
+    _rewrite_zip(path, _edit_pickle(old, new))
+    with pytest.raises(CorruptCheckpointError, match=r'epoch_5\.pth'):
+        safe_load_checkpoint(str(path))
+
+
 # ------------------------------------------------------ the tools, for real
 def run(args: List[str], torch_home: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT, TORCH_HOME=torch_home)

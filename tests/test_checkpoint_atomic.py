@@ -337,6 +337,57 @@ def test_failed_put_keeps_existing_file(tmp_path):
     assert os.listdir(tmp_path) == ['iter_1.pth']
 
 
+def test_put_onto_a_folder_names_it_and_writes_nothing(tmp_path):
+    (tmp_path / 'iter_6.pth').mkdir()
+    with pytest.raises(IsADirectoryError, match=r'iter_6\.pth: a folder has that name'):
+        AtomicLocalBackend().put(b'checkpoint', tmp_path / 'iter_6.pth')
+    assert os.listdir(tmp_path) == ['iter_6.pth']
+
+
+NO_ROOM = """
+import os, resource, signal, sys
+import torch
+from lors_mmdet.engine import save_checkpoint_file
+path = sys.argv[1]
+save_checkpoint_file({'w': torch.ones(100)}, path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+try:
+    save_checkpoint_file({'w': torch.ones(100000)}, path)
+except OSError as error:
+    print('error:', error)
+"""
+
+
+def test_no_room_for_the_new_checkpoint_names_the_file_and_the_way_out(tmp_path):
+    """A real failed write: the file size limit (ulimit -f) fails it as a full disk would."""
+    path = str(tmp_path / 'iter_2.pth')
+    result = subprocess.run([sys.executable, '-c', NO_ROOM, path], cwd=ROOT, text=True,
+                            capture_output=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'cannot save {path} (' in result.stdout, result.stdout
+    assert 'max_keep_ckpts' in result.stdout and 'free space' in result.stdout
+    assert torch.equal(safe_load_checkpoint(path)['w'], torch.ones(100))
+    assert os.listdir(tmp_path) == ['iter_2.pth']
+
+
+def test_legacy_format_checkpoint_is_diagnosed_as_such(tmp_path, log_records):
+    work_dir = str(tmp_path)
+    save_tiny_checkpoint(osp.join(work_dir, 'iter_2.pth'))
+    legacy = osp.join(work_dir, 'iter_4.pth')
+    torch.save({'state_dict': {'w': torch.ones(3)}}, legacy,
+               _use_new_zipfile_serialization=False)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(legacy)
+    assert find_resumable_checkpoint(work_dir) == osp.join(work_dir, 'iter_2.pth')
+    (warning, ) = [r for r in log_records if legacy in r]
+    assert 'legacy' in warning and 'truncated' not in warning, warning
+    with open(legacy, 'w') as f:
+        f.write('not a checkpoint')
+    assert 'neither' in checkpoint_problem(legacy)
+
+
 def _put_killed_before_rename(target: str) -> None:
     def kill(fd: int) -> None:  # the data is written; the process dies before the rename
         os.kill(os.getpid(), signal.SIGKILL)

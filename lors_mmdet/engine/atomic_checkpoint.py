@@ -12,6 +12,7 @@ can leave a partial file and no intact checkpoint at all. Here
   damaged files without unpickling anything.
 """
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -32,6 +33,8 @@ from mmengine.registry import HOOKS
 from ..checkpoint_loading import zip_checkpoint_problem
 
 TEMP_SUFFIX = '.partial'
+# disk full, quota exceeded, file size limit (ulimit -f)
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
 
 
@@ -72,6 +75,11 @@ class AtomicLocalBackend(LocalBackend):
             filepath: Target path.
         """
         filepath = str(filepath)
+        if osp.isdir(filepath):
+            raise IsADirectoryError(
+                errno.EISDIR, f'cannot save {filepath}: a folder has that name; move or '
+                'rename the folder (nothing was written, earlier checkpoints are intact)',
+                filepath)
         folder = osp.dirname(osp.abspath(filepath))
         mmengine.mkdir_or_exist(folder)
         temp = osp.join(folder,
@@ -84,9 +92,18 @@ class AtomicLocalBackend(LocalBackend):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, filepath)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(OSError):
                 os.remove(temp)
+            if isinstance(error, OSError) and error.errno in _NO_ROOM:
+                raise OSError(
+                    error.errno, f'cannot save {filepath} ({len(obj)} bytes): '
+                    f'{error.strerror}. An atomic save writes the whole new file before '
+                    'the old one is replaced or deleted, so the folder needs room for one '
+                    'checkpoint more than max_keep_ckpts keeps (two with '
+                    'max_keep_ckpts=1); free space or save elsewhere (--work-dir, '
+                    'the checkpoint hook\'s out_dir). Earlier checkpoints are intact.',
+                    filepath) from error
             raise
         _fsync_folder(folder)
 

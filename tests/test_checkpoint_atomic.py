@@ -229,7 +229,8 @@ class EvaluationCount(BaseMetric):
         return dict(acc=float(self.evaluations))
 
 
-def toy_runner(work_dir: str, hook_type: type, name: str, custom_hooks=()) -> Runner:
+def toy_runner(work_dir: str, hook_type: type, name: str, custom_hooks=(),
+               resume: bool = False) -> Runner:
     loader = dict(batch_size=2, collate_fn=torch.utils.data.default_collate)
     return Runner(
         model=ToyModel(),
@@ -245,6 +246,7 @@ def toy_runner(work_dir: str, hook_type: type, name: str, custom_hooks=()) -> Ru
             by_epoch=False, interval=2, max_keep_ckpts=2, save_best='acc', rule='greater')),
         custom_hooks=list(custom_hooks),
         default_scope='mmdet',  # the scope the other in-process tests expect
+        resume=resume,
         randomness=dict(seed=0))
 
 
@@ -303,6 +305,32 @@ def test_kill_during_best_save(tmp_path, hook_type):
         assert names == ['best_acc_iter_2.pth', 'iter_2.pth', 'iter_4.pth']
         assert checkpoint_problem(osp.join(work_dir, 'best_acc_iter_2.pth')) is None
         assert read_last_checkpoint(work_dir) == osp.join(work_dir, 'iter_4.pth')
+
+
+def test_kill_right_after_a_new_best_leaves_no_untracked_best(tmp_path):
+    """Killed after the new best file is in place but before the regular checkpoint
+    records it: the resumed run adopts that best (its file and its score) and deletes
+    the outdated one, instead of leaving a best file nothing tracks."""
+    work_dir = str(tmp_path)
+    child = multiprocessing.get_context('fork').Process(
+        target=_train_toy_until_killed,
+        args=(work_dir, AtomicCheckpointHook, KillDuringCheckpointSaveHook(at_iter=4, nth=3)))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL
+    assert sorted(n for n in os.listdir(work_dir) if n.endswith('.pth')) == [
+        'best_acc_iter_2.pth', 'best_acc_iter_4.pth', 'iter_2.pth', 'iter_4.pth']
+    runtime = safe_load_checkpoint(osp.join(work_dir, 'iter_4.pth'))['message_hub']['runtime_info']
+    assert runtime['best_ckpt'] == osp.join(work_dir, 'best_acc_iter_2.pth')
+
+    toy_runner(work_dir, AtomicCheckpointHook, 'resumed_after_best', resume=True).train()
+    state = bookkeeping(work_dir)
+    assert state['files'] == ['best_acc_iter_4.pth', 'iter_4.pth', 'iter_6.pth']
+    assert state['info']['iter_6.pth']['best_ckpt'] == 'best_acc_iter_4.pth'
+    assert state['info']['iter_6.pth']['best_score'] == 2.0  # the second evaluation's
+    log = ''.join(open(path).read() for path in glob.glob(osp.join(work_dir, '*', '*.log')))
+    assert 'best_acc_iter_4.pth was saved as the best checkpoint' in log
+    assert 'Deleting ' + osp.join(work_dir, 'best_acc_iter_2.pth') in log
 
 
 # --------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from ..checkpoint_loading import zip_checkpoint_problem
+from ..checkpoint_loading import safe_load_checkpoint, zip_checkpoint_problem
 
 TEMP_SUFFIX = '.partial'
 # disk full, quota exceeded, file size limit (ulimit -f)
@@ -212,6 +212,56 @@ class AtomicCheckpointHook(CheckpointHook):
                 f'{self.file_client_args or self.backend_args}, not a local folder; '
                 'they are saved the way mmengine saves them, without atomic writes.')
         super().before_train(runner)
+        if self._atomic and self.save_best is not None and is_main_process():
+            for key in self.key_indicators:
+                self._recover_best_checkpoint(runner, key)
+
+    def _recover_best_checkpoint(self, runner, key: str) -> None:
+        """Finish a best-checkpoint save that a kill interrupted, at resume.
+
+        A kill after the new ``best_<key>_*.pth`` is written but before the regular
+        checkpoint records it leaves a best file that nothing tracks (the resumed
+        run recorded the previous best); one after the record but before the
+        deletion leaves the previous best. The newest best file that names itself
+        the best becomes the tracked one, with its score; older ones are deleted.
+        Nothing happens in a run that tracks no best yet (a fresh run leaves files
+        of earlier runs alone).
+        """
+        single = len(self.key_indicators) == 1
+        path_key = 'best_ckpt' if single else f'best_ckpt_{key}'
+        score_key = 'best_score' if single else f'best_score_{key}'
+        tracked = runner.message_hub.get_info(path_key)
+        if tracked is None:
+            return
+        pattern = re.compile(rf'^best_{re.escape(key.replace("/", "_"))}_(?:iter|epoch)_'
+                             r'(\d+)\.pth$')
+        found = sorted((int(match.group(1)), osp.join(self.out_dir, name))
+                       for name in os.listdir(self.out_dir)
+                       if (match := pattern.match(name))
+                       and osp.isfile(osp.join(self.out_dir, name)))
+        steps = {osp.abspath(path): step for step, path in found}
+        if found and osp.abspath(found[-1][1]) != osp.abspath(tracked):
+            newest = found[-1][1]
+            runtime = safe_load_checkpoint(newest).get('message_hub', {}).get(
+                'runtime_info', {})
+            if osp.abspath(str(runtime.get(path_key))) == osp.abspath(newest):
+                print_log(f'{newest} was saved as the best checkpoint ({key} '
+                          f'{runtime.get(score_key)}) just before the previous run '
+                          f'ended, which did not record it; resuming, we adopt it in '
+                          f'place of {tracked}.', logger='current', level=logging.WARNING)
+                tracked = newest
+                runner.message_hub.update_info(path_key, newest)
+                runner.message_hub.update_info(score_key, runtime.get(score_key))
+                if single:
+                    self.best_ckpt_path = newest
+                else:
+                    self.best_ckpt_path_dict[key] = newest
+        current = steps.get(osp.abspath(tracked))
+        for step, path in found:
+            if current is not None and step < current:
+                print_log(f'Deleting {path}: an outdated best checkpoint that a killed '
+                          'save left behind.', logger='current', level=logging.WARNING)
+                _remove_checkpoint(self.file_backend, path)
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         outdated = []

@@ -1,10 +1,11 @@
 """Load checkpoints from any source mmengine accepts without ever running code from them.
 
-Every checkpoint goes through :func:`safe_load_checkpoint`: the file's zip records are
-checked against their CRC-32 (torch does not check them itself), then it is unpickled
-with ``torch.load(weights_only=True)`` and an allow-list of exactly the non-tensor
-types mmengine writes. :func:`install_safe_checkpoint_loaders` routes every scheme of
-mmengine's ``CheckpointLoader`` here:
+Every checkpoint goes through :func:`safe_load_checkpoint`: the file's zip records must
+be stored uncompressed (as torch.save writes them) and match their CRC-32 (torch does not
+check them itself), then it is unpickled with ``torch.load(weights_only=True)`` and an
+allow-list of exactly the non-tensor types mmengine writes, whose numpy arrays may take
+no more memory than the file's size. :func:`install_safe_checkpoint_loaders` routes
+every scheme of mmengine's ``CheckpointLoader`` here, and mmengine's ``load_url``:
 
 =====================================  ==============================================
 scheme                                 source of the bytes
@@ -18,9 +19,10 @@ local path                             the file
 ``pavi://``                            a temporary download
 =====================================  ==============================================
 
-A scheme some other package registers with mmengine is refused rather than loaded
-unsafely. Loading by hand, use ``mmengine.runner.CheckpointLoader.load_checkpoint``
-(any source) or :func:`safe_load_checkpoint` (a path or a binary file object).
+A scheme some other package registers with mmengine, before or after this module's
+install, is refused rather than loaded unsafely (the scheme table is checked at each
+load). Loading by hand, use ``mmengine.runner.CheckpointLoader.load_checkpoint`` (any
+source) or :func:`safe_load_checkpoint` (a path or a binary file object).
 """
 import contextvars
 import functools

@@ -24,7 +24,6 @@ import torch
 import lors_mmdet  # noqa: F401  (installs the safe loaders)
 from lors_mmdet.checkpoint_loading import (SAFE_LOADERS, CorruptCheckpointError,
                                            UnsafeCheckpointError, hub_cache_path,
-                                           install_safe_checkpoint_loaders,
                                            safe_load_checkpoint, torchvision_model_urls)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -330,7 +330,7 @@ def test_kill_right_after_a_new_best_leaves_no_untracked_best(tmp_path):
     assert state['info']['iter_6.pth']['best_score'] == 2.0  # the second evaluation's
     log = ''.join(open(path).read() for path in glob.glob(osp.join(work_dir, '*', '*.log')))
     assert 'best_acc_iter_4.pth was saved as the best checkpoint' in log
-    assert 'Deleting ' + osp.join(work_dir, 'best_acc_iter_2.pth') in log
+    assert 'we adopt it and delete ' + osp.join(work_dir, 'best_acc_iter_2.pth') in log
 
 
 # --------------------------------------------------------------------------

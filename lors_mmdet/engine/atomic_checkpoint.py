@@ -30,11 +30,12 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from ..checkpoint_loading import safe_load_checkpoint, zip_checkpoint_problem
+from ..checkpoint_loading import (CorruptCheckpointError, UnsafeCheckpointError,
+                                  safe_load_checkpoint, zip_checkpoint_problem)
 
 TEMP_SUFFIX = '.partial'
 # disk full, quota exceeded, file size limit (ulimit -f)
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, 'EDQUOT', errno.ENOSPC)}
 CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
 
 
@@ -219,49 +220,53 @@ class AtomicCheckpointHook(CheckpointHook):
     def _recover_best_checkpoint(self, runner, key: str) -> None:
         """Finish a best-checkpoint save that a kill interrupted, at resume.
 
-        A kill after the new ``best_<key>_*.pth`` is written but before the regular
-        checkpoint records it leaves a best file that nothing tracks (the resumed
-        run recorded the previous best); one after the record but before the
-        deletion leaves the previous best. The newest best file that names itself
-        the best becomes the tracked one, with its score; older ones are deleted.
-        Nothing happens in a run that tracks no best yet (a fresh run leaves files
-        of earlier runs alone).
+        A kill after the new ``best_<key>_<iter|epoch>_N.pth`` is written but before
+        the regular checkpoint records it leaves a best file that nothing tracks:
+        the resumed run recorded the previous best. The newest such file written
+        after the recorded best and no later than the step resumed from, which
+        names itself the best, becomes the tracked one with its score, and the
+        previously recorded best is deleted. Other files are left alone (a fresh
+        run, which tracks no best, changes nothing).
         """
         single = len(self.key_indicators) == 1
         path_key = 'best_ckpt' if single else f'best_ckpt_{key}'
         score_key = 'best_score' if single else f'best_score_{key}'
         tracked = runner.message_hub.get_info(path_key)
-        if tracked is None:
+        if tracked is None or not osp.isdir(self.out_dir):
             return
-        pattern = re.compile(rf'^best_{re.escape(key.replace("/", "_"))}_(?:iter|epoch)_'
+        pattern = re.compile(rf'^best_{re.escape(key.replace("/", "_"))}_(iter|epoch)_'
                              r'(\d+)\.pth$')
-        found = sorted((int(match.group(1)), osp.join(self.out_dir, name))
-                       for name in os.listdir(self.out_dir)
-                       if (match := pattern.match(name))
-                       and osp.isfile(osp.join(self.out_dir, name)))
-        steps = {osp.abspath(path): step for step, path in found}
-        if found and osp.abspath(found[-1][1]) != osp.abspath(tracked):
-            newest = found[-1][1]
+        found = {}  # path -> (unit, N)
+        for name in os.listdir(self.out_dir):
+            match = pattern.match(name)
+            if match and osp.isfile(osp.join(self.out_dir, name)):
+                found[osp.join(self.out_dir, name)] = (match.group(1), int(match.group(2)))
+        tracked_step = next((step for path, (_, step) in found.items()
+                             if osp.abspath(path) == osp.abspath(tracked)), -1)
+        resumed = {'iter': runner.iter, 'epoch': runner.epoch}
+        later = sorted((step, path) for path, (unit, step) in found.items()
+                       if tracked_step < step <= resumed[unit])
+        if not later:
+            return
+        newest = later[-1][1]
+        try:
             runtime = safe_load_checkpoint(newest).get('message_hub', {}).get(
                 'runtime_info', {})
-            if osp.abspath(str(runtime.get(path_key))) == osp.abspath(newest):
-                print_log(f'{newest} was saved as the best checkpoint ({key} '
-                          f'{runtime.get(score_key)}) just before the previous run '
-                          f'ended, which did not record it; resuming, we adopt it in '
-                          f'place of {tracked}.', logger='current', level=logging.WARNING)
-                tracked = newest
-                runner.message_hub.update_info(path_key, newest)
-                runner.message_hub.update_info(score_key, runtime.get(score_key))
-                if single:
-                    self.best_ckpt_path = newest
-                else:
-                    self.best_ckpt_path_dict[key] = newest
-        current = steps.get(osp.abspath(tracked))
-        for step, path in found:
-            if current is not None and step < current:
-                print_log(f'Deleting {path}: an outdated best checkpoint that a killed '
-                          'save left behind.', logger='current', level=logging.WARNING)
-                _remove_checkpoint(self.file_backend, path)
+        except (CorruptCheckpointError, UnsafeCheckpointError):
+            return  # not a best checkpoint this hook wrote
+        if osp.abspath(str(runtime.get(path_key))) != osp.abspath(newest):
+            return
+        print_log(f'{newest} was saved as the best checkpoint ({key} '
+                  f'{runtime.get(score_key)}) just before the previous run ended, which '
+                  f'did not record it: resuming, we adopt it and delete {tracked}.',
+                  logger='current', level=logging.WARNING)
+        runner.message_hub.update_info(path_key, newest)
+        runner.message_hub.update_info(score_key, runtime.get(score_key))
+        if single:
+            self.best_ckpt_path = newest
+        else:
+            self.best_ckpt_path_dict[key] = newest
+        _remove_checkpoint(self.file_backend, tracked)
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         outdated = []

@@ -229,7 +229,8 @@ class EvaluationCount(BaseMetric):
         return dict(acc=float(self.evaluations))
 
 
-def toy_runner(work_dir: str, hook_type: type, name: str, custom_hooks=()) -> Runner:
+def toy_runner(work_dir: str, hook_type: type, name: str, custom_hooks=(),
+               resume: bool = False) -> Runner:
     loader = dict(batch_size=2, collate_fn=torch.utils.data.default_collate)
     return Runner(
         model=ToyModel(),
@@ -245,6 +246,7 @@ def toy_runner(work_dir: str, hook_type: type, name: str, custom_hooks=()) -> Ru
             by_epoch=False, interval=2, max_keep_ckpts=2, save_best='acc', rule='greater')),
         custom_hooks=list(custom_hooks),
         default_scope='mmdet',  # the scope the other in-process tests expect
+        resume=resume,
         randomness=dict(seed=0))
 
 
@@ -305,6 +307,32 @@ def test_kill_during_best_save(tmp_path, hook_type):
         assert read_last_checkpoint(work_dir) == osp.join(work_dir, 'iter_4.pth')
 
 
+def test_kill_right_after_a_new_best_leaves_no_untracked_best(tmp_path):
+    """Killed after the new best file is in place but before the regular checkpoint
+    records it: the resumed run adopts that best (its file and its score) and deletes
+    the outdated one, instead of leaving a best file nothing tracks."""
+    work_dir = str(tmp_path)
+    child = multiprocessing.get_context('fork').Process(
+        target=_train_toy_until_killed,
+        args=(work_dir, AtomicCheckpointHook, KillDuringCheckpointSaveHook(at_iter=4, nth=3)))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL
+    assert sorted(n for n in os.listdir(work_dir) if n.endswith('.pth')) == [
+        'best_acc_iter_2.pth', 'best_acc_iter_4.pth', 'iter_2.pth', 'iter_4.pth']
+    runtime = safe_load_checkpoint(osp.join(work_dir, 'iter_4.pth'))['message_hub']['runtime_info']
+    assert runtime['best_ckpt'] == osp.join(work_dir, 'best_acc_iter_2.pth')
+
+    toy_runner(work_dir, AtomicCheckpointHook, 'resumed_after_best', resume=True).train()
+    state = bookkeeping(work_dir)
+    assert state['files'] == ['best_acc_iter_4.pth', 'iter_4.pth', 'iter_6.pth']
+    assert state['info']['iter_6.pth']['best_ckpt'] == 'best_acc_iter_4.pth'
+    assert state['info']['iter_6.pth']['best_score'] == 2.0  # the second evaluation's
+    log = ''.join(open(path).read() for path in glob.glob(osp.join(work_dir, '*', '*.log')))
+    assert 'best_acc_iter_4.pth was saved as the best checkpoint' in log
+    assert 'we adopt it and delete ' + osp.join(work_dir, 'best_acc_iter_2.pth') in log
+
+
 # --------------------------------------------------------------------------
 # AtomicLocalBackend
 # --------------------------------------------------------------------------
@@ -335,6 +363,57 @@ def test_failed_put_keeps_existing_file(tmp_path):
         AtomicLocalBackend().put(object(), target)  # not bytes: fails in the write
     assert target.read_bytes() == b'good checkpoint'
     assert os.listdir(tmp_path) == ['iter_1.pth']
+
+
+def test_put_onto_a_folder_names_it_and_writes_nothing(tmp_path):
+    (tmp_path / 'iter_6.pth').mkdir()
+    with pytest.raises(IsADirectoryError, match=r'iter_6\.pth: a folder has that name'):
+        AtomicLocalBackend().put(b'checkpoint', tmp_path / 'iter_6.pth')
+    assert os.listdir(tmp_path) == ['iter_6.pth']
+
+
+NO_ROOM = """
+import os, resource, signal, sys
+import torch
+from lors_mmdet.engine import save_checkpoint_file
+path = sys.argv[1]
+save_checkpoint_file({'w': torch.ones(100)}, path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+try:
+    save_checkpoint_file({'w': torch.ones(100000)}, path)
+except OSError as error:
+    print('error:', error)
+"""
+
+
+def test_no_room_for_the_new_checkpoint_names_the_file_and_the_way_out(tmp_path):
+    """A real failed write: the file size limit (ulimit -f) fails it as a full disk would."""
+    path = str(tmp_path / 'iter_2.pth')
+    result = subprocess.run([sys.executable, '-c', NO_ROOM, path], cwd=ROOT, text=True,
+                            capture_output=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'cannot save {path} (' in result.stdout, result.stdout
+    assert 'max_keep_ckpts' in result.stdout and 'free space' in result.stdout
+    assert torch.equal(safe_load_checkpoint(path)['w'], torch.ones(100))
+    assert os.listdir(tmp_path) == ['iter_2.pth']
+
+
+def test_legacy_format_checkpoint_is_diagnosed_as_such(tmp_path, log_records):
+    work_dir = str(tmp_path)
+    save_tiny_checkpoint(osp.join(work_dir, 'iter_2.pth'))
+    legacy = osp.join(work_dir, 'iter_4.pth')
+    torch.save({'state_dict': {'w': torch.ones(3)}}, legacy,
+               _use_new_zipfile_serialization=False)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(legacy)
+    assert find_resumable_checkpoint(work_dir) == osp.join(work_dir, 'iter_2.pth')
+    (warning, ) = [r for r in log_records if legacy in r]
+    assert 'legacy' in warning and 'truncated' not in warning, warning
+    with open(legacy, 'w') as f:
+        f.write('not a checkpoint')
+    assert 'neither' in checkpoint_problem(legacy)
 
 
 def _put_killed_before_rename(target: str) -> None:

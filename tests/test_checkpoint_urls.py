@@ -24,7 +24,6 @@ import torch
 import lors_mmdet  # noqa: F401  (installs the safe loaders)
 from lors_mmdet.checkpoint_loading import (SAFE_LOADERS, CorruptCheckpointError,
                                            UnsafeCheckpointError, hub_cache_path,
-                                           install_safe_checkpoint_loaders,
                                            safe_load_checkpoint, torchvision_model_urls)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -208,14 +207,87 @@ def test_every_registered_scheme_is_safe():
     ours = {function for function in SAFE_LOADERS.values()}
     for prefix, loader in CheckpointLoader._schemes.items():
         assert loader in ours, f'{prefix} -> {loader}'
-    # A scheme another package registers is refused, not loaded unsafely.
-    CheckpointLoader.register_scheme('unsafe-test://', loader=torch.load)
+
+
+def _load_unsafely(filename: str, map_location=None):
+    """What a careless package registers: torch.load with weights_only=False."""
+    return torch.load(filename.split('://', 1)[1], map_location=map_location,
+                      weights_only=False)
+
+
+@pytest.mark.parametrize('prefix', ['late-test://', r'http://127\.0\.0\.1'],
+                         ids=['new', 'shadowing_http'])
+def test_scheme_registered_after_import_is_refused(prefix, evil_url, server, marker, hub_dir):
+    """Checked when loading: a scheme registered later (even one shadowing http://) is
+    refused, though nothing reinstalls the safe loaders."""
+    from mmengine.runner import CheckpointLoader
+    from mmengine.runner.checkpoint import _load_checkpoint
+    path = osp.join(server.folder, evil_url.rsplit('/', 1)[1])
+    name = f'late-test://{path}' if prefix == 'late-test://' else evil_url
+    CheckpointLoader.register_scheme(prefix, loader=_load_unsafely)
     try:
-        install_safe_checkpoint_loaders()
-        with pytest.raises(UnsafeCheckpointError, match='unsafe-test://'):
-            CheckpointLoader.load_checkpoint('unsafe-test://x.pth')
+        for load in (CheckpointLoader.load_checkpoint, _load_checkpoint):
+            with pytest.raises(UnsafeCheckpointError, match='registered'):
+                load(name, map_location='cpu')
     finally:
-        CheckpointLoader._schemes.pop('unsafe-test://')
+        CheckpointLoader._schemes.pop(prefix)
+    assert not osp.exists(marker)
+
+
+def test_mmengine_load_url_is_safe(server, evil_url, marker, hub_dir):
+    """mmengine's load_url (torch.hub's, weights_only=False) under every name it has."""
+    import mmengine.runner.checkpoint
+    import mmengine.utils.dl_utils
+    import mmengine.utils.dl_utils.hub
+    url = server.publish('by_load_url.pth', mmengine_checkpoint({'w': torch.arange(4.)}))
+    for module in (mmengine.utils.dl_utils, mmengine.utils.dl_utils.hub,
+                   mmengine.runner.checkpoint):
+        loaded = module.load_url(url, map_location='cpu')
+        assert torch.equal(loaded['state_dict']['w'], torch.arange(4.))
+        with pytest.raises(UnsafeCheckpointError):
+            module.load_url(evil_url, map_location='cpu')
+    # torch.hub's keyword arguments keep their meaning.
+    folder = osp.join(hub_dir, 'elsewhere')
+    loaded = mmengine.utils.dl_utils.load_url(url, model_dir=folder, file_name='renamed.pth',
+                                              progress=False)
+    assert torch.equal(loaded['state_dict']['w'], torch.arange(4.))
+    assert osp.isfile(osp.join(folder, 'renamed.pth'))
+    assert not osp.exists(marker)
+
+
+BOUND_BEFORE_IMPORT = """
+import sys
+from mmengine.runner.checkpoint import (CheckpointLoader, load_from_http,
+                                        load_from_openmmlab)
+from mmengine.utils.dl_utils import load_url
+url, name = sys.argv[1], sys.argv[2]
+found = CheckpointLoader._get_checkpoint_loader(url)
+import lors_mmdet  # noqa: E402
+from lors_mmdet.checkpoint_loading import UnsafeCheckpointError  # noqa: E402
+for load, source in ((load_from_http, url), (found, url), (load_from_openmmlab, name)):
+    try:
+        load(source, map_location='cpu')
+    except UnsafeCheckpointError:
+        print('refused', load.__name__)
+"""
+
+
+def test_mmengine_loaders_bound_before_import_are_safe(server, marker, tmp_path):
+    """mmengine's loader functions, taken before `import lors_mmdet`, load through
+    the safe loader: they find mmengine's load_url and each other at call time."""
+    evil = server.publish('evil_bound.pth', {'payload': RunsShellOnLoad(marker)})
+    torch_home = str(tmp_path / 'torch')
+    from mmengine.runner.checkpoint import get_external_models
+    name = 'open-mmlab://detectron2/resnet50_caffe'
+    cached = osp.join(torch_home, 'hub', 'checkpoints',
+                      osp.basename(get_external_models()['detectron2/resnet50_caffe']))
+    os.makedirs(osp.dirname(cached))
+    torch.save({'payload': RunsShellOnLoad(marker)}, cached)
+    result = run(['-c', BOUND_BEFORE_IMPORT, evil, name], torch_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line for line in result.stdout.split('\n') if line.startswith('refused')] == [
+        'refused load_from_http', 'refused load_from_http', 'refused load_from_openmmlab']
+    assert not osp.exists(marker)
 
 
 # ----------------------------------------------------------- damaged files
@@ -257,6 +329,111 @@ def test_buffer_sources_are_checked_too():
     with pytest.raises(CorruptCheckpointError, match='s3://b/k.pth'):
         safe_load_checkpoint(io.BytesIO(buffer.getvalue()[:200]), name='s3://b/k.pth')
     assert zipfile.is_zipfile(io.BytesIO(buffer.getvalue()))
+
+
+def _rewrite_zip(path, edit=lambda name, data: data, compression=zipfile.ZIP_STORED) -> None:
+    """Rewrite the torch zip archive ``path`` record by record (CRCs stay right)."""
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, 'w', compression) as archive:
+        for name, data in records:
+            archive.writestr(name, edit(name, data))
+
+
+def test_compressed_records_are_refused(tmp_path):
+    """torch.save never compresses; a deflated record unpacks to far more than the file."""
+    from lors_mmdet.engine import checkpoint_problem
+    path = tmp_path / 'iter_8.pth'
+    torch.save({'w': torch.zeros(2 ** 22)}, path)  # 16 MiB of zeros
+    _rewrite_zip(path, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2 ** 16
+    with pytest.raises(CorruptCheckpointError, match=r'iter_8\.pth .*compressed'):
+        safe_load_checkpoint(str(path))
+    assert 'compressed' in checkpoint_problem(str(path))
+
+
+class _Reduces:
+    """Pickles as ``function(*args)`` (with ``state`` for BUILD, if given)."""
+
+    def __init__(self, *reduced) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _numpy_bombs() -> dict:
+    core = np._core if hasattr(np, '_core') else np.core
+    return {'reconstruct': (core.multiarray._reconstruct, (np.ndarray, (2 ** 22, ), 'O')),
+            'ndarray': (np.ndarray, ((2 ** 22, ), np.dtype('O')))}
+
+
+@pytest.mark.parametrize('bomb', sorted(_numpy_bombs()))
+def test_numpy_allocation_is_bounded_by_the_file_size(bomb, tmp_path):
+    """Allow-listed numpy calls that would allocate more than the file holds."""
+    path = tmp_path / 'epoch_2.pth'
+    torch.save({'meta': {'x': _Reduces(*_numpy_bombs()[bomb])}}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r'epoch_2\.pth'):
+        safe_load_checkpoint(str(path))
+
+
+CRASHING_ARRAY = """
+import sys
+import lors_mmdet
+from lors_mmdet.checkpoint_loading import UnsafeCheckpointError, safe_load_checkpoint
+try:
+    safe_load_checkpoint(sys.argv[1])
+except UnsafeCheckpointError as error:
+    print('refused:', error)
+"""
+
+
+def test_numpy_object_array_state_cannot_crash_the_loader(tmp_path):
+    """numpy's own __setstate__ reads past a too-short list of objects (a segfault)."""
+    core = np._core if hasattr(np, '_core') else np.core
+    path = tmp_path / 'crash.pth'
+    torch.save({'a': _Reduces(core.multiarray._reconstruct, (np.ndarray, (0, ), b'b'),
+                              (1, (10 ** 8, ), np.dtype('O'), False, [None]))}, path)
+    result = run(['-c', CRASHING_ARRAY, str(path)], str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'refused:' in result.stdout and 'crash.pth' in result.stdout
+
+
+def test_loaded_numpy_arrays_are_plain_arrays(tmp_path):
+    path = tmp_path / 'arrays.pth'
+    arrays = {'f': np.arange(5.), 'i': np.arange(6, dtype=np.int32).reshape(2, 3)}
+    shared = np.ones(3)
+    torch.save(dict(meta=dict(arrays=arrays, pair=(shared, shared), seed=np.int64(3)),
+                    message_hub=mmengine_checkpoint({})['message_hub']), path)
+    loaded = safe_load_checkpoint(str(path))
+    for key, value in arrays.items():
+        assert type(loaded['meta']['arrays'][key]) is np.ndarray
+        np.testing.assert_array_equal(loaded['meta']['arrays'][key], value)
+    first, second = loaded['meta']['pair']
+    assert type(first) is np.ndarray and first is second
+    history = loaded['message_hub']['log_scalars']['train/loss']
+    assert type(history._log_history) is np.ndarray and history.mean() == 2.5
+
+
+def _edit_pickle(old: bytes, new: bytes):
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith('data.pkl'):
+            assert old in data
+            return data.replace(old, new)
+        return data
+    return edit
+
+
+@pytest.mark.parametrize('old,new', [
+    (b'K\nt', b'J\x00\x00\x00\x10t'),  # the storage's element count: 2**28, not 10
+    (b'ctorch\nFloatStorage\n', b'K\x05'),  # the storage's type: an int
+], ids=['record_size', 'storage_type'])
+def test_every_read_error_names_the_file(old, new, tmp_path):
+    path = tmp_path / 'epoch_5.pth'
+    torch.save({'w': torch.arange(10.)}, path)
+    _rewrite_zip(path, _edit_pickle(old, new))
+    with pytest.raises(CorruptCheckpointError, match=r'epoch_5\.pth'):
+        safe_load_checkpoint(str(path))
 
 
 # ------------------------------------------------------ the tools, for real

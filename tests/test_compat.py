@@ -138,3 +138,44 @@ def test_incompatible_mmcv_version_is_named():
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
     assert result.returncode != 0
     assert 'mmcv 2.2.0 is installed' in result.stderr
+
+
+STOPPED_PEER = textwrap.dedent("""
+    import os, signal, sys, time
+    import torch
+    import lors_mmdet  # noqa: F401  (the CPU launcher)
+    from mmengine.dist import init_dist
+    init_dist('pytorch', backend='gloo', timeout=int(sys.argv[1]))
+    if int(os.environ['RANK']) == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # stopped, not dead: its sockets stay open
+    start = time.time()
+    try:
+        torch.distributed.all_reduce(torch.ones(1))
+    except RuntimeError:
+        print(f'timed out after {time.time() - start:.0f} s')
+""")
+
+
+def test_dist_cfg_timeout_ends_the_wait_for_a_stopped_rank(tmp_path):
+    """env_cfg.dist_cfg.timeout (seconds) reaches the CPU process group: a rank that
+    waits for a stopped one fails after it, not after the default 30 minutes."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(port), WORLD_SIZE='2')
+    ranks = [subprocess.Popen([sys.executable, '-c', STOPPED_PEER, '5'],
+                              env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    try:
+        out, err = ranks[0].communicate(timeout=120)
+        assert ranks[0].returncode == 0, err[-3000:]
+        assert 'timed out after' in out, (out, err[-3000:])
+        assert int(out.split('after ')[1].split(' s')[0]) < 60
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -12,6 +12,7 @@ can leave a partial file and no intact checkpoint at all. Here
   damaged files without unpickling anything.
 """
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -29,9 +30,12 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from ..checkpoint_loading import zip_checkpoint_problem
+from ..checkpoint_loading import (CorruptCheckpointError, UnsafeCheckpointError,
+                                  safe_load_checkpoint, zip_checkpoint_problem)
 
 TEMP_SUFFIX = '.partial'
+# disk full, quota exceeded, file size limit (ulimit -f)
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, 'EDQUOT', errno.ENOSPC)}
 CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
 
 
@@ -72,6 +76,11 @@ class AtomicLocalBackend(LocalBackend):
             filepath: Target path.
         """
         filepath = str(filepath)
+        if osp.isdir(filepath):
+            raise IsADirectoryError(
+                errno.EISDIR, f'cannot save {filepath}: a folder has that name; move or '
+                'rename the folder (nothing was written, earlier checkpoints are intact)',
+                filepath)
         folder = osp.dirname(osp.abspath(filepath))
         mmengine.mkdir_or_exist(folder)
         temp = osp.join(folder,
@@ -84,9 +93,18 @@ class AtomicLocalBackend(LocalBackend):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, filepath)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(OSError):
                 os.remove(temp)
+            if isinstance(error, OSError) and error.errno in _NO_ROOM:
+                raise OSError(
+                    error.errno, f'cannot save {filepath} ({len(obj)} bytes): '
+                    f'{error.strerror}. An atomic save writes the whole new file before '
+                    'the old one is replaced or deleted, so the folder needs room for one '
+                    'checkpoint more than max_keep_ckpts keeps (two with '
+                    'max_keep_ckpts=1); free space or save elsewhere (--work-dir, '
+                    'the checkpoint hook\'s out_dir). Earlier checkpoints are intact.',
+                    filepath) from error
             raise
         _fsync_folder(folder)
 
@@ -195,6 +213,60 @@ class AtomicCheckpointHook(CheckpointHook):
                 f'{self.file_client_args or self.backend_args}, not a local folder; '
                 'they are saved the way mmengine saves them, without atomic writes.')
         super().before_train(runner)
+        if self._atomic and self.save_best is not None and is_main_process():
+            for key in self.key_indicators:
+                self._recover_best_checkpoint(runner, key)
+
+    def _recover_best_checkpoint(self, runner, key: str) -> None:
+        """Finish a best-checkpoint save that a kill interrupted, at resume.
+
+        A kill after the new ``best_<key>_<iter|epoch>_N.pth`` is written but before
+        the regular checkpoint records it leaves a best file that nothing tracks:
+        the resumed run recorded the previous best. The newest such file written
+        after the recorded best and no later than the step resumed from, which
+        names itself the best, becomes the tracked one with its score, and the
+        previously recorded best is deleted. Other files are left alone (a fresh
+        run, which tracks no best, changes nothing).
+        """
+        single = len(self.key_indicators) == 1
+        path_key = 'best_ckpt' if single else f'best_ckpt_{key}'
+        score_key = 'best_score' if single else f'best_score_{key}'
+        tracked = runner.message_hub.get_info(path_key)
+        if tracked is None or not osp.isdir(self.out_dir):
+            return
+        pattern = re.compile(rf'^best_{re.escape(key.replace("/", "_"))}_(iter|epoch)_'
+                             r'(\d+)\.pth$')
+        found = {}  # path -> (unit, N)
+        for name in os.listdir(self.out_dir):
+            match = pattern.match(name)
+            if match and osp.isfile(osp.join(self.out_dir, name)):
+                found[osp.join(self.out_dir, name)] = (match.group(1), int(match.group(2)))
+        tracked_step = next((step for path, (_, step) in found.items()
+                             if osp.abspath(path) == osp.abspath(tracked)), -1)
+        resumed = {'iter': runner.iter, 'epoch': runner.epoch}
+        later = sorted((step, path) for path, (unit, step) in found.items()
+                       if tracked_step < step <= resumed[unit])
+        if not later:
+            return
+        newest = later[-1][1]
+        try:
+            runtime = safe_load_checkpoint(newest).get('message_hub', {}).get(
+                'runtime_info', {})
+        except (CorruptCheckpointError, UnsafeCheckpointError):
+            return  # not a best checkpoint this hook wrote
+        if osp.abspath(str(runtime.get(path_key))) != osp.abspath(newest):
+            return
+        print_log(f'{newest} was saved as the best checkpoint ({key} '
+                  f'{runtime.get(score_key)}) just before the previous run ended, which '
+                  f'did not record it: resuming, we adopt it and delete {tracked}.',
+                  logger='current', level=logging.WARNING)
+        runner.message_hub.update_info(path_key, newest)
+        runner.message_hub.update_info(score_key, runtime.get(score_key))
+        if single:
+            self.best_ckpt_path = newest
+        else:
+            self.best_ckpt_path_dict[key] = newest
+        _remove_checkpoint(self.file_backend, tracked)
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         outdated = []

@@ -28,14 +28,19 @@ class KillDuringCheckpointSaveHook(Hook):
         at_iter: Iteration (1-based, as in ``iter_N.pth``) whose checkpoint kills.
         best_only: Kill only while writing a best checkpoint (the ones mmengine
             saves without optimizer state), not the regular one.
+        nth: Kill at the nth of those saves of iteration ``at_iter`` (after a new
+            best, mmengine saves the regular checkpoint again: the third save).
     """
 
-    def __init__(self, at_iter: int, best_only: bool = False) -> None:
+    def __init__(self, at_iter: int, best_only: bool = False, nth: int = 1) -> None:
         self.at_iter = at_iter
         self.best_only = best_only
+        self.nth = nth
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if checkpoint['meta']['iter'] != self.at_iter:
             return
         if not self.best_only or 'optimizer' not in checkpoint:
-            checkpoint['kill_switch'] = _KillWhenPickled()
+            self.nth -= 1
+            if self.nth == 0:
+                checkpoint['kill_switch'] = _KillWhenPickled()

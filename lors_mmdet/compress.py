@@ -291,7 +291,8 @@ def calibration_loader(cfg: Config, seed: int = 0):
 
 @torch.no_grad()
 def input_statistics(model: nn.Module, parts: Sequence[str], batches,
-                     num_batches: int, progress: bool = True) -> Statistics:
+                     num_batches: int, progress: bool = True,
+                     device: Optional[str] = None) -> Statistics:
     """Per part, projection and layer, the second moment ``E[x x^T]`` (float64) of
     the inputs the stock model's projections receive on ``num_batches`` batches.
 
@@ -305,13 +306,17 @@ def input_statistics(model: nn.Module, parts: Sequence[str], batches,
         batches: an iterable of data batches (:func:`calibration_loader`).
         num_batches: how many to run (inference mode, as the detector predicts).
         progress: show a progress bar.
+        device: where the batches run (default: the first CUDA device if there
+            is one, else the CPU); the statistics come back on the CPU.
     """
     from lors_mmdet.progress import progress_bar
     if not isinstance(num_batches, int) or isinstance(num_batches, bool) \
             or num_batches < 1:
         raise ValueError(f'the number of calibration batches (--calibrate) must be '
                          f'a positive int, got {num_batches!r}')
-    probe = copy.deepcopy(model).eval()
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    probe = copy.deepcopy(model).to(device).eval()
     moments: Dict[str, Dict[str, List[InputSecondMoment]]] = {}
     handles = []
     for part in parts:

@@ -47,13 +47,18 @@ class InputSecondMoment:
     """
 
     def __init__(self, features: int) -> None:
-        self.sum = torch.zeros(features, features, dtype=torch.float64)
+        self.features = features
+        self.sum: Optional[Tensor] = None  # on the inputs' device
         self.count = 0
 
     def update(self, x: Tensor) -> None:
         """Add a batch of inputs (..., features)."""
-        flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float64).cpu()
-        self.sum += flat.T @ flat
+        if x.shape[-1] != self.features:
+            raise ValueError(f'inputs of {x.shape[-1]} features, expected '
+                             f'{self.features}')
+        flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        product = flat.T @ flat
+        self.sum = product if self.sum is None else self.sum + product
         self.count += flat.shape[0]
 
     def hook(self, module: nn.Module, args: tuple) -> None:
@@ -64,7 +69,7 @@ class InputSecondMoment:
     def value(self) -> Tensor:
         if self.count == 0:
             raise ValueError('no inputs were recorded')
-        return self.sum / self.count
+        return (self.sum / self.count).cpu()
 
 
 def _check_covariances(covariances: Sequence[Tensor], num_layers: int,

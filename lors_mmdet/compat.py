@@ -100,7 +100,7 @@ _install_cpu_distributed_init()
 
 # ==========================================================================
 # PyTorch fallback for mmcv built with CPU ops only (GPU machines where the
-# CUDA build of mmcv is not possible, see lors_mmdet/gpu_kit.py).
+# CUDA build of mmcv is not possible, see tools/upkeep/gpu_kit.py).
 # Kept apart from the fixes above: it changes nothing unless switched on.
 # ==========================================================================
 

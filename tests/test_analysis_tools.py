@@ -1,5 +1,5 @@
 """The analysis tools name configs that exist (they are run by hand, not in tests)."""
-import importlib.util
+import importlib
 import os.path as osp
 
 import pytest
@@ -8,11 +8,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f'tools.analysis.{name}')
 
 
 def test_benchmark_configs_exist():
@@ -178,7 +174,7 @@ def test_report_only_refuses_a_doc_without_the_markers(tmp_path):
 
 
 def test_write_generated_replaces_only_between_its_markers(tmp_path):
-    from lors_mmdet.analysis import write_generated
+    from tools.upkeep.docs_tables import write_generated
     doc = tmp_path / 'page.md'
     doc.write_text('a\n<!-- t:start -->\nold\n<!-- t:end -->\nb\n'
                    '<!-- u:start -->\nkeep\n<!-- u:end -->\n')

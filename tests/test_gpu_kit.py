@@ -1,4 +1,4 @@
-"""The GPU kit (lors_mmdet/gpu_kit.py, tools/gpu/) and the PyTorch-ops switch of
+"""The GPU kit (tools/upkeep/gpu_kit.py, tools/gpu/) and the PyTorch-ops switch of
 lors_mmdet.compat, on CPU; the tests marked ``cuda`` run on a GPU machine only."""
 import base64
 import hashlib
@@ -19,7 +19,7 @@ from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from lors_mmdet import gpu_kit
+from tools.upkeep import gpu_kit
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MANIFEST = osp.join(REPO, 'tools', 'gpu', 'kit_manifest.json')

@@ -6,7 +6,7 @@ import os.path as osp
 import pytest
 import yaml
 
-from lors_mmdet.model_index import NOT_TRAINED_HERE, mmdet_results
+from tools.upkeep.model_index import NOT_TRAINED_HERE, mmdet_results
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -51,12 +51,8 @@ def test_models_belong_to_a_collection_of_their_metafile():
 def test_the_files_are_what_the_tool_writes(capsys):
     """Rebuilds every listed config (on the meta device) through param_report.py and
     compares the files with what the tool would write: stale counts fail here."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'model_index_tool', osp.join(ROOT, 'tools', 'analysis', 'model_index.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    code = tool.main(['--check'])
+    from tools.analysis import model_index
+    code = model_index.main(['--check'])
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
 

@@ -33,12 +33,12 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from run_experiments import (DETR_STACKS, ROOT,  # noqa: E402
-                             check_doc_markers, mean_std, read_scalars, run_dir,
-                             threads_per_job)
-
-from lors_mmdet.analysis import write_generated  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
+from tools.analysis.run_experiments import (DETR_STACKS, check_doc_markers,  # noqa: E402
+                                            mean_std, read_scalars, run_dir,
+                                            threads_per_job)
+from tools.upkeep.docs_tables import write_generated  # noqa: E402
 
 # name -> compress.py options; 'scratch' names the LORS toy trained from scratch
 # (a run of the detr-stacks plan) with the same stacks and rank, if there is one.

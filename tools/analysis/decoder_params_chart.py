@@ -6,26 +6,19 @@ The pairs are those of ``benchmark.py --device cuda``; every count comes from
 ``param_report.py`` (each tensor once, models built on the meta device).
 """
 import argparse
-import importlib.util
 import os
 import os.path as osp
 import sys
 
-HERE = osp.dirname(osp.abspath(__file__))
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, osp.join(HERE, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
+from tools.analysis import benchmark, param_report as report  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='docs/experiments/decoder_params.png')
     args = parser.parse_args(argv)
-    benchmark, report = load_tool('benchmark'), load_tool('param_report')
 
     rows = []
     for family, (plain, lors) in benchmark.PAIRS['cuda'].items():

@@ -4,25 +4,16 @@
     python tools/analysis/model_index.py --check    # exit 1 naming each stale file
 
 Parameter counts come from ``param_report.py`` (each tensor once, models built on
-the meta device); what else goes in the files: ``lors_mmdet/model_index.py``.
+the meta device); what else goes in the files: ``tools/upkeep/model_index.py``.
 """
 import argparse
-import importlib.util
 import os.path as osp
 import sys
 
-from lors_mmdet.model_index import model_index_files, unlisted_families
-
-HERE = osp.dirname(osp.abspath(__file__))
-ROOT = osp.dirname(osp.dirname(HERE))
-
-
-def load_param_report():
-    spec = importlib.util.spec_from_file_location('param_report',
-                                                  osp.join(HERE, 'param_report.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
+from tools.analysis.param_report import build_model, parameter_report  # noqa: E402
+from tools.upkeep.model_index import model_index_files, unlisted_families  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,11 +24,9 @@ def main(argv=None) -> int:
     unlisted = unlisted_families(ROOT)
     if unlisted:
         print(f'error: configs/{unlisted[0]}/ has no collection in '
-              'lors_mmdet/model_index.py COLLECTIONS', file=sys.stderr)
+              'tools/upkeep/model_index.py COLLECTIONS', file=sys.stderr)
         return 2
-    tool = load_param_report()
-    files = model_index_files(ROOT, lambda config: tool.parameter_report(
-        tool.build_model(config)))
+    files = model_index_files(ROOT, lambda config: parameter_report(build_model(config)))
     stale = []
     for path, text in files.items():
         full = osp.join(ROOT, path)

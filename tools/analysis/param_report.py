@@ -19,6 +19,7 @@ decoder-only and encoder + decoder configs), printed, or written between the
 """
 import argparse
 import json
+import os.path as osp
 import sys
 from typing import Dict, List, Optional
 
@@ -26,9 +27,11 @@ import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
-from lors_mmdet.analysis import (decoder_of, detr_parameter_table, load_config,
-                                 replace_generated, strip_pretrained)
-from lors_mmdet.lors import count_parameters
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
+from lors_mmdet.analysis import decoder_of, load_config, strip_pretrained  # noqa: E402
+from lors_mmdet.lors import count_parameters  # noqa: E402
+from tools.upkeep.docs_tables import detr_parameter_table, write_generated  # noqa: E402
 
 
 def build_model(config: str, cfg_options: Optional[dict] = None) -> nn.Module:
@@ -161,10 +164,7 @@ def main(argv=None) -> int:
     if args.detr_table:
         table = detr_parameter_table(build_model)
         if args.write:
-            with open(args.write) as f:
-                text = replace_generated(f.read(), 'detr-params', table)
-            with open(args.write, 'w') as f:
-                f.write(text)
+            write_generated(args.write, 'detr-params', table)
         print(table)
         return 0
     if args.config is None:

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
 TOY = {
     'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py',
     'lors-adamixer': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py',
@@ -138,7 +139,7 @@ def check_doc_markers(doc: Optional[str], marker: str) -> None:
     """Exit naming the file unless ``doc`` (if given) holds ``marker``'s pair, before
     anything runs."""
     if doc:
-        from lors_mmdet.analysis import check_generated_markers
+        from tools.upkeep.docs_tables import check_generated_markers
         try:
             check_generated_markers(doc, marker)
         except (OSError, ValueError) as error:
@@ -377,7 +378,7 @@ def main() -> None:
     out = osp.join(args.out, '_'.join(plan_names))
     table = report(plans, args.work_dir, out, command)
     if args.doc:
-        from lors_mmdet.analysis import write_generated
+        from tools.upkeep.docs_tables import write_generated
         write_generated(args.doc, marker, table)
         print(f'wrote the table into {args.doc} ({marker})')
 

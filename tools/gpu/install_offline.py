@@ -16,7 +16,9 @@ import os
 import os.path as osp
 import sys
 
-from _gpu_kit import REPO, load_gpu_kit
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a file: see tools/__init__.py
+from tools.upkeep import gpu_kit  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +37,6 @@ def main() -> None:
     parser.add_argument('--build-log', default='mmcv_build.log')
     parser.add_argument('--report', help='write the report (JSON) here')
     args = parser.parse_args()
-    gpu_kit = load_gpu_kit()
     try:
         report = gpu_kit.install_kit(
             args.kit, args.python, mmcv_mode=args.mmcv,

@@ -144,7 +144,7 @@ def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
-    from lors_mmdet.analysis import load_config, strip_pretrained
+    from lors_mmdet.engine.config_files import load_config, strip_pretrained
     from lors_mmdet.checkpoint_loading import load_any_checkpoint
     from lors_mmdet.engine import (AtomicLocalBackend, check_outputs,
                                    save_checkpoint_file)

@@ -13,8 +13,9 @@ distribution (mmcv publishes no wheel for that torch), built there.
   :mod:`lors_mmdet.compat` routes mmcv's deformable attention and mmdet's focal loss
   to their PyTorch implementations on CUDA tensors).
 
-Standard library only: the installer runs before mmcv / mmdet exist, and loads this
-file by path (importing the ``lors_mmdet`` package would check for mmcv).
+Standard library only: the installer runs before mmcv / mmdet exist (importing the
+``lors_mmdet`` package would check for mmcv), and nothing in ``tools.upkeep`` is
+imported along with this module.
 """
 import hashlib
 import json

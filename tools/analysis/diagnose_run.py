@@ -10,8 +10,12 @@ the run dir; a run that has one is skipped (``--force`` recomputes).
 See lors_mmdet/diagnostics.py for the definitions.
 """
 import argparse
+import os.path as osp
+import sys
 
-from lors_mmdet.diagnostics import diagnose_run
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
+from lors_mmdet.diagnostics import diagnose_run  # noqa: E402
 
 
 def main() -> None:

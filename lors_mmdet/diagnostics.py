@@ -256,3 +256,80 @@ def paired_difference(treated: List[float], baseline: List[float],
     std = (sum((d - mean)**2 for d in diffs) / (n - 1))**0.5
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / n**0.5
     return dict(n=n, mean=mean, std=std, low=mean - half, high=mean + half)
+
+
+def _mean_std(values: List[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f'{mean:.3f}'
+    std = (sum((v - mean)**2 for v in values) / (len(values) - 1))**0.5
+    return f'{mean:.3f} ± {std:.3f}'
+
+
+def format_diagnostics(runs: Dict[str, List[dict]]) -> str:
+    """Markdown tables of :func:`diagnose_run` results, mean (± std) over seeds.
+
+    Args:
+        runs: ``{model name: [diagnostics of each seed]}``.
+    """
+    out = []
+    stage_ap = {name: [d['checkpoints'][-1]['stage_ap'] for d in ds
+                       if 'stage_ap' in d['checkpoints'][-1]] for name, ds in runs.items()}
+    stages = sorted({s for aps in stage_ap.values() for ap in aps for s in ap},
+                    key=lambda s: int(s[1:]))
+    if any(stage_ap.values()):
+        out += ['Each stage\'s own AP (the decoder cut after that stage), last checkpoint:',
+                '', '| model | seeds | ' + ' | '.join(stages) + ' |',
+                '|---|---|' + '---|' * len(stages)]
+        for name, aps in stage_ap.items():
+            if aps:
+                out.append(f'| {name} | {len(aps)} | ' + ' | '.join(
+                    _mean_std([ap[s] for ap in aps]) for s in stages) + ' |')
+        out.append('')
+    out += ['Classification loss of each stage on one fixed training batch:', '',
+            '| model | checkpoint | ' + ' | '.join(stages) + ' |',
+            '|---|---|' + '---|' * len(stages)]
+    for name, ds in runs.items():
+        for k, entry in enumerate(ds[0]['checkpoints']):
+            cells = [_mean_std([d['checkpoints'][k]['stage_losses'][f'{s}.loss_cls']
+                                for d in ds]) for s in stages]
+            out.append(f'| {name} | {entry["checkpoint"]} | ' + ' | '.join(cells) + ' |')
+    out.append('')
+    lors = {n: ds for n, ds in runs.items() if 'private_residual' in ds[0]['checkpoints'][0]}
+    for name, ds in lors.items():
+        out += [f'{name}: size of each stage\'s private residual next to the shared part '
+                '(static: |B A| / |W_shared| of the mixing output projection; M, S: mean '
+                'over queries of |private| / |shared| of the generated matrices):', '',
+                '| checkpoint | ' + ' | '.join(f'{s} static / M / S' for s in stages) + ' |',
+                '|---|' + '---|' * len(stages)]
+        for k, entry in enumerate(ds[0]['checkpoints']):
+            cells = []
+            for s in stages:
+                parts = [sum(d['checkpoints'][k]['private_residual'][s][key] for d in ds)
+                         / len(ds) for key in ('static_out_proj', 'M', 'S')]
+                cells.append(' / '.join(f'{p:.3f}' for p in parts))
+            out.append(f'| {entry["checkpoint"]} | ' + ' | '.join(cells) + ' |')
+        out.append('')
+    for what, key in (('Gradient norm', 'grad_norms'), ('Relative update since the '
+                                                        'previous checkpoint',
+                                                        'update_norms')):
+        if not any(key in e for ds in runs.values() for e in ds[0]['checkpoints']):
+            continue
+        out += [f'{what} per parameter group (mean over seeds):', '']
+        for name, ds in runs.items():
+            groups = sorted(ds[0]['checkpoints'][-1][key],
+                            key=lambda g: (g.split()[0] != 'shared', g))
+            checkpoints = [k for k, e in enumerate(ds[0]['checkpoints']) if key in e]
+            out += [f'| {name} | ' + ' | '.join(ds[0]['checkpoints'][k]['checkpoint']
+                                                 for k in checkpoints) + ' |',
+                    '|---|' + '---|' * len(checkpoints)]
+            for group in groups:
+                cells = []
+                for k in checkpoints:
+                    values = [d['checkpoints'][k][key][group] for d in ds]
+                    if key == 'update_norms':
+                        values = [v['relative'] for v in values]
+                    cells.append(f'{sum(values) / len(values):.4g}')
+                out.append(f'| {group} | ' + ' | '.join(cells) + ' |')
+            out.append('')
+    return '\n'.join(out).rstrip() + '\n'

@@ -151,3 +151,24 @@ def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path):
     else:
         assert f'begun at commit {"0" * 40}' in result.stderr and head in result.stderr
     assert sorted(p.name for p in run.iterdir()) == ['commit.txt']  # nothing trained
+
+
+def test_format_diagnostics_averages_the_seeds():
+    from lors_mmdet.diagnostics import format_diagnostics
+
+    def run(ap0, grad):
+        losses = {f's{i}.loss_cls': 0.5 for i in range(2)}
+        first = dict(checkpoint='iter_200.pth', stage_losses=losses,
+                     grad_norms={'s0 mixing': grad, 'shared mixing': 2 * grad},
+                     private_residual={f's{i}': dict(static_out_proj=0.1, M=0.2, S=0.3)
+                                       for i in range(2)})
+        last = dict(first, checkpoint='iter_400.pth',
+                    stage_ap={'s0': ap0, 's1': 0.5},
+                    update_norms={g: dict(norm=1.0, relative=0.25)
+                                  for g in ('s0 mixing', 'shared mixing')})
+        return dict(checkpoints=[first, last])
+    text = format_diagnostics({'lors': [run(0.2, 1.0), run(0.4, 3.0)]})
+    assert '| lors | 2 | 0.300 ± 0.141 | 0.500 ± 0.000 |' in text
+    assert '| shared mixing | 4 | 4 |' in text  # mean gradient norm, both checkpoints
+    assert '| iter_400.pth | 0.100 / 0.200 / 0.300 |' in text
+    assert '| s0 mixing | 0.25 |' in text

@@ -6,7 +6,8 @@ For every ``iter_*.pth`` of the run: weight and gradient norms per decoder param
 group, each stage's loss on one training batch, a LORS decoder's private residual
 sizes; the update norms between consecutive checkpoints; with ``--stage-ap`` the AP of
 each stage's own predictions at the last checkpoint. Written to ``diagnostics.json`` in
-the run dir; a run that has one is skipped (``--force`` recomputes).
+the run dir; a run that has one is skipped (``--force`` recomputes). ``--summary FILE``
+writes markdown tables of all the given runs, mean over the seeds of each model.
 See lors_mmdet/diagnostics.py for the definitions.
 """
 import argparse
@@ -15,7 +16,7 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
-from lors_mmdet.diagnostics import diagnose_run  # noqa: E402
+from lors_mmdet.diagnostics import diagnose_run, format_diagnostics  # noqa: E402
 
 
 def main() -> None:
@@ -24,9 +25,20 @@ def main() -> None:
     parser.add_argument('--stage-ap', action='store_true',
                         help='evaluate every stage at the last checkpoint')
     parser.add_argument('--force', action='store_true', help='recompute')
+    parser.add_argument('--summary', metavar='FILE',
+                        help='also write markdown tables of all the runs (grouped by '
+                        'the name of the folder above each seed folder) to FILE')
     args = parser.parse_args()
+    runs = {}
     for run_dir in args.run_dirs:
-        diagnose_run(run_dir, stage_ap=args.stage_ap, force=args.force)
+        result = diagnose_run(run_dir, stage_ap=args.stage_ap, force=args.force)
+        name = osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
+        runs.setdefault(name, []).append(result)
+    if args.summary:
+        command = 'python tools/analysis/diagnose_run.py ' + ' '.join(sys.argv[1:])
+        with open(args.summary, 'w') as f:
+            f.write(f'Produced by `{command}`.\n\n' + format_diagnostics(runs))
+        print(f'wrote {args.summary}')
 
 
 if __name__ == '__main__':

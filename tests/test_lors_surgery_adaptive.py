@@ -337,6 +337,20 @@ def test_each_shared_tensor_once_and_honest_counts(kind, declared):
     assert count.total == stock_total - 3 * generator_size + private
 
 
+def test_a_saved_lors_stack_loads_strictly_into_a_new_one(tmp_path,
+                                                         declared):
+    config = dict(rank=2, adaptive=adaptive(adaptive_terms=[1, 2, 1, 2]))
+    model = decoder('mixing')
+    randomise_private(apply_lors(model, 'stages', config))
+    torch.save(model.state_dict(), tmp_path / 'lors.pth')
+    other = Decoder(MixingStage).double().eval()
+    apply_lors(other, 'stages', config)
+    other.load_state_dict(
+        torch.load(tmp_path / 'lors.pth', weights_only=True), strict=True)
+    torch.testing.assert_close(other(*inputs('mixing')),
+                               model(*inputs('mixing')), rtol=0, atol=0)
+
+
 def test_groups_of_layers_share_one_generator_each(declared):
     model = decoder('mixing')
     path = KINDS['mixing'][1]

@@ -583,7 +583,9 @@ def find_lors_stacks(module: nn.Module) -> List[Tuple[str, LorsStack]]:
 
     The protocol for tools: the LORS layers of a stack are
     ``stack.lors_linears(path)`` for ``path`` in ``stack.plans``; its shared
-    weights ``stack.shared_linear(group, path)``.
+    weights ``stack.shared_linear(group, path)``; its adaptive generators
+    ``stack.lors_generators(path)`` for ``path`` in ``stack.adaptive_plans``,
+    on ``stack.shared_generator(group, path)``.
     """
     return [(path, sub) for path, sub in module.named_modules()
             if isinstance(sub, LorsStack)]
@@ -635,7 +637,7 @@ def init_as_stock(module: nn.Module) -> Iterator[None]:
     init (mmdet's DETR ``init_weights``, mmcv's deformable attention init)
     runs exactly as on the stock model. On exit each stack is initialised
     from those weights by its config (``'fresh'``: shared = the first layer of
-    each group, ``B = 0``) and the values are copied into the original LORS
+    each group, ``B = 0``, zero core generators) and the values are copied into the original LORS
     modules, which are put back: an optimizer or DDP wrapper built before the
     init still holds the parameters the model uses.
 

@@ -80,3 +80,22 @@ def check_adaptive_terms(adaptive_terms: int, core_size: int,
             f'every matrix they correct ({tiles}), so more terms add '
             'parameters but nothing the private residual could express')
     return adaptive_terms
+
+
+def check_shapes(shapes: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """Check a list of ``(m, n)`` matrix shapes of positive ints."""
+    if isinstance(shapes, (str, bytes)) or not isinstance(shapes,
+                                                          (list, tuple)):
+        raise TypeError(f'shapes must be a sequence of (m, n) pairs, got '
+                        f'{shapes!r}')
+    if len(shapes) == 0:
+        raise ValueError('shapes must name at least one (m, n) matrix shape, '
+                         'got []')
+    checked = []
+    for j, shape in enumerate(shapes):
+        if not isinstance(shape, (list, tuple)) or len(shape) != 2:
+            raise ValueError(f'shapes[{j}] must be an (m, n) pair, got '
+                             f'{shape!r}')
+        checked.append((check_positive_int(shape[0], f'shapes[{j}][0]'),
+                        check_positive_int(shape[1], f'shapes[{j}][1]')))
+    return checked

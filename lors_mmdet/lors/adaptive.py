@@ -17,26 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._validate import check_positive_int
+from ._validate import check_positive_int, check_shapes
 from .static import check_factor_init
-
-
-def _check_shapes(shapes: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
-    if isinstance(shapes, (str, bytes)) or not isinstance(shapes,
-                                                          (list, tuple)):
-        raise TypeError(f'shapes must be a sequence of (m, n) pairs, got '
-                        f'{shapes!r}')
-    if len(shapes) == 0:
-        raise ValueError('shapes must name at least one (m, n) matrix shape, '
-                         'got []')
-    checked = []
-    for j, shape in enumerate(shapes):
-        if not isinstance(shape, (list, tuple)) or len(shape) != 2:
-            raise ValueError(f'shapes[{j}] must be an (m, n) pair, got '
-                             f'{shape!r}')
-        checked.append((check_positive_int(shape[0], f'shapes[{j}][0]'),
-                        check_positive_int(shape[1], f'shapes[{j}][1]')))
-    return checked
 
 
 class SharedGenerator(nn.Module):
@@ -60,7 +42,7 @@ class SharedGenerator(nn.Module):
         super().__init__()
         self.query_dim = check_positive_int(query_dim, 'query_dim')
         self.groups = check_positive_int(groups, 'groups')
-        self.shapes = _check_shapes(shapes)
+        self.shapes = check_shapes(shapes)
         self.num_layers = check_positive_int(num_layers, 'num_layers')
         self.generator = nn.Linear(
             query_dim, groups * sum(m * n for m, n in self.shapes))
@@ -391,3 +373,29 @@ class LorsAdaptive(nn.Module):
                 f'recompute={self.recompute}, '
                 f'per_group_factors={self.per_group_factors}, '
                 f'factor_init={self.factor_init!r}')
+
+
+class LorsGeneratedLinear(LorsAdaptive):
+    """A :class:`LorsAdaptive` with the call contract of the generator it
+    replaces, made by the stack surgery.
+
+    Its call returns what the stock generator ``nn.Linear(query_dim,
+    G * sum(m * n))`` returned: the flat parameters (..., G * sum(m * n)) in
+    :class:`SharedGenerator`'s layout, here ``M_shared(q) + sum_t L_t Z_t(q)
+    R_t`` for every matrix. The host module's own forward then runs
+    unchanged; the price is that the private ``m x n`` matrices are built
+    per query, where :meth:`GeneratedMatrices.apply_right` /
+    :meth:`~GeneratedMatrices.apply_left` (a host written for LORS) never
+    build them. The flat parameters are as large as the stock generator's
+    output, so memory stays that of the stock model.
+
+    Args: as :class:`LorsAdaptive` (``recompute`` has no effect here: no
+        factored product is taken).
+    """
+
+    def forward(self, query: Tensor) -> Tensor:
+        """The flat generated parameters for ``query`` (..., query_dim)."""
+        matrices = super().forward(query)
+        flat = [matrices.materialise(j).flatten(-2)
+                for j in range(len(matrices))]
+        return torch.cat(flat, dim=-1).flatten(-2)

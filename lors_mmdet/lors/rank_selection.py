@@ -215,7 +215,7 @@ def choose_stack_ranks(owner: nn.Module,
     config = LorsStackConfig.from_dict(config, key)
     stack = list(owner.get_submodule(layers))
     shapes = {path: spec[:2] for path, spec in _check_layers(
-        owner, stack, 'lors_' + layers.replace('.', '_'), config).items()}
+        owner, stack, 'lors_' + layers.replace('.', '_'), config)[0].items()}
     # energy: config.rank is not used; rank 1 only lets plan() validate
     plans = (dataclasses.replace(config, rank=1) if energy is not None
              else config).plan(shapes, len(stack))

@@ -13,23 +13,39 @@ As a dict (e.g. an mmdet config ``lors=dict(decoder=dict(...))``)::
                             #   it names: 'self_attn' = 'self_attn.*')
         groups=None,        # None: all layers share; 3: layers 0-2, 3-5...;
                             #   [2, 4]: layers 0-1 and 2-5 share
-        init='fresh')       # 'fresh': shared = the first layer's weights of
+        init='fresh',       # 'fresh': shared = the first layer's weights of
                             #   each group, residuals zero; 'dense': shared =
                             #   mean, residual = truncated SVD of each layer
+        adaptive=None)      # None: generators are plain linear maps; a dict
+                            #   turns every generator a layer declares
+                            #   (lors_mmdet.lors.generated) into a shared
+                            #   generator + private adaptive residual:
+        # adaptive=dict(core_size=16,             # k of the k x k cores
+        #               adaptive_terms=[1, 2, 3], # K, or one per layer
+        #               per_group_factors=False,  # L, R per group
+        #               factor_init='linear')     # or 'kaiming'
 
 Projections are the ``nn.Linear`` modules of a layer, by path (``ffn.0``,
 ``linear1``), and the four maps of each ``nn.MultiheadAttention``
-(``self_attn.q_proj``, ``.k_proj``, ``.v_proj``, ``.out_proj``).
+(``self_attn.q_proj``, ``.k_proj``, ``.v_proj``, ``.out_proj``). With
+``adaptive`` set, the declared generators are adaptive targets, not
+projections: ``include`` / ``exclude`` / ``ranks`` do not see them.
 
 Errors name the key (``lors.decoder.rank``...) and what was expected.
 """
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ._validate import check_adaptive_terms, check_positive_int
+from .static import FACTOR_INITS
 
 RankSpec = Union[int, str, Tuple[Union[int, str], ...]]
 INITS = ('fresh', 'dense')
-KEYS = ('rank', 'num_terms', 'ranks', 'include', 'exclude', 'groups', 'init')
+KEYS = ('rank', 'num_terms', 'ranks', 'include', 'exclude', 'groups', 'init',
+        'adaptive')
+ADAPTIVE_KEYS = ('core_size', 'adaptive_terms', 'per_group_factors',
+                 'factor_init')
 DEFAULT_RANK = 16
 
 
@@ -104,6 +120,68 @@ class ProjectionPlan:
 
 
 @dataclass(frozen=True)
+class AdaptiveConfig:
+    """Validated ``adaptive`` settings of a stack (the private adaptive
+    residuals of its declared generators; see
+    :class:`~lors_mmdet.lors.LorsAdaptive` for their meaning)."""
+    core_size: int
+    adaptive_terms: Union[int, Tuple[int, ...]] = 1
+    per_group_factors: bool = False
+    factor_init: str = 'linear'
+
+    @classmethod
+    def from_dict(cls, cfg: object, key: str) -> Optional['AdaptiveConfig']:
+        """Validate the ``adaptive`` dict (None: no adaptive targets).
+
+        Args:
+            cfg: the dict, None, or a config (returned as is).
+            key: where it sits in the user's config (``lors.adaptive``).
+        """
+        if cfg is None or isinstance(cfg, AdaptiveConfig):
+            return cfg
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f'{key} must be a dict with keys '
+                            f'{list(ADAPTIVE_KEYS)} or None, got '
+                            f'{type(cfg).__name__}')
+        unknown = sorted(set(cfg) - set(ADAPTIVE_KEYS))
+        if unknown:
+            raise ValueError(f'unknown key(s) {unknown} in {key}; allowed: '
+                             f'{list(ADAPTIVE_KEYS)}')
+        if 'core_size' not in cfg:
+            raise ValueError(f'{key}.core_size is required: the size k of '
+                             f'the k x k adaptive cores, e.g. 16')
+        per_group = cfg.get('per_group_factors', False)
+        if not isinstance(per_group, bool):
+            raise TypeError(f'{key}.per_group_factors must be a bool, got '
+                            f'{per_group!r}')
+        factor_init = cfg.get('factor_init', 'linear')
+        if factor_init not in FACTOR_INITS:
+            raise ValueError(f'{key}.factor_init must be one of '
+                             f'{FACTOR_INITS}, got {factor_init!r}')
+        return cls(
+            core_size=check_positive_int(cfg['core_size'],
+                                         f'{key}.core_size'),
+            adaptive_terms=_check_terms(cfg.get('adaptive_terms', 1),
+                                        f'{key}.adaptive_terms'),
+            per_group_factors=per_group,
+            factor_init=factor_init)
+
+
+@dataclass(frozen=True)
+class AdaptivePlan:
+    """What the surgery builds for one declared generator of the stack.
+
+    Attributes:
+        groups: the matrix groups ``G`` of the declaration.
+        shapes: the ``(m, n)`` of each generated matrix.
+        adaptive_terms: ``K`` per layer.
+    """
+    groups: int
+    shapes: Tuple[Tuple[int, int], ...]
+    adaptive_terms: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class LorsStackConfig:
     """Validated settings of one LORS stack (see the module docstring).
 
@@ -117,6 +195,7 @@ class LorsStackConfig:
     exclude: Tuple[str, ...] = ()
     groups: Union[None, int, Tuple[int, ...]] = None
     init: str = 'fresh'
+    adaptive: Optional[AdaptiveConfig] = None
     key: str = field(default='lors', compare=False)
 
     @classmethod
@@ -163,6 +242,8 @@ class LorsStackConfig:
             exclude=_check_patterns(cfg.get('exclude', ()), f'{key}.exclude'),
             groups=_check_groups(cfg.get('groups'), f'{key}.groups'),
             init=init,
+            adaptive=AdaptiveConfig.from_dict(cfg.get('adaptive'),
+                                              f'{key}.adaptive'),
             key=key)
 
     def group_layers(self, num_layers: int) -> List[List[int]]:
@@ -207,19 +288,22 @@ class LorsStackConfig:
         ]
 
     def plan(self, shapes: Mapping[str, Tuple[int, int]],
-             num_layers: int) -> Dict[str, ProjectionPlan]:
+             num_layers: int,
+             allow_empty: bool = False) -> Dict[str, ProjectionPlan]:
         """Ranks and terms per layer of each selected projection.
 
         Args:
             shapes: ``{path: (in_features, out_features)}`` of the projections
                 of one layer, in layer order.
             num_layers: number of layers of the stack.
+            allow_empty: selecting no projection is fine (the stack has
+                adaptive targets).
 
         Returns:
             ``{path: ProjectionPlan}`` of the selected projections.
         """
         selected = self.select(list(shapes))
-        if not selected:
+        if not selected and not allow_empty:
             raise ValueError(f'{self.key}: include={list(self.include)} / '
                              f'exclude={list(self.exclude)} leave no '
                              f'projection; projections: {list(shapes)}')
@@ -240,6 +324,46 @@ class LorsStackConfig:
             plans[path] = ProjectionPlan(
                 self._resolve_ranks(spec, terms, shapes[path], key, path),
                 tuple(terms))
+        return plans
+
+    def plan_adaptive(
+            self, generated: Mapping[str, Tuple[int, Sequence[Tuple[int,
+                                                                   int]]]],
+            num_layers: int) -> Dict[str, AdaptivePlan]:
+        """Adaptive terms per layer of each declared generator.
+
+        Args:
+            generated: ``{generator path: (groups, shapes)}`` of one layer.
+            num_layers: number of layers of the stack.
+
+        Returns:
+            ``{path: AdaptivePlan}``; empty without ``adaptive`` settings.
+        """
+        if self.adaptive is None:
+            return {}
+        key = f'{self.key}.adaptive'
+        if not generated:
+            raise ValueError(
+                f'{key} is set, but no module of the layers declares the '
+                f'matrices it generates (a lors_generated attribute or '
+                f'lors_mmdet.lors.declare_generated)')
+        core_size = self.adaptive.core_size
+        terms = self._per_layer(self.adaptive.adaptive_terms, num_layers,
+                                f'{key}.adaptive_terms')
+        plans = {}
+        for path, (groups, shapes) in generated.items():
+            for m, n in shapes:
+                if core_size > min(m, n):
+                    raise ValueError(
+                        f'{key}.core_size={core_size} exceeds min(m, n) of '
+                        f'the {m}x{n} matrices generated by {path!r}')
+            labels = {f'{path} {m}x{n}': (m, n) for m, n in shapes}
+            for layer, k in enumerate(terms):
+                where = (f'{key}.adaptive_terms[{layer}]'
+                         if isinstance(self.adaptive.adaptive_terms, tuple)
+                         else f'{key}.adaptive_terms')
+                check_adaptive_terms(k, core_size, labels, where)
+            plans[path] = AdaptivePlan(groups, tuple(shapes), tuple(terms))
         return plans
 
     @staticmethod

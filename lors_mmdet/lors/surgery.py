@@ -10,6 +10,11 @@ shared weights are registered once, on the owner of the stack, in a
 :class:`LorsStack` module that also records what was replaced;
 :func:`merge_lors` undoes it (stock modules, stock state-dict keys) and
 :func:`find_lors_stacks` lists the stacks of a model for tools.
+
+The adaptive target kind (``config.adaptive``): a module that declares the
+matrices it generates from its query (:mod:`.generated`) gets its generator
+replaced by a :class:`~lors_mmdet.lors.adaptive.LorsGeneratedLinear` on a
+:class:`~lors_mmdet.lors.SharedGenerator` registered in the stack.
 """
 import contextlib
 import math
@@ -19,15 +24,19 @@ from typing import (Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
 import torch
 from torch import nn
 
+from .adaptive import LorsGeneratedLinear, SharedGenerator
 from .attention import PROJECTIONS, LorsAttention
+from .generated import generated_weights
 from .merge import lors_from_dense
-from .stack_config import LorsStackConfig, ProjectionPlan
+from .stack_config import AdaptivePlan, LorsStackConfig, ProjectionPlan
 from .static import LorsLinear, SharedLinear
 from .targets import build_linear, linear_spec, linear_weight
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 # (in_features, out_features, bias, type, dtype, device) of a projection
 Spec = Tuple[int, int, bool, type, torch.dtype, torch.device]
+# (groups, shapes, Spec of the generator Linear) of a declared generator
+Generated = Tuple[int, Tuple[Tuple[int, int], ...], Spec]
 # Hooks that see the module's call (arguments, output, gradients): the LORS
 # module has the call contract of the module it replaces, so they move with
 # it. The flag says which kind of backward hook the dicts hold.
@@ -60,7 +69,8 @@ class LorsStack(nn.Module):
     """The shared weights of one LORS stack, registered on its owner.
 
     Made by :func:`apply_lors`. Holds ``shared[g].<path>`` (a
-    :class:`SharedLinear` per group ``g`` and projection path) and a record of
+    :class:`SharedLinear` per group ``g`` and projection path, a
+    :class:`SharedGenerator` per group and generator path) and a record of
     the surgery; the layers themselves stay where they are (referenced, not
     registered).
 
@@ -72,13 +82,22 @@ class LorsStack(nn.Module):
         groups: the layer indices of each group of adjacent layers.
         attentions: paths of the ``nn.MultiheadAttention`` modules turned into
             :class:`LorsAttention`.
-        dense_types: ``{projection path: class}`` restored by merging.
+        dense_types: ``{projection or generator path: class}`` restored by
+            merging.
+        adaptive_plans: ``{generator path: AdaptivePlan}`` of the declared
+            generators made adaptive (empty without ``config.adaptive``).
     """
 
-    def __init__(self, layers: Sequence[nn.Module], layers_path: Optional[str],
-                 config: LorsStackConfig, plans: Mapping[str, ProjectionPlan],
-                 groups: List[List[int]], attentions: Sequence[str],
-                 dense_types: Mapping[str, type]) -> None:
+    def __init__(self,
+                 layers: Sequence[nn.Module],
+                 layers_path: Optional[str],
+                 config: LorsStackConfig,
+                 plans: Mapping[str, ProjectionPlan],
+                 groups: List[List[int]],
+                 attentions: Sequence[str],
+                 dense_types: Mapping[str, type],
+                 adaptive_plans: Optional[Mapping[str, AdaptivePlan]] = None
+                 ) -> None:
         super().__init__()
         # Not registered: the layers belong to their container on the owner.
         object.__setattr__(self, '_layers', tuple(layers))
@@ -88,6 +107,7 @@ class LorsStack(nn.Module):
         self.groups = [list(g) for g in groups]
         self.attentions = tuple(attentions)
         self.dense_types = dict(dense_types)
+        self.adaptive_plans = dict(adaptive_plans or {})
         self.shared = nn.ModuleList(nn.Module() for _ in groups)
         # torch's TransformerEncoder only: its nested-tensor setting before
         self.owner_use_nested_tensor: Optional[bool] = None
@@ -96,7 +116,8 @@ class LorsStack(nn.Module):
     def layers(self) -> Tuple[nn.Module, ...]:
         return self._layers
 
-    def add_shared(self, group: int, path: str, shared: SharedLinear) -> None:
+    def add_shared(self, group: int, path: str,
+                   shared: Union[SharedLinear, SharedGenerator]) -> None:
         node = self.shared[group]
         *parents, leaf = path.split('.')
         for part in parents:
@@ -108,15 +129,23 @@ class LorsStack(nn.Module):
     @property
     def replaced_paths(self) -> List[str]:
         """Paths of the modules the surgery put into each layer: the
-        attentions and the projections outside them."""
+        attentions, the projections outside them and the generators."""
         return [
             path for path in self.plans
             if path.rpartition('.')[0] not in self.attentions
-        ] + list(self.attentions)
+        ] + list(self.attentions) + list(self.adaptive_plans)
 
     def shared_linear(self, group: int, path: str) -> SharedLinear:
         """The shared weight of projection ``path`` in group ``group``."""
         return self.shared[group].get_submodule(path)
+
+    def shared_generator(self, group: int, path: str) -> SharedGenerator:
+        """The shared generator of generator ``path`` in group ``group``."""
+        return self.shared[group].get_submodule(path)
+
+    def lors_generators(self, path: str) -> List[LorsGeneratedLinear]:
+        """The N adaptive LORS generators at ``path``, one per layer."""
+        return [layer.get_submodule(path) for layer in self.layers]
 
     def group_of(self, layer: int) -> int:
         """The group index of layer ``layer``."""
@@ -132,7 +161,8 @@ class LorsStack(nn.Module):
 
     @torch.no_grad()
     def reset_private_parameters(self) -> None:
-        """Private residuals back to zero (``B = 0``, ``A`` kaiming-uniform).
+        """Private residuals back to zero (``B = 0``, ``A`` kaiming-uniform;
+        core generators zero, ``L`` / ``R`` as their ``factor_init``).
 
         Biases and shared weights are left alone. Call it after a framework's
         init that touches every matrix (mmdet's xavier init of DETR).
@@ -141,6 +171,9 @@ class LorsStack(nn.Module):
             for lors in self.lors_linears(path):
                 nn.init.kaiming_uniform_(lors.lors_A, a=math.sqrt(5))
                 nn.init.zeros_(lors.lors_B)
+        for path in self.adaptive_plans:
+            for lors in self.lors_generators(path):
+                lors.reset_parameters()
 
     @torch.no_grad()
     def merge_layers(self) -> None:
@@ -158,11 +191,18 @@ class LorsStack(nn.Module):
             for path in self.attentions:
                 attention = layer.get_submodule(path)
                 _replace(layer, path, attention.to_multihead_attention())
+            for path in self.adaptive_plans:
+                lors = layer.get_submodule(path)
+                folded = lors.to_linear()
+                dense = build_linear(self.dense_types[path], folded.weight,
+                                     folded.bias)
+                _replace(layer, path, dense.train(lors.training))
 
     def extra_repr(self) -> str:
         return (f'layers={len(self.layers)}, layers_path={self.layers_path!r}'
                 f', groups={[len(g) for g in self.groups]}, '
-                f'init={self.config.init!r}, projections={list(self.plans)}')
+                f'init={self.config.init!r}, projections={list(self.plans)}'
+                f', generators={list(self.adaptive_plans)}')
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -203,6 +243,24 @@ def _projections(layer: nn.Module) -> Dict[str, Spec]:
             if spec is not None:
                 found[path] = (*spec, type(module), module.weight.dtype,
                                module.weight.device)
+    return found
+
+
+def _generators(layer: nn.Module) -> Dict[str, Generated]:
+    """``{generator path: (groups, shapes, linear)}`` of the modules of
+    ``layer`` (itself included) that declare the matrices they generate;
+    ``linear`` = the generator's (in, out, bias, type, dtype, device)."""
+    found = {}
+    for path, module in layer.named_modules():
+        declared = generated_weights(module)
+        if declared is None:
+            continue
+        full = f'{path}.{declared.generator}' if path else declared.generator
+        generator = layer.get_submodule(full)
+        found[full] = (declared.groups, declared.shapes,
+                       (*linear_spec(generator), type(generator),
+                        linear_weight(generator).dtype,
+                        linear_weight(generator).device))
     return found
 
 
@@ -277,16 +335,21 @@ def _check_ties_and_hooks(owner: nn.Module, layers: Sequence[nn.Module],
                         f'{key}.exclude')
 
 
-def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
-                  config: LorsStackConfig) -> Dict[str, Spec]:
-    """Check the stack; return the projections common to all its layers.
+def _check_layers(
+        owner: nn.Module, layers: Sequence[nn.Module], name: str,
+        config: LorsStackConfig
+) -> Tuple[Dict[str, Spec], Dict[str, Generated]]:
+    """Check the stack; return the projections common to all its layers
+    and, with ``config.adaptive``, the generators they declare.
 
     A projection present in only some layers (Conditional-DETR drops the
     ``qpos_proj`` of all but the first decoder layer) is no stack member:
     it stays private. One that ``config`` selects must have the same type,
     shape, dtype and device in every layer, and no tie or hook that the
     surgery would lose; the others may differ (they stay private), e.g.
-    LORS-AdaMixer's per-stage adaptive core generators.
+    LORS-AdaMixer's per-stage adaptive core generators. Declared generators
+    (adaptive targets) must be the same in every layer; they are no
+    projections then.
     """
     key = config.key
     if isinstance(owner, _CONTAINERS):
@@ -307,6 +370,19 @@ def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
                          f'another name')
     inside = {id(m) for m in owner.modules()}
     per_layer = [_projections(layer) for layer in layers]
+    generated: Dict[str, Generated] = {}
+    if config.adaptive is not None:
+        declared = [_generators(layer) for layer in layers]
+        generated = declared[0]
+        for index, found in enumerate(declared):
+            if found != generated:
+                raise ValueError(
+                    f'{config.key}.adaptive: layer {index} declares the '
+                    f'generators {_describe_generators(found)}, layer 0 '
+                    f'{_describe_generators(generated)}; only generators '
+                    f'identical in every layer can be shared')
+        per_layer = [{p: s for p, s in found.items() if p not in generated}
+                     for found in per_layer]
     common = {
         path: spec
         for path, spec in per_layer[0].items()
@@ -319,11 +395,11 @@ def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
         if type(layer) is not type(layers[0]):
             raise ValueError(f'layer {index} is a {type(layer).__name__}, '
                              f'layer 0 a {type(layers[0]).__name__}')
-    if not common:
+    if not common and not generated:
         raise ValueError(f'the layers ({type(layers[0]).__name__}) have no '
                          f'nn.Linear, transposed linear (Conv1D) or '
                          f'nn.MultiheadAttention in common')
-    selected = config.select(list(common))
+    selected = config.select(list(common)) if common else []
     for path in selected:
         for index, found in enumerate(per_layer):
             if found[path] != common[path]:
@@ -334,8 +410,14 @@ def _check_layers(owner: nn.Module, layers: Sequence[nn.Module], name: str,
                     f'{_describe(common[path])}; only a projection identical '
                     f'in every layer can be shared, and {key}.include / '
                     f'{key}.exclude select this one')
-    _check_ties_and_hooks(owner, layers, selected, key)
-    return common
+    _check_ties_and_hooks(owner, layers, [*selected, *generated], key)
+    return common, generated
+
+
+def _describe_generators(found: Mapping[str, Generated]) -> str:
+    return str({path: f'groups={groups}, shapes={list(shapes)}, '
+                      f'{_describe(linear)}'
+                for path, (groups, shapes, linear) in found.items()})
 
 
 def _describe(spec: Spec) -> str:
@@ -365,6 +447,14 @@ def apply_lors(owner: nn.Module,
     - ``'dense'``: shared = the group's mean weight, layer ``i`` keeps the
       truncated SVD of ``W_i - mean`` (exact at rank ``'full'``).
 
+    With ``config.adaptive``, every generator the layers declare
+    (:mod:`.generated`) becomes a :class:`LorsGeneratedLinear` per layer on
+    a :class:`SharedGenerator` of its group: shared = the first layer's
+    generator (``'fresh'``; AdaMixer's zero-weight init when the stock model
+    had it) or the group's mean generator (``'dense'``: exact only when the
+    layers' generators are equal), private core generators zero, so each
+    layer starts as the shared generator.
+
     Args:
         owner: the module that owns the stack (e.g. an encoder).
         layers: owner-relative path of a ``ModuleList`` / ``Sequential`` of
@@ -391,9 +481,12 @@ def apply_lors(owner: nn.Module,
                          'modules')
     layers = list(layers)
     config = LorsStackConfig.from_dict(config, key)
-    projections = _check_layers(owner, layers, name, config)
+    projections, generated = _check_layers(owner, layers, name, config)
     plans = config.plan({p: s[:2] for p, s in projections.items()},
-                        len(layers))
+                        len(layers),
+                        allow_empty=bool(generated)) if projections else {}
+    adaptive_plans = config.plan_adaptive(
+        {p: g[:2] for p, g in generated.items()}, len(layers))
     groups = config.group_layers(len(layers))
 
     attentions = sorted({
@@ -412,10 +505,13 @@ def apply_lors(owner: nn.Module,
                 raise ValueError(f'layer {index}, {path!r}: {error}') from None
     for layer, path, attention in converted:
         _replace(layer, path, attention)
-    dense_types = {path: type(layers[0].get_submodule(path)) for path in plans}
+    dense_types = {
+        path: type(layers[0].get_submodule(path))
+        for path in (*plans, *adaptive_plans)
+    }
 
     stack = LorsStack(layers, layers_path, config, plans, groups, attentions,
-                      dense_types)
+                      dense_types, adaptive_plans)
     for group_index, group in enumerate(groups):
         for path, plan in plans.items():
             denses = [layers[i].get_submodule(path) for i in group]
@@ -441,6 +537,8 @@ def apply_lors(owner: nn.Module,
             stack.add_shared(group_index, path, shared)
             for i, dense, new in zip(group, denses, new_layers):
                 _replace(layers[i], path, new.train(dense.training))
+        for path, plan in adaptive_plans.items():
+            _share_generator(stack, group_index, path, plan)
     if isinstance(owner, nn.TransformerEncoder) and attentions:
         # Its fused fast path packs padded batches into nested tensors, made
         # for nn.MultiheadAttention's packed weights; merging turns it back.
@@ -450,12 +548,44 @@ def apply_lors(owner: nn.Module,
     return stack
 
 
+def _share_generator(stack: LorsStack, group_index: int, path: str,
+                     plan: AdaptivePlan) -> None:
+    """The adaptive target ``path`` of one group of layers: one
+    :class:`SharedGenerator` registered in ``stack``, and in each layer a
+    :class:`LorsGeneratedLinear` in place of its generator."""
+    group = stack.groups[group_index]
+    adaptive = stack.config.adaptive
+    denses = [stack.layers[i].get_submodule(path) for i in group]
+    weights = [linear_weight(d) for d in denses]
+    shared = SharedGenerator(weights[0].shape[1], plan.groups, plan.shapes,
+                             len(group)).to(weights[0])
+    if stack.config.init == 'dense':
+        shared.generator.weight.copy_(torch.stack(weights).mean(0))
+        shared.generator.bias.copy_(
+            torch.stack([d.bias for d in denses]).mean(0))
+    else:
+        shared.generator.weight.copy_(weights[0])
+        shared.generator.bias.copy_(denses[0].bias)
+    stack.add_shared(group_index, path, shared)
+    for i, dense in zip(group, denses):
+        new = LorsGeneratedLinear(
+            shared,
+            adaptive.core_size,
+            plan.adaptive_terms[i],
+            recompute=False,
+            per_group_factors=adaptive.per_group_factors,
+            factor_init=adaptive.factor_init)
+        _replace(stack.layers[i], path, new.train(dense.training))
+
+
 def find_lors_stacks(module: nn.Module) -> List[Tuple[str, LorsStack]]:
     """``(path, stack)`` of every :class:`LorsStack` in ``module``'s tree.
 
     The protocol for tools: the LORS layers of a stack are
     ``stack.lors_linears(path)`` for ``path`` in ``stack.plans``; its shared
-    weights ``stack.shared_linear(group, path)``.
+    weights ``stack.shared_linear(group, path)``; its adaptive generators
+    ``stack.lors_generators(path)`` for ``path`` in ``stack.adaptive_plans``,
+    on ``stack.shared_generator(group, path)``.
     """
     return [(path, sub) for path, sub in module.named_modules()
             if isinstance(sub, LorsStack)]
@@ -467,8 +597,11 @@ def merge_lors(module: nn.Module,
 
     Each LORS map becomes its original ``nn.Linear`` class with the weight
     ``W_shared + B A``, each :class:`LorsAttention` made by the surgery an
-    ``nn.MultiheadAttention``; the :class:`LorsStack` is removed from its
-    owner. The state dict then has the stock keys.
+    ``nn.MultiheadAttention``, each :class:`LorsGeneratedLinear` its
+    original generator class with the shared generator plus the folded
+    private adaptive residual (exact: the residual is affine in the query,
+    :meth:`LorsAdaptive.to_linear`); the :class:`LorsStack` is removed from
+    its owner. The state dict then has the stock keys.
 
     Args:
         module: a model (or any module) containing the stacks' owners.
@@ -504,7 +637,7 @@ def init_as_stock(module: nn.Module) -> Iterator[None]:
     init (mmdet's DETR ``init_weights``, mmcv's deformable attention init)
     runs exactly as on the stock model. On exit each stack is initialised
     from those weights by its config (``'fresh'``: shared = the first layer of
-    each group, ``B = 0``) and the values are copied into the original LORS
+    each group, ``B = 0``, zero core generators) and the values are copied into the original LORS
     modules, which are put back: an optimizer or DDP wrapper built before the
     init still holds the parameters the model uses.
 
@@ -518,7 +651,8 @@ def init_as_stock(module: nn.Module) -> Iterator[None]:
                 # merging swaps the projections inside the attentions too
                 saved = [{
                     path: layer.get_submodule(path)
-                    for path in (*child.plans, *child.attentions)
+                    for path in (*child.plans, *child.attentions,
+                                 *child.adaptive_plans)
                 } for layer in child.layers]
                 entries.append((owner, name, child, saved))
     merge_lors(module, [stack for _, _, stack, _ in entries])

@@ -158,7 +158,10 @@ def test_browse_dataset_writes_a_picture_per_training_image(tmp_path, data_root,
     from PIL import Image
     pictures = sorted(os.listdir(out))
     assert pictures == sorted(os.listdir(osp.join(data_root, 'train')))
-    assert Image.open(out / pictures[0]).size == (128, 128)  # the pipeline's resize
+    # the pipeline's 128 px resize, drawn enlarged by the config's visualizer
+    from mmengine.config import Config
+    scale = Config.fromfile(CONFIG).visualizer.get('scale', 1)
+    assert Image.open(out / pictures[0]).size == (128 * scale, 128 * scale)
 
 
 def imported_packages(path: str) -> set:

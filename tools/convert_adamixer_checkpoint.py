@@ -17,7 +17,7 @@ source (a file or a URL) is loaded with weights_only=True.
 """
 import argparse
 
-from lors_mmdet.analysis import load_config
+from lors_mmdet.apis import load_config
 from lors_mmdet.checkpoint_loading import load_any_checkpoint
 from lors_mmdet.engine import check_outputs, save_checkpoint_file
 from lors_mmdet.models.adamixer.checkpoint_converter import (

@@ -726,7 +726,7 @@ def compress(config: str,
     try:
         with open(temp_cfg, 'w') as f:
             f.write(text)
-        written = Config.fromfile(temp_cfg)
+        written = load_config(temp_cfg)
         left = differences(written, settings)
         if left:
             raise RuntimeError(f'the written config does not reproduce the '

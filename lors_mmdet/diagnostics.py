@@ -21,6 +21,8 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from lors_mmdet.apis.steps import load_config, read_checkpoint
+
 
 def decoder_parameter_group(name: str) -> str:
     """Group of a ``roi_head`` parameter name (see the module doc)."""
@@ -190,7 +192,6 @@ def run_config(run_dir: str) -> Config:
     if len(dumped) != 1:
         raise FileNotFoundError(f'{run_dir}: expected the one config mmengine dumps '
                                 f'there, found {dumped}')
-    from lors_mmdet.apis.steps import load_config
     return load_config(dumped[0])
 
 
@@ -206,7 +207,6 @@ def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> d
     import json
     import tempfile
 
-    from lors_mmdet.apis.steps import read_checkpoint
     from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
 
     out = osp.join(run_dir, 'diagnostics.json')

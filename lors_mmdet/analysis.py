@@ -1,7 +1,7 @@
 """Building detectors from configs for reports and benchmarks (no downloads).
 
-The config loading it builds on (:func:`load_config`, :func:`strip_pretrained`)
-lives in :mod:`lors_mmdet.engine.config_files`, below ``models/``.
+The steps it builds on (:func:`~lors_mmdet.apis.load_config`,
+:func:`~lors_mmdet.apis.build_model`) live in :mod:`lors_mmdet.apis.steps`.
 """
 import copy
 from typing import Any, Dict, Union
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from lors_mmdet.engine.config_files import load_config, strip_pretrained
+from lors_mmdet.apis.steps import build_model, load_config
 
 
 def build_detector(config: Union[str, Config], device: str = 'cpu',
@@ -22,14 +22,8 @@ def build_detector(config: Union[str, Config], device: str = 'cpu',
         device: Where the model goes.
         init_weights: Run the model's ``init_weights`` (as training would).
     """
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules()
-    cfg = strip_pretrained(load_config(config))
-    model = MODELS.build(cfg.model)
-    if init_weights:
-        model.init_weights()
-    return model.to(device)
+    return build_model(load_config(config).model, init_weights=init_weights,
+                       device=device)
 
 
 def decoder_of(model: nn.Module) -> nn.Module:

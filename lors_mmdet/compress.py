@@ -39,6 +39,8 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from lors_mmdet.apis.steps import (build_model, load_config, load_strictly,
+                                   read_checkpoint)
 from lors_mmdet.engine import check_outputs
 from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
 from lors_mmdet.engine.config_source import assignment, comment, one_line
@@ -63,23 +65,6 @@ NAME_PATTERN = re.compile(r'[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}')
 # --------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------
-def load_config(config: str) -> Config:
-    """A config file, or ``package::path`` (e.g. ``mmdet::dino/...``)."""
-    if '::' in config:
-        from mmengine.hub import get_config
-        return get_config(config)
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config file {config} does not exist')
-    return Config.fromfile(config)
-
-
-def build_model(model_cfg: Mapping, scope: str = 'mmdet') -> nn.Module:
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    return MODELS.build(copy.deepcopy(model_cfg))
-
-
 def lors_type_for(stock_type: str) -> str:
     """The registered LORS variant of a stock detector type.
 
@@ -114,37 +99,6 @@ def supported_types() -> List[str]:
     return [name[4:] for name, cls in MODELS.module_dict.items()
             if name.startswith('Lors') and isinstance(cls, type)
             and issubclass(cls, LorsDetrStacksMixin)]
-
-
-def read_state_dict(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """State dict and meta of a checkpoint (path or URL), loaded safely."""
-    import lors_mmdet.compat  # noqa: F401  (routes every scheme safely)
-    from mmengine.runner import CheckpointLoader
-    loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f'{checkpoint} holds a {type(loaded).__name__}, '
-                         'not a checkpoint dict')
-    state_dict = loaded.get('state_dict', loaded)
-    if state_dict and all(k.startswith('module.') for k in state_dict):
-        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    meta = loaded.get('meta') if isinstance(loaded.get('meta'), Mapping) \
-        else {}
-    return dict(state_dict), dict(meta)
-
-
-def load_strictly(model: nn.Module, state_dict: Mapping, what: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the keys."""
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    own = model.state_dict()
-    shapes = [f'{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-              for k, v in state_dict.items()
-              if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f'{what} does not fit the model built from the config: missing '
-            f'{missing[:6]}, unexpected {unexpected[:6]}, shapes '
-            f'{shapes[:6]} ({len(missing)} / {len(unexpected)} / '
-            f'{len(shapes)} in all)')
 
 
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
@@ -745,7 +699,7 @@ def compress(config: str,
         parse_distill_cfg(distill, 'distill (--distill)')
 
     stock = build_model(cfg.model, cfg.get('default_scope', 'mmdet')).eval()
-    state_dict, stock_meta = read_state_dict(checkpoint)
+    state_dict, stock_meta = read_checkpoint(checkpoint)
     load_strictly(stock, state_dict, f'checkpoint {checkpoint}')
     params_before = parameter_counts(stock)
     stats = None
@@ -772,7 +726,7 @@ def compress(config: str,
     try:
         with open(temp_cfg, 'w') as f:
             f.write(text)
-        written = Config.fromfile(temp_cfg)
+        written = load_config(temp_cfg)
         left = differences(written, settings)
         if left:
             raise RuntimeError(f'the written config does not reproduce the '

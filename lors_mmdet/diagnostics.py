@@ -21,6 +21,8 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from lors_mmdet.apis.steps import load_config, read_checkpoint
+
 
 def decoder_parameter_group(name: str) -> str:
     """Group of a ``roi_head`` parameter name (see the module doc)."""
@@ -190,7 +192,7 @@ def run_config(run_dir: str) -> Config:
     if len(dumped) != 1:
         raise FileNotFoundError(f'{run_dir}: expected the one config mmengine dumps '
                                 f'there, found {dumped}')
-    return Config.fromfile(dumped[0])
+    return load_config(dumped[0])
 
 
 def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> dict:
@@ -205,7 +207,6 @@ def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> d
     import json
     import tempfile
 
-    from lors_mmdet.checkpoint_loading import safe_load_checkpoint
     from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
 
     out = osp.join(run_dir, 'diagnostics.json')
@@ -222,7 +223,7 @@ def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> d
         for i, path in enumerate(checkpoints):
             entry = diagnose_checkpoint(cfg, path, scratch,
                                         stage_ap=stage_ap and i == len(checkpoints) - 1)
-            state = decoder_state(safe_load_checkpoint(path, map_location='cpu')['state_dict'])
+            state = decoder_state(read_checkpoint(path)[0])
             if previous is not None:
                 entry['update_norms'] = update_norms(previous, state)
             previous = state

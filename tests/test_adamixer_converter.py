@@ -463,3 +463,12 @@ def test_conversion_tool(tmp_path, monkeypatch, capsys):
             osp.join(ROOT, 'tools/convert_adamixer_checkpoint.py'),
             run_name='__main__')
     assert not (tmp_path / 'other.pth').exists()
+
+
+def test_release_import_refuses_a_file_of_another_model_and_writes_nothing(tmp_path):
+    from lors_mmdet.apis import import_adamixer_release
+    src, dst = tmp_path / 'other.pth', tmp_path / 'out.pth'
+    torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(1)}), src)
+    with pytest.raises(ValueError, match='not an AdaMixer'):
+        import_adamixer_release(str(src), str(dst))
+    assert not dst.exists()

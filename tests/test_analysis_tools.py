@@ -41,7 +41,8 @@ def test_ablation_options_switch_off_exactly_one_branch(name, frozen):
     from mmengine.config import DictAction
     from mmengine.optim import build_optim_wrapper
 
-    from lors_mmdet.analysis import build_detector, load_config
+    from lors_mmdet.analysis import build_detector
+    from lors_mmdet.apis import load_config
     experiments = load_tool('run_experiments')
     config, options = experiments.PLANS['ablation'][name]
     parser = argparse.ArgumentParser()

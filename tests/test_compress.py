@@ -21,10 +21,10 @@ import torch
 from mmengine.config import Config
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.compress import (build_model, choose_ranks, compress,
-                                 compress_model, lors_stack_dict,
-                                 lors_type_for, parse_rank_overrides,
-                                 read_state_dict)
+from lors_mmdet.apis import build_model, read_checkpoint
+from lors_mmdet.compress import (choose_ranks, compress, compress_model,
+                                 lors_stack_dict, lors_type_for,
+                                 parse_rank_overrides)
 from lors_mmdet.engine.lors_settings import recorded_settings
 from lors_mmdet.lors import apply_lors, dense_weight, find_lors_stacks
 from lors_mmdet.models.distill import parse_distill_cfg
@@ -111,7 +111,7 @@ def test_full_rank_round_trip_reproduces_the_stock_detections(
     assert cfg.train_cfg.max_epochs == 1  # 20% of 5
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-4)
     assert cfg.model.backbone.depth == 18  # inherited
-    state_dict, meta = read_state_dict(checkpoint)
+    state_dict, meta = read_checkpoint(checkpoint)
     assert recorded_settings(dict(meta=meta)) == {
         'model.type': 'LorsDETR',
         'model.lors': dict(decoder=dict(rank=32), encoder=dict(rank=32))}
@@ -125,7 +125,7 @@ def test_full_rank_is_exact_in_float64(trained):
     from mmdet.testing import demo_mm_inputs
     cfg = Config.fromfile(CONFIG)
     model = build_model(cfg.model).double().eval()
-    model.load_state_dict(read_state_dict(trained)[0])
+    model.load_state_dict(read_checkpoint(trained)[0])
     torch.manual_seed(0)
     data = model.data_preprocessor(
         demo_mm_inputs(2, [[3, 64, 64], [3, 48, 64]], num_classes=6), False)
@@ -182,8 +182,8 @@ def test_families_without_a_stack_variant_are_named():
 def test_energy_target_keeps_the_target(trained, tmp_path):
     result = compress(CONFIG, trained, str(tmp_path), parts=['decoder'],
                       energy=0.6, ranks={None: {'ffn.*': 4}})
-    checkpoint, _ = read_state_dict(result.checkpoint)
-    stock, _ = read_state_dict(trained)
+    checkpoint, _ = read_checkpoint(result.checkpoint)
+    stock, _ = read_checkpoint(trained)
     cfg = Config.fromfile(result.config)
     lors_model = build_model(cfg.model)
     lors_model.load_state_dict(checkpoint)  # strict
@@ -343,7 +343,7 @@ def test_distillation_teacher_is_frozen_and_outside_the_model(trained):
     assert all(not p.requires_grad for p in teacher.parameters())
     assert type(teacher).__name__ == 'DETR'
     # the teacher is the stock checkpoint
-    for key, value in read_state_dict(trained)[0].items():
+    for key, value in read_checkpoint(trained)[0].items():
         torch.testing.assert_close(teacher.state_dict()[key], value)
     assert set(model.state_dict()) == state_keys
     assert {id(p) for p in model.parameters()} == parameters
@@ -375,7 +375,7 @@ def test_distillation_is_off_by_default_and_zero_for_the_teacher_itself(
     assert not [k for k in losses if 'distill' in k]
     # a student equal to its teacher (full rank, no dropout): zero loss
     stock = build_model(Config.fromfile(CONFIG).model)
-    stock.load_state_dict(read_state_dict(trained)[0])
+    stock.load_state_dict(read_checkpoint(trained)[0])
     apply_lors(stock.decoder, 'layers', dict(rank='full', init='dense'))
     cfg.model.distill = dict(teacher_config=CONFIG, teacher_checkpoint=trained)
     student = build_model(cfg.model).eval()
@@ -412,9 +412,9 @@ def test_calibrated_full_rank_is_exact(trained, data_root, tmp_path):
     assert max(e for paths in result.output_errors.values() for errors in paths.values()
                for e in errors) < 1e-6
     stock = build_model(Config.fromfile(CONFIG).model).eval()
-    stock.load_state_dict(read_state_dict(trained)[0])
+    stock.load_state_dict(read_checkpoint(trained)[0])
     lors = build_model(Config.fromfile(result.config).model).eval()
-    lors.load_state_dict(read_state_dict(result.checkpoint)[0])
+    lors.load_state_dict(read_checkpoint(result.checkpoint)[0])
     torch.manual_seed(0)
     data = stock.data_preprocessor(
         demo_mm_inputs(2, [[3, 64, 64], [3, 48, 64]], num_classes=6), False)
@@ -431,7 +431,7 @@ def test_calibrated_init_lowers_the_output_error_at_the_same_ranks(trained, data
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict(_data_cfg_options(data_root))
     stock = build_model(cfg.model).eval()
-    stock.load_state_dict(read_state_dict(trained)[0])
+    stock.load_state_dict(read_checkpoint(trained)[0])
     parts = ['decoder', 'encoder']
     stats = input_statistics(stock, parts, calibration_loader(cfg), 2, progress=False)
     dense = {part: {path: [dense_weight(layer, path).detach().clone()
@@ -471,7 +471,7 @@ def test_budget_keeps_the_parameters_and_builds_per_layer_ranks(trained, data_ro
     name = 'lors-compressed_tiny_detr_synthetic'
     cfg = Config.fromfile(str(tmp_path / f'{name}.py'))
     lors = build_model(cfg.model)
-    lors.load_state_dict(read_state_dict(str(tmp_path / f'{name}.pth'))[0])
+    lors.load_state_dict(read_checkpoint(str(tmp_path / f'{name}.pth'))[0])
     stock = build_model(Config.fromfile(CONFIG).model)
     before = sum(p.numel() for part in ('encoder', 'decoder')
                  for p in getattr(stock, part).parameters())

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from lors_mmdet.models.detr.convert import (convert_checkpoint,
-                                            format_conversion, stock_to_lors)
+from lors_mmdet.apis import convert_checkpoint, format_conversion
+from lors_mmdet.models.detr.convert import stock_to_lors
 from test_detr_lors import (ROOT, build_model, randomize_, tiny_batch,
                             tiny_model_cfg)
 

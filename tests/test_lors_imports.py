@@ -198,3 +198,37 @@ def test_library_runs_with_openmmlab_hidden():
     # lors_mmdet/__init__ probes for mmdet and must have been refused.
     assert result.stdout.startswith('OK'), result.stdout
     assert "'mmdet'" in result.stdout
+
+
+# Calls that read or write files; below lors_mmdet.apis, models/ makes none.
+FILE_CALLS = ('open', 'save', 'load', 'makedirs', 'save_checkpoint_file',
+              'load_any_checkpoint', 'safe_load_checkpoint', 'load_checkpoint',
+              'fromfile', 'get_config', 'put', 'put_text')
+# The one exception, named: a distilling detector loads the teacher its config
+# names at its first training step, inside the model.
+FILE_IO_LEFT = {('lors_mmdet.models.distill', call)
+                for call in ('get_config', 'fromfile', 'load_checkpoint')}
+BELOW_APIS = ('lors_mmdet.models', 'lors_mmdet.engine', 'lors_mmdet.datasets',
+              'lors_mmdet.lors')
+
+
+def test_modules_below_the_workflow_layer_never_import_it():
+    modules = package_modules()
+    assert 'lors_mmdet.apis.steps' in modules
+    for name, file in modules.items():
+        if name.startswith(BELOW_APIS):
+            for target, line in imports_of(name, file, modules):
+                assert not target.startswith('lors_mmdet.apis'), \
+                    f'{file}:{line} imports {target}'
+
+
+def test_models_do_no_file_io():
+    modules = package_modules()
+    files = {n: f for n, f in modules.items() if n.startswith('lors_mmdet.models')}
+    assert len(files) > 5
+    for name, file in files.items():
+        for node in ast.walk(ast.parse(file.read_text(), filename=str(file))):
+            if isinstance(node, ast.Call):
+                called = getattr(node.func, 'attr', getattr(node.func, 'id', None))
+                assert called not in FILE_CALLS or (name, called) in FILE_IO_LEFT, \
+                    f'{file}:{node.lineno} calls {called} (file I/O belongs in lors_mmdet.apis)'

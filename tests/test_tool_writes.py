@@ -17,12 +17,12 @@ import torch
 from mmengine.config import Config
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.compress import build_model, compress
+from lors_mmdet.apis import (build_model, convert_checkpoint,
+                             merge_lors_adamixer_checkpoint)
+from lors_mmdet.compress import compress
 from lors_mmdet.engine.outputs import check_outputs, same_file
 from lors_mmdet.engine.config_source import assignment, comment, python_literal
 from lors_mmdet.engine.lors_settings import write_matching_config
-from lors_mmdet.models.adamixer.merge import merge_lors_adamixer_checkpoint
-from lors_mmdet.models.detr.convert import convert_checkpoint
 from test_adamixer_converter import build_detector, official_adamixer
 from test_adamixer_merge import TOY, trained_like_lors_toy
 from test_detr_convert import save, trained_like, write_config

@@ -17,11 +17,7 @@ source (a file or a URL) is loaded with weights_only=True.
 """
 import argparse
 
-from lors_mmdet.analysis import load_config
-from lors_mmdet.checkpoint_loading import load_any_checkpoint
-from lors_mmdet.engine import check_outputs, save_checkpoint_file
-from lors_mmdet.models.adamixer.checkpoint_converter import (
-    convert_adamixer_checkpoint, settings_mismatches)
+from lors_mmdet.apis import import_adamixer_release
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,18 +35,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:
-        check_outputs(dict(src=args.src, config=args.config), dict(dst=args.dst))
+        converted, report = import_adamixer_release(args.src, args.dst, args.config)
     except ValueError as error:
         raise SystemExit(f'error: {error}')
-    checkpoint = load_any_checkpoint(args.src, map_location='cpu')
-    converted, report = convert_adamixer_checkpoint(checkpoint)
-    if args.config:
-        mismatches = settings_mismatches(
-            report['decoder'], load_config(args.config).model.roi_head)
-        if mismatches:
-            raise SystemExit(f'error: {args.src} does not fit {args.config}:'
-                             '\n  ' + '\n  '.join(mismatches))
-    save_checkpoint_file(converted, args.dst)
     print(f'{report["release"]} checkpoint, {report["num_stages"]} stages, '
           f'{len(converted["state_dict"])} tensors -> {args.dst}')
     print('decoder settings: ' + ', '.join(

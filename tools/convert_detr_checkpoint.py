@@ -28,8 +28,7 @@ import argparse
 import lors_mmdet  # noqa: F401  (compat fixes, registers the LORS models)
 from lors_mmdet.engine import (check_outputs, fit_config, format_config_fit,
                                matching_config_path)
-from lors_mmdet.models.detr.convert import (convert_checkpoint,
-                                            format_conversion)
+from lors_mmdet.apis import convert_checkpoint, format_conversion
 
 
 def parse_rank(value: str):

@@ -14,7 +14,7 @@ See docs/adamixer.md ("Deployment: exact merge").
 """
 import argparse
 
-from lors_mmdet.models.adamixer.merge import merge_lors_adamixer_checkpoint
+from lors_mmdet.apis import merge_lors_adamixer_checkpoint
 
 
 def parse_args() -> argparse.Namespace:

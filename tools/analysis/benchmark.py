@@ -29,8 +29,9 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.analysis import (build_detector, decoder_of, load_config,
+from lors_mmdet.analysis import (build_detector, decoder_of,
                                  merged_for_deployment, synthetic_batch)
+from lors_mmdet.apis import load_config
 from lors_mmdet.lors import count_parameters
 from lors_mmdet.models.adamixer import LorsAdaMixerDecoder
 from lors_mmdet.models.adamixer.merge import plain_adamixer_config

@@ -29,7 +29,8 @@ from mmengine.config import DictAction
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
-from lors_mmdet.analysis import decoder_of, load_config, strip_pretrained  # noqa: E402
+from lors_mmdet import apis  # noqa: E402
+from lors_mmdet.analysis import decoder_of  # noqa: E402
 from lors_mmdet.lors import count_parameters  # noqa: E402
 from tools.upkeep.docs_tables import detr_parameter_table, write_generated  # noqa: E402
 
@@ -38,18 +39,14 @@ def build_model(config: str, cfg_options: Optional[dict] = None) -> nn.Module:
     """Build the config's model without pretrained init, on the meta device
     if the model allows it (some backbones read tensor values while being
     built), else on the CPU. ``cfg_options`` overrides config keys."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules()
-    cfg = load_config(config)
+    cfg = apis.load_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    cfg = strip_pretrained(cfg)
     try:
         with torch.device('meta'):
-            return MODELS.build(cfg.model)
+            return apis.build_model(cfg.model)
     except (RuntimeError, NotImplementedError):
-        return MODELS.build(cfg.model)
+        return apis.build_model(cfg.model)
 
 
 def _stages(decoder: nn.Module) -> Optional[nn.ModuleList]:

@@ -120,8 +120,8 @@ def model_entry(root: str, config: str, collection: str, report: dict,
         report: The config's parameter report (``param_report.py --json``).
         stock_results: :func:`mmdet_results`.
     """
-    from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(root, config))
+    from lors_mmdet.apis import load_config
+    cfg = load_config(osp.join(root, config))
     name = osp.splitext(osp.basename(config))[0]
     data_root = cfg.train_dataloader.dataset.get('data_root', '')
     metadata = {'Training Data': 'synthetic shapes (tools/generate_synthetic_coco.py)'

@@ -9,11 +9,11 @@ is an :class:`AdaMixerDecoder` with the LORS model's ``n_groups``,
 ``in_points`` and ``out_points`` (G=2, P_in=64 for the published model) that
 runs at plain AdaMixer's cost with any AdaMixer tool, mmdet's ``test.py``
 included. Static stacks of ``model.lors`` (the stages' attention / FFN...)
-are merged too (:func:`~lors_mmdet.lors.merge_lors`).
+are merged too (:func:`~lors_mmdet.lors.merge_lors`). The config and
+checkpoint files: :mod:`lors_mmdet.apis.adamixer_deployment`.
 """
 import copy
 import inspect
-import os.path as osp
 from collections import OrderedDict
 from typing import Dict
 
@@ -118,66 +118,3 @@ def plain_adamixer_config(cfg: Config) -> Config:
         for key in ('per_group_factors', 'factor_init'):
             head.pop(key, None)
     return cfg
-
-
-def merge_lors_adamixer_checkpoint(config: str, checkpoint: str,
-                                   out_config: str,
-                                   out_checkpoint: str) -> dict:
-    """Write the plain AdaMixer config + checkpoint equal to a LORS-AdaMixer
-    config + checkpoint.
-
-    The checkpoint is loaded with the safe loader (``weights_only=True``) and
-    strictly into the model built from ``config``; the new checkpoint holds
-    ``state_dict`` and ``meta`` (the source's plain-typed meta plus
-    ``merged_from``: the source files and the merged decoder's sizes).
-
-    Nothing is written unless every check passes: the outputs are new files
-    (no input, not each other), ``out_config`` is a ``.py``, the checkpoint
-    fits the config; then both are written atomically.
-
-    Returns:
-        ``meta['merged_from']``.
-
-    Raises:
-        ValueError: a check fails, named.
-    """
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    from lors_mmdet.engine.config_files import load_config, strip_pretrained
-    from lors_mmdet.checkpoint_loading import load_any_checkpoint
-    from lors_mmdet.engine import (AtomicLocalBackend, check_outputs,
-                                   save_checkpoint_file)
-    register_all_modules()
-    check_outputs(dict(config=config, checkpoint=checkpoint),
-                  dict(config=out_config, checkpoint=out_checkpoint))
-    if not str(out_config).endswith('.py'):
-        raise ValueError(f'the output config {out_config} must be a .py file '
-                         '(the plain AdaMixer config for tools/test.py)')
-    cfg = load_config(config)
-    plain_cfg = plain_adamixer_config(cfg)
-    config_text = plain_cfg.pretty_text
-    source = load_any_checkpoint(checkpoint, map_location='cpu')
-    state_dict = source.get('state_dict', source)
-    model = MODELS.build(strip_pretrained(copy.deepcopy(cfg)).model)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f'checkpoint {checkpoint} does not fit config '
-                         f'{config}: {error}') from error
-    merged = merge_lors_adamixer_state_dict(model)
-    roi_head = plain_cfg.model.roi_head
-    merged_from = dict(
-        config=osp.abspath(config),
-        checkpoint=osp.abspath(checkpoint),
-        n_groups=int(roi_head.n_groups),
-        in_points=int(roi_head.in_points),
-        out_points=int(roi_head.out_points),
-        num_stages=int(model.roi_head.num_stages))
-    meta = source.get('meta', {}) if 'state_dict' in source else {}
-    meta = {k: v for k, v in (meta or {}).items()
-            if isinstance(v, (str, int, float, bool))}
-    meta['merged_from'] = merged_from
-    save_checkpoint_file(dict(state_dict=merged, meta=meta), out_checkpoint)
-    AtomicLocalBackend().put_text(config_text, out_config)
-    return merged_from

@@ -1,0 +1,174 @@
+"""The steps every workflow composes: files become models and back.
+
+One implementation of each: load a config (a file or ``<package>::<path>``),
+build a model without downloads, read a checkpoint safely, load it strictly
+with the offending keys named, save a checkpoint atomically. Everything above
+``models/`` that reads or writes these files goes through here.
+"""
+import copy
+import importlib.util
+import os.path as osp
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from mmengine.config import Config
+from torch import Tensor, nn
+
+from lors_mmdet.checkpoint_loading import load_any_checkpoint
+from lors_mmdet.engine import save_checkpoint_file
+from lors_mmdet.engine.load_checks import CheckpointMismatchError
+
+StateDict = Dict[str, Tensor]
+_WRAPPER_PREFIX = 'module.'
+
+
+def resolve_config_path(config: str) -> str:
+    """The file of ``config``.
+
+    ``<package>::<path>`` (e.g. ``mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py``)
+    names a config installed with an OpenMMLab package, as in a config's
+    ``_base_``; it is looked up in the package's ``.mim/configs`` only
+    (nothing is installed or downloaded).
+
+    Args:
+        config: A config file path or ``<package>::<path>``.
+
+    Raises:
+        FileNotFoundError: There is no such file, named with where it was
+            looked for.
+    """
+    if '::' not in config:
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'config file {config} does not exist')
+        return config
+    package, _, relative = config.partition('::')
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f'{config}: {package!r} is no installed package')
+    root = list(spec.submodule_search_locations)[0]
+    path = osp.join(root, '.mim', 'configs', relative)
+    if not osp.isfile(path):
+        module = importlib.import_module(package)
+        version = getattr(module, '__version__', '')
+        raise FileNotFoundError(f'{config}: no such config in {package} {version} '
+                                f'(looked for {path})')
+    return path
+
+
+def load_config(config: Union[str, Config]) -> Config:
+    """A loaded config: a file, ``<package>::<path>``, or a copy of ``config``.
+
+    Args:
+        config: See :func:`resolve_config_path`, or a loaded Config.
+    """
+    if isinstance(config, str):
+        return Config.fromfile(resolve_config_path(config))
+    return copy.deepcopy(config)
+
+
+def _without_pretrained(model_cfg: Mapping) -> None:
+    backbone = model_cfg.get('backbone')
+    if backbone is not None:
+        backbone['init_cfg'] = None
+        if 'pretrained' in backbone:
+            backbone['pretrained'] = None
+
+
+def strip_pretrained(cfg: Config) -> Config:
+    """Remove the backbone's pretrained-weight init (it would download) from
+    ``cfg.model``, in place.
+
+    Args:
+        cfg: A loaded config.
+    """
+    _without_pretrained(cfg.model)
+    return cfg
+
+
+def build_model(model_cfg: Mapping, scope: str = 'mmdet', init_weights: bool = False,
+                device: Optional[str] = None) -> nn.Module:
+    """The model of ``model_cfg`` (a copy), built through the registry of ``scope``
+    without its pretrained-weight init.
+
+    Args:
+        model_cfg: A config's ``model``; not changed.
+        scope: The registry scope (a config's ``default_scope``).
+        init_weights: Run the model's ``init_weights`` (as training would).
+        device: Where the model goes (left where it is built if None).
+    """
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import init_default_scope
+    register_all_modules(init_default_scope=False)
+    init_default_scope(scope)
+    model_cfg = copy.deepcopy(model_cfg)
+    _without_pretrained(model_cfg)
+    model = MODELS.build(model_cfg)
+    if init_weights:
+        model.init_weights()
+    return model if device is None else model.to(device)
+
+
+def read_checkpoint(checkpoint: str) -> Tuple[StateDict, Dict[str, Any]]:
+    """The state dict and meta of a checkpoint, loaded safely (nothing in the
+    file runs; see :mod:`lors_mmdet.checkpoint_loading`).
+
+    A checkpoint saved from a wrapped model (every key ``module.*``) is read
+    with the prefix removed; a file holding a bare state dict has empty meta.
+
+    Args:
+        checkpoint: A path, a URL or any mmengine checkpoint scheme.
+
+    Raises:
+        ValueError: The file holds no checkpoint dict.
+    """
+    loaded = load_any_checkpoint(checkpoint, map_location='cpu')
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f'{checkpoint} holds a {type(loaded).__name__}, '
+                         'not a checkpoint dict')
+    state_dict = loaded.get('state_dict', loaded)
+    if state_dict and all(k.startswith(_WRAPPER_PREFIX) for k in state_dict):
+        state_dict = {k[len(_WRAPPER_PREFIX):]: v for k, v in state_dict.items()}
+    meta = loaded.get('meta') if isinstance(loaded.get('meta'), Mapping) else {}
+    return dict(state_dict), dict(meta)
+
+
+def _first(keys, count: int = 8) -> str:
+    return f'{keys[:count]}{"..." if len(keys) > count else ""}'
+
+
+def load_strictly(model: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with an error that
+    names what did not fit.
+
+    Args:
+        model: The model built from the config.
+        state_dict: What to load into it.
+        what: The source, for the error (e.g. ``'checkpoint x.pth'``).
+
+    Raises:
+        ValueError: Missing or unexpected keys, or other shapes, named.
+    """
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except (RuntimeError, CheckpointMismatchError) as error:
+        raise ValueError(f'{what} does not fit the model built from the '
+                         f'config: {error}') from error
+    if missing or unexpected:
+        raise ValueError(
+            f'{what} does not fit the model built from the config: missing '
+            f'keys {_first(missing)}, unexpected keys {_first(unexpected)} '
+            f'({len(missing)} / {len(unexpected)} in all; the model is a '
+            f'{type(model).__name__})')
+
+
+def save_checkpoint(state_dict: Mapping[str, Tensor], meta: Mapping[str, Any],
+                    path: str) -> None:
+    """Write ``{'meta', 'state_dict'}`` to ``path`` atomically: a crash leaves
+    the previous file whole.
+
+    Args:
+        state_dict: The tensors.
+        meta: Plain-typed metadata (the file loads with ``weights_only``).
+        path: The local file.
+    """
+    save_checkpoint_file(dict(meta=dict(meta), state_dict=state_dict), path)

@@ -451,7 +451,7 @@ def test_toy_configs_differ_only_by_lors(stock_config, lors_config):
      r'lors\.decoder\.groups=2 must divide the number of layers \(3\)'),
     (dict(decoder=dict(rank=2.5)), ValueError, r'positive int.*2\.5'),
     (dict(decoder=dict(adaptive=dict(projections=['ffn.fc1']))), ValueError,
-     r"unknown key\(s\) \['adaptive'\] in lors\.decoder"),
+     r"unknown key\(s\) \['projections'\] in lors\.decoder\.adaptive"),
     ('rank16', TypeError, r'lors must be a dict'),
 ])
 def test_bad_lors_config_raises_clear_error(lors, error, match):

@@ -259,7 +259,8 @@ def paired_difference(treated: List[float], baseline: List[float],
     return dict(n=n, mean=mean, std=std, low=mean - half, high=mean + half)
 
 
-def _mean_std(values: List[float]) -> str:
+def mean_std(values: List[float]) -> str:
+    """``'mean ± std'`` (sample std) to 3 decimals; the mean alone for one value."""
     mean = sum(values) / len(values)
     if len(values) < 2:
         return f'{mean:.3f}'
@@ -285,14 +286,14 @@ def format_diagnostics(runs: Dict[str, List[dict]]) -> str:
         for name, aps in stage_ap.items():
             if aps:
                 out.append(f'| {name} | {len(aps)} | ' + ' | '.join(
-                    _mean_std([ap[s] for ap in aps]) for s in stages) + ' |')
+                    mean_std([ap[s] for ap in aps]) for s in stages) + ' |')
         out.append('')
     out += ['Classification loss of each stage on one fixed training batch:', '',
             '| model | checkpoint | ' + ' | '.join(stages) + ' |',
             '|---|---|' + '---|' * len(stages)]
     for name, ds in runs.items():
         for k, entry in enumerate(ds[0]['checkpoints']):
-            cells = [_mean_std([d['checkpoints'][k]['stage_losses'][f'{s}.loss_cls']
+            cells = [mean_std([d['checkpoints'][k]['stage_losses'][f'{s}.loss_cls']
                                 for d in ds]) for s in stages]
             out.append(f'| {name} | {entry["checkpoint"]} | ' + ' | '.join(cells) + ' |')
     out.append('')

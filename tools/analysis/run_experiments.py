@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
+from lors_mmdet.diagnostics import mean_std  # noqa: E402
 TOY = {
     'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py',
     'lors-adamixer': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py',
@@ -235,14 +236,6 @@ def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
                     # validation belongs to the last training iteration logged
                     metrics[last_iter] = record
     return losses, metrics
-
-
-def mean_std(values: List[float]) -> str:
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f'{mean:.3f}'
-    std = (sum((v - mean)**2 for v in values) / (len(values) - 1))**0.5
-    return f'{mean:.3f} ± {std:.3f}'
 
 
 def finished_aps(work_dir: str, name: str) -> Dict[int, Dict[int, float]]:

@@ -51,33 +51,20 @@ def synthetic_batch(model: nn.Module, batch_size: int, height: int, width: int,
         return model.data_preprocessor(packed, training)
 
 
-def merged_for_deployment(model: nn.Module,
-                          config: Union[None, str, Config] = None) -> nn.Module:
-    """The plain model a LORS model equals, for deployment and benchmarks.
+def merged_for_deployment(model: nn.Module) -> nn.Module:
+    """The stock model a LORS model equals, for deployment and benchmarks.
 
-    LORS-AdaMixer becomes the plain AdaMixer of its geometry (exact merge,
-    needs ``config``); every other model is copied and its LORS stacks
+    The model is copied and its LORS stacks
     (:func:`~lors_mmdet.lors.find_lors_stacks`) merged back into stock modules
-    (:func:`~lors_mmdet.lors.merge_lors`); a LORS map outside a stack (a
+    (:func:`~lors_mmdet.lors.merge_lors`; LORS-AdaMixer becomes the plain
+    AdaMixer of its geometry, exactly); a LORS map outside a stack (a
     :class:`~lors_mmdet.lors.LorsLinearStack`) becomes the ``nn.Linear`` it
     equals. The input model is left unchanged.
 
     Args:
-        model: the LORS (or plain) model.
-        config: the model's config (LORS-AdaMixer only).
+        model: the LORS (or stock) model.
     """
     from lors_mmdet.lors import LorsLinear, merge_lors
-    from lors_mmdet.models.adamixer import LorsAdaMixerDecoder
-    if isinstance(getattr(model, 'roi_head', None), LorsAdaMixerDecoder):
-        from lors_mmdet.models.adamixer.merge import (
-            merge_lors_adamixer_state_dict, plain_adamixer_config)
-        if config is None:
-            raise ValueError('merging a LORS-AdaMixer needs its config')
-        device = next(model.parameters()).device
-        merged = build_detector(plain_adamixer_config(load_config(config)),
-                                device, init_weights=False)
-        merged.load_state_dict(merge_lors_adamixer_state_dict(model))
-        return merged
     merged = copy.deepcopy(model)
     merge_lors(merged)
     for name, module in list(merged.named_modules()):

@@ -64,8 +64,8 @@ def zero_private_residuals_(decoder) -> None:
     with torch.no_grad():
         for stage in decoder.bbox_head:
             mixing = stage.adaptive_mixing
-            mixing.generator.core_generator.weight.zero_()
-            mixing.generator.core_generator.bias.zero_()
+            mixing.generator.lors_core_generator.weight.zero_()
+            mixing.generator.lors_core_generator.bias.zero_()
             mixing.out_proj.lors_B.zero_()
 
 
@@ -287,8 +287,8 @@ def test_published_init_bounds_at_released_sizes():
         assert out_proj.lors_A.shape == (r, c * p_out * 2)
         check_uniform(out_proj.lors_A, bound_a, f'A {s}')
         for zero in (out_proj.lors_B, out_proj.bias,
-                     generator.core_generator.weight,
-                     generator.core_generator.bias):
+                     generator.lors_core_generator.weight,
+                     generator.lors_core_generator.bias):
             assert torch.count_nonzero(zero) == 0
     shared = decoder.shared_mixing_generator.generator
     assert torch.count_nonzero(shared.weight) == 0

@@ -270,7 +270,7 @@ def per_stage_ffn(widths):
      'projection'),
     ('lors-adamixer', dict(decoder=dict(include=['*'])), ValueError,
      r"lors\.decoder\.include selects \['adaptive_mixing\.generator\."
-     r"core_generator'\], parts of LORS-AdaMixer's adaptive mixing"),
+     r"lors_core_generator'\], parts of LORS-AdaMixer's adaptive mixing"),
     ('lors-adamixer', dict(decoder=dict(include=['adaptive_mixing'])),
      ValueError, r'lors\.decoder\.include selects .*add \'adaptive_mixing\' '
      r'to lors\.decoder\.exclude'),

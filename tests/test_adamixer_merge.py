@@ -40,8 +40,8 @@ def trained_like_lors_toy() -> tuple:
             param.normal_(std=0.05)
         for stage in decoder.bbox_head:
             mixing = stage.adaptive_mixing
-            for param in (mixing.generator.core_generator.weight,
-                          mixing.generator.core_generator.bias,
+            for param in (mixing.generator.lors_core_generator.weight,
+                          mixing.generator.lors_core_generator.bias,
                           mixing.out_proj.lors_B, mixing.out_proj.bias):
                 param.normal_(std=0.1)
     return cfg, model

@@ -90,7 +90,7 @@ def test_init_follows_adamixer(detector):
             assert mixing.parameter_generator.weight.abs().max() == 0
             assert mixing.parameter_generator.bias.abs().max() > 0
         else:
-            core = mixing.generator.core_generator
+            core = mixing.generator.lors_core_generator
             assert core.weight.abs().max() == 0 and core.bias.abs().max() == 0
             assert mixing.out_proj.lors_B.abs().max() == 0
             assert mixing.out_proj.bias.abs().max() == 0

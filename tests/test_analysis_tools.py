@@ -29,7 +29,7 @@ def test_experiment_configs_exist():
 
 @pytest.mark.parametrize('name,frozen', [
     ('lors-adamixer', set()),
-    ('lors-adamixer static-only', {'core_generator.weight', 'core_generator.bias'}),
+    ('lors-adamixer static-only', {'lors_core_generator.weight', 'lors_core_generator.bias'}),
     ('lors-adamixer adaptive-only', {'out_proj.lors_B'}),
     ('lors-adamixer rank-2', set()),
 ])

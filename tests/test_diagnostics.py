@@ -73,7 +73,7 @@ def test_private_residual_sizes_are_the_materialised_matrices():
 
     head = decoder.bbox_head[2].adaptive_mixing
     with torch.no_grad():
-        head.generator.core_generator.weight.normal_(0, 0.5)
+        head.generator.lors_core_generator.weight.normal_(0, 0.5)
         head.out_proj.lors_B.normal_(0, 0.5)
     sizes = private_residual_sizes(decoder, queries)
     assert sizes['s1'] == dict(static_out_proj=0.0, M=0.0, S=0.0)

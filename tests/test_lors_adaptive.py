@@ -24,8 +24,8 @@ def randomise(shared, layer, scale=0.3):
     """Non-zero generator weights and cores (at init they are zero)."""
     with torch.no_grad():
         shared.generator.weight.normal_(std=scale / QUERY_DIM**0.5)
-        layer.core_generator.weight.normal_(std=scale / QUERY_DIM**0.5)
-        layer.core_generator.bias.normal_(std=scale)
+        layer.lors_core_generator.weight.normal_(std=scale / QUERY_DIM**0.5)
+        layer.lors_core_generator.bias.normal_(std=scale)
 
 
 def mix(matrices: GeneratedMatrices, x, fast: bool):
@@ -45,7 +45,7 @@ def reference_matrix(shared, layer, query, j):
     params = shared.generator(query).reshape(*query.shape[:-1], GROUPS, -1)
     matrix = params[..., start:start + m * n].reshape(*query.shape[:-1],
                                                       GROUPS, m, n)
-    cores = layer.core_generator(query).reshape(*query.shape[:-1], len(SHAPES),
+    cores = layer.lors_core_generator(query).reshape(*query.shape[:-1], len(SHAPES),
                                                 GROUPS, adaptive_terms, k, k)
     terms = []
     for g in range(GROUPS):
@@ -63,7 +63,7 @@ def reference_matrix(shared, layer, query, j):
 def test_shapes_and_registration():
     shared, layer = build(core_size=4, adaptive_terms=3)
     assert shared.generator.out_features == GROUPS * (C * C + P_OUT * P_IN)
-    assert layer.core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
+    assert layer.lors_core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
     assert [tuple(p.shape) for p in layer.lors_L] == [(3, C, 4), (3, P_OUT, 4)]
     assert [tuple(p.shape) for p in layer.lors_R] == [(3, 4, C), (3, 4, P_IN)]
     assert layer.shared is shared
@@ -85,7 +85,7 @@ def test_per_group_factors_have_one_row_per_group_and_term():
         (GROUPS * 3, C, 4), (GROUPS * 3, P_OUT, 4)]
     assert [tuple(p.shape) for p in layer.lors_R] == [
         (GROUPS * 3, 4, C), (GROUPS * 3, 4, P_IN)]
-    assert layer.core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
+    assert layer.lors_core_generator.out_features == 2 * GROUPS * 3 * 4 * 4
     # changing group 1's factors changes group 1's matrices only
     randomise(shared, layer)
     query = torch.randn(2, QUERY_DIM)
@@ -122,7 +122,7 @@ def test_init_equals_shared_and_shared_is_query_independent():
     assert torch.count_nonzero(shared.generator.weight) == 0
     assert torch.count_nonzero(shared.generator.bias) > 0
     for name in ('weight', 'bias'):
-        assert torch.count_nonzero(getattr(layer.core_generator, name)) == 0
+        assert torch.count_nonzero(getattr(layer.lors_core_generator, name)) == 0
     assert all(p.abs().sum() > 0 for p in (*layer.lors_L, *layer.lors_R))
     query = torch.randn(3, 4, QUERY_DIM)
     generated = layer(query)
@@ -231,8 +231,8 @@ def test_gradients_reach_shared_and_every_private_factor():
     step()
     assert shared.generator.weight.grad.abs().sum() > 0
     assert shared.generator.bias.grad.abs().sum() > 0
-    assert layer.core_generator.weight.grad.abs().sum() > 0
-    assert layer.core_generator.bias.grad.abs().sum() > 0
+    assert layer.lors_core_generator.weight.grad.abs().sum() > 0
+    assert layer.lors_core_generator.bias.grad.abs().sum() > 0
     # The cores are zero, so L and R receive no gradient yet.
     for factor in (*layer.lors_L, *layer.lors_R):
         assert torch.count_nonzero(factor.grad) == 0

@@ -208,8 +208,8 @@ def test_fresh_init_is_the_stock_stack_with_the_first_generator(
     assert list(stack.adaptive_plans) == [path] and stack.plans == {}
     for layer in stack.lors_generators(path):
         assert isinstance(layer, LorsGeneratedLinear)
-        assert not layer.core_generator.weight.any()
-        assert not layer.core_generator.bias.any()
+        assert not layer.lors_core_generator.weight.any()
+        assert not layer.lors_core_generator.bias.any()
     torch.testing.assert_close(model(*inputs(kind)),
                                reference(*inputs(kind)), rtol=0, atol=1e-12)
 
@@ -261,7 +261,7 @@ def test_generated_parameters_follow_the_lors_formula(per_group_factors,
     shared = stack.shared_generator(0, path).generator(query).unflatten(
         -1, (GROUPS, -1))
     for layer, num_terms in zip(stack.lors_generators(path), terms):
-        cores = layer.core_generator(query).unflatten(
+        cores = layer.lors_core_generator(query).unflatten(
             -1, (2, GROUPS, num_terms, CORE, CORE))
         expected, start = [], 0
         for g in range(GROUPS):
@@ -403,7 +403,7 @@ def test_reset_private_parameters_zeroes_the_cores(declared):
     randomise_private(stack)
     stack.reset_private_parameters()
     for layer in stack.lors_generators(path):
-        assert not layer.core_generator.weight.any()
+        assert not layer.lors_core_generator.weight.any()
         assert layer.lors_L[0].any()
 
 
@@ -422,7 +422,7 @@ def test_init_as_stock_keeps_the_generators_parameter_objects(declared):
     assert not stack.shared_generator(0, path).generator.weight.any()
     for layer in stack.lors_generators(path):
         assert layer.shared is stack.shared_generator(0, path)
-        assert not layer.core_generator.weight.any()
+        assert not layer.lors_core_generator.weight.any()
 
 
 @pytest.mark.parametrize('cfg, message', [

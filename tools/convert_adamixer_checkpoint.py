@@ -40,8 +40,10 @@ def main() -> None:
         raise SystemExit(f'error: {error}')
     print(f'{report["release"]} checkpoint, {report["num_stages"]} stages, '
           f'{len(converted["state_dict"])} tensors -> {args.dst}')
-    print('decoder settings: ' + ', '.join(
+    print('model.roi_head: ' + ', '.join(
         f'{key}={value}' for key, value in report['decoder'].items()))
+    if report['lors']:
+        print(f'model.lors.decoder: {report["lors"]}')
     if report['dropped']:
         print('dropped (no counterpart here): ' + ', '.join(report['dropped']))
 

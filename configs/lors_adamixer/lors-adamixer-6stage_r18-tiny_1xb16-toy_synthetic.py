@@ -9,11 +9,13 @@
 _base_ = '../adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
 
 model = dict(
-    roi_head=dict(
-        type='LorsAdaMixerDecoder',
-        core_sizes=4,
-        adaptive_terms=[1, 1, 2, 2, 3, 3],
-        out_proj_ranks=2,
-        per_group_factors=True,
-        factor_init='kaiming',
-        bbox_head=dict(type='LorsAdaMixerDecoderStage')))
+    lors=dict(
+        decoder=dict(
+            include=['adaptive_mixing.out_proj'],
+            rank=2,
+            factor_init='kaiming',
+            adaptive=dict(
+                core_size=4,
+                adaptive_terms=[1, 1, 2, 2, 3, 3],
+                per_group_factors=True,
+                factor_init='kaiming'))))

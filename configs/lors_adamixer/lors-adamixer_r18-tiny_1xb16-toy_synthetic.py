@@ -8,11 +8,13 @@
 _base_ = '../adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py'
 
 model = dict(
-    roi_head=dict(
-        type='LorsAdaMixerDecoder',
-        core_sizes=8,
-        adaptive_terms=[1, 2, 3],
-        out_proj_ranks=4,
-        per_group_factors=True,
-        factor_init='kaiming',
-        bbox_head=dict(type='LorsAdaMixerDecoderStage')))
+    lors=dict(
+        decoder=dict(
+            include=['adaptive_mixing.out_proj'],
+            rank=4,
+            factor_init='kaiming',
+            adaptive=dict(
+                core_size=8,
+                adaptive_terms=[1, 2, 3],
+                per_group_factors=True,
+                factor_init='kaiming'))))

@@ -5,4 +5,6 @@ _base_ = [
     '../adamixer/adamixer_r50_8xb2-1x-100q_coco.py',
     '../_base_/models/lors-adamixer_decoder.py'
 ]
-model = dict(roi_head={{_base_.lors_adamixer_decoder}})
+model = dict(
+    roi_head={{_base_.lors_adamixer_roi_head}},
+    lors=dict(decoder={{_base_.lors_adamixer_decoder}}))

@@ -17,4 +17,5 @@ _base_ = [
 ]
 model = dict(
     backbone=dict(type='SwinTransformerBranchDropPath', attn_drop_path=True),
-    roi_head={{_base_.lors_adamixer_decoder}})
+    roi_head={{_base_.lors_adamixer_roi_head}},
+    lors=dict(decoder={{_base_.lors_adamixer_decoder}}))

@@ -2,18 +2,17 @@
 
 :mod:`.steps` holds the one implementation of each step (load a config, build
 without downloads, read a checkpoint safely, load strictly, save atomically);
-the workflows compose them: :func:`convert_checkpoint` (DETR family, stock <->
-LORS), :func:`merge_lors_adamixer_checkpoint` (LORS-AdaMixer -> plain
-AdaMixer for deployment) and :func:`import_adamixer_release` (the authors'
-AdaMixer / LORS-AdaMixer checkpoints).
+the workflows compose them: :func:`convert_checkpoint` (stock <-> LORS for
+every detector with ``model.lors``; to-stock is also the merge for
+deployment) and :func:`import_adamixer_release` (the authors' AdaMixer /
+LORS-AdaMixer checkpoints).
 """
-from .adamixer_deployment import merge_lors_adamixer_checkpoint
 from .adamixer_release import import_adamixer_release
-from .detr_conversion import Conversion, convert_checkpoint, format_conversion
+from .conversion import Conversion, convert_checkpoint, format_conversion
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
                     resolve_config_path, save_checkpoint, strip_pretrained)
 
 __all__ = ['build_model', 'load_config', 'load_strictly', 'read_checkpoint',
            'resolve_config_path', 'save_checkpoint', 'strip_pretrained',
            'Conversion', 'convert_checkpoint', 'format_conversion',
-           'merge_lors_adamixer_checkpoint', 'import_adamixer_release']
+           'import_adamixer_release']

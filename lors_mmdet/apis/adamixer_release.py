@@ -34,8 +34,7 @@ def import_adamixer_release(src: str, dst: str,
     converted, report = convert_adamixer_checkpoint(
         dict(state_dict=state_dict, meta=meta))
     if config:
-        mismatches = settings_mismatches(report['decoder'],
-                                         load_config(config).model.roi_head)
+        mismatches = settings_mismatches(report, load_config(config).model)
         if mismatches:
             raise ValueError(f'{src} does not fit {config}:\n  ' +
                              '\n  '.join(mismatches))

@@ -152,14 +152,13 @@ def _mismatch_lines(found: LorsMismatches) -> List[str]:
     return lines
 
 
-_TO_LORS = ('A dense DETR-family checkpoint must first be converted: '
-            'tools/convert_detr_checkpoint.py to-lors CONFIG IN OUT.')
+_TO_LORS = ('A stock checkpoint must first be converted: '
+            'tools/convert_checkpoint.py to-lors CONFIG IN OUT.')
 _TO_STOCK = (
     'It is a LORS checkpoint: load it with the LORS config it was made with, '
     'or merge it into a stock checkpoint for a stock config first: '
-    'tools/convert_detr_checkpoint.py to-stock LORS_CONFIG IN OUT (DETR '
-    'family), tools/merge_lors_adamixer.py LORS_CONFIG IN OUT_CONFIG OUT '
-    '(AdaMixer).')
+    'tools/convert_checkpoint.py to-stock LORS_CONFIG IN OUT '
+    '[--out-config STOCK_CONFIG.py].')
 
 
 def _settings_fix(checkpoint: Mapping, cfg: Optional[Config]) -> List[str]:

@@ -282,7 +282,7 @@ class LorsAdaptive(nn.Module):
                 else adaptive_terms)
         weight = shared.generator.weight
         factory = dict(device=weight.device, dtype=weight.dtype)
-        self.core_generator = nn.Linear(
+        self.lors_core_generator = nn.Linear(
             shared.query_dim,
             len(shared.shapes) * shared.groups * adaptive_terms * core_size**2,
             **factory)
@@ -301,8 +301,8 @@ class LorsAdaptive(nn.Module):
 
     def reset_parameters(self) -> None:
         """Core generator zero, L and R as ``factor_init`` says."""
-        nn.init.zeros_(self.core_generator.weight)
-        nn.init.zeros_(self.core_generator.bias)
+        nn.init.zeros_(self.lors_core_generator.weight)
+        nn.init.zeros_(self.lors_core_generator.bias)
         for factor in (*self.lors_L, *self.lors_R):
             _init_factor_(factor, self.factor_init)
 
@@ -316,7 +316,7 @@ class LorsAdaptive(nn.Module):
         """Generate this layer's matrices for ``query`` (..., query_dim)."""
         shared = self.shared(query)
         k = self.core_size
-        cores = self.core_generator(query).unflatten(
+        cores = self.lors_core_generator(query).unflatten(
             -1, (len(shared), self.shared.groups, self.adaptive_terms, k, k))
         return GeneratedMatrices(shared, cores.unbind(-5),
                                  self._factor_views(self.lors_L),
@@ -340,9 +340,9 @@ class LorsAdaptive(nn.Module):
         groups, k = shared.groups, self.core_size
         generator = shared.generator
         query_dim = shared.query_dim
-        cores_w = self.core_generator.weight.view(
+        cores_w = self.lors_core_generator.weight.view(
             len(shared.shapes), groups, self.adaptive_terms, k, k, query_dim)
-        cores_b = self.core_generator.bias.view(
+        cores_b = self.lors_core_generator.bias.view(
             len(shared.shapes), groups, self.adaptive_terms, k, k)
         weight = generator.weight.view(groups, -1, query_dim).clone()
         bias = generator.bias.view(groups, -1).clone()

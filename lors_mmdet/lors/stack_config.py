@@ -16,11 +16,14 @@ As a dict (e.g. an mmdet config ``lors=dict(decoder=dict(...))``)::
         init='fresh',       # 'fresh': shared = the first layer's weights of
                             #   each group, residuals zero; 'dense': shared =
                             #   mean, residual = truncated SVD of each layer
+        factor_init='linear',  # init of each residual's A: nn.Linear's
+                            #   bound ('linear') or kaiming_uniform_ with
+                            #   default arguments ('kaiming')
         adaptive=None)      # None: generators are plain linear maps; a dict
                             #   turns every generator a layer declares
                             #   (lors_mmdet.lors.generated) into a shared
                             #   generator + private adaptive residual:
-        # adaptive=dict(core_size=16,             # k of the k x k cores
+        # adaptive=dict(core_size=16,             # k, or one per layer
         #               adaptive_terms=[1, 2, 3], # K, or one per layer
         #               per_group_factors=False,  # L, R per group
         #               factor_init='linear')     # or 'kaiming'
@@ -37,13 +40,13 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ._validate import check_adaptive_terms, check_positive_int
+from ._validate import check_adaptive_terms
 from .static import FACTOR_INITS
 
 RankSpec = Union[int, str, Tuple[Union[int, str], ...]]
 INITS = ('fresh', 'dense')
 KEYS = ('rank', 'num_terms', 'ranks', 'include', 'exclude', 'groups', 'init',
-        'adaptive')
+        'factor_init', 'adaptive')
 ADAPTIVE_KEYS = ('core_size', 'adaptive_terms', 'per_group_factors',
                  'factor_init')
 DEFAULT_RANK = 16
@@ -75,6 +78,13 @@ def _check_terms(value: object, key: str) -> Union[int, Tuple[int, ...]]:
             where = f'{key}[{i}]' if isinstance(value, (list, tuple)) else key
             raise ValueError(f'{where} must be a positive int, got {v!r}')
     return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_choice(value: object, choices: Sequence[str], key: str) -> str:
+    if value not in choices:
+        raise ValueError(f'{key} must be one of {tuple(choices)}, got '
+                         f'{value!r}')
+    return value
 
 
 def _check_patterns(value: object, key: str) -> Tuple[str, ...]:
@@ -154,13 +164,10 @@ class AdaptiveConfig:
         if not isinstance(per_group, bool):
             raise TypeError(f'{key}.per_group_factors must be a bool, got '
                             f'{per_group!r}')
-        factor_init = cfg.get('factor_init', 'linear')
-        if factor_init not in FACTOR_INITS:
-            raise ValueError(f'{key}.factor_init must be one of '
-                             f'{FACTOR_INITS}, got {factor_init!r}')
+        factor_init = _check_choice(cfg.get('factor_init', 'linear'),
+                                    FACTOR_INITS, f'{key}.factor_init')
         return cls(
-            core_size=check_positive_int(cfg['core_size'],
-                                         f'{key}.core_size'),
+            core_size=_check_terms(cfg['core_size'], f'{key}.core_size'),
             adaptive_terms=_check_terms(cfg.get('adaptive_terms', 1),
                                         f'{key}.adaptive_terms'),
             per_group_factors=per_group,
@@ -175,10 +182,12 @@ class AdaptivePlan:
         groups: the matrix groups ``G`` of the declaration.
         shapes: the ``(m, n)`` of each generated matrix.
         adaptive_terms: ``K`` per layer.
+        core_sizes: ``k`` per layer.
     """
     groups: int
     shapes: Tuple[Tuple[int, int], ...]
     adaptive_terms: Tuple[int, ...]
+    core_sizes: Tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,7 @@ class LorsStackConfig:
     exclude: Tuple[str, ...] = ()
     groups: Union[None, int, Tuple[int, ...]] = None
     init: str = 'fresh'
+    factor_init: str = 'linear'
     adaptive: Optional[AdaptiveConfig] = None
     key: str = field(default='lors', compare=False)
 
@@ -228,6 +238,8 @@ class LorsStackConfig:
         if init not in INITS:
             raise ValueError(f'{key}.init must be one of {INITS}, got '
                              f'{init!r}')
+        factor_init = _check_choice(cfg.get('factor_init', 'linear'),
+                                    FACTOR_INITS, f'{key}.factor_init')
         return cls(
             rank=_check_rank_spec(cfg.get('rank', DEFAULT_RANK),
                                   f'{key}.rank'),
@@ -242,6 +254,7 @@ class LorsStackConfig:
             exclude=_check_patterns(cfg.get('exclude', ()), f'{key}.exclude'),
             groups=_check_groups(cfg.get('groups'), f'{key}.groups'),
             init=init,
+            factor_init=factor_init,
             adaptive=AdaptiveConfig.from_dict(cfg.get('adaptive'),
                                               f'{key}.adaptive'),
             key=key)
@@ -347,27 +360,38 @@ class LorsStackConfig:
                 f'{key} is set, but no module of the layers declares the '
                 f'matrices it generates (a lors_generated attribute or '
                 f'lors_mmdet.lors.declare_generated)')
-        core_size = self.adaptive.core_size
         terms = self._per_layer(self.adaptive.adaptive_terms, num_layers,
                                 f'{key}.adaptive_terms')
+        core_sizes = self._per_layer(self.adaptive.core_size, num_layers,
+                                     f'{key}.core_size')
         plans = {}
         for path, (groups, shapes) in generated.items():
-            for m, n in shapes:
-                if core_size > min(m, n):
-                    raise ValueError(
-                        f'{key}.core_size={core_size} exceeds min(m, n) of '
-                        f'the {m}x{n} matrices generated by {path!r}')
             labels = {f'{path} {m}x{n}': (m, n) for m, n in shapes}
-            for layer, k in enumerate(terms):
-                where = (f'{key}.adaptive_terms[{layer}]'
-                         if isinstance(self.adaptive.adaptive_terms, tuple)
-                         else f'{key}.adaptive_terms')
-                check_adaptive_terms(k, core_size, labels, where)
-            plans[path] = AdaptivePlan(groups, tuple(shapes), tuple(terms))
+            for layer, (k, size) in enumerate(zip(terms, core_sizes)):
+                size_key = self._layer_key(self.adaptive.core_size,
+                                           f'{key}.core_size', layer)
+                for m, n in shapes:
+                    if size > min(m, n):
+                        raise ValueError(
+                            f'{size_key}={size} exceeds min(m, n) of the '
+                            f'{m}x{n} matrices generated by {path!r}')
+                check_adaptive_terms(
+                    k, size, labels,
+                    self._layer_key(self.adaptive.adaptive_terms,
+                                    f'{key}.adaptive_terms', layer))
+            plans[path] = AdaptivePlan(groups, tuple(shapes), tuple(terms),
+                                       tuple(core_sizes))
         return plans
 
     @staticmethod
+    def _layer_key(value, key: str, layer: int) -> str:
+        """``key`` of a setting, indexed by layer when it is per layer."""
+        return f'{key}[{layer}]' if isinstance(value, tuple) else key
+
+    @staticmethod
     def _per_layer(value, num_layers: int, key: str) -> list:
+        """The one expander of a setting given as one value for all layers
+        or a tuple with one per layer."""
         if isinstance(value, tuple):
             if len(value) != num_layers:
                 raise ValueError(f'{key} must have one entry per layer '

@@ -124,15 +124,19 @@ class LorsLinear(nn.Module):
         return self._shared
 
     def reset_parameters(self) -> None:
-        """A kaiming-uniform (``factor_init``), B and bias zero: the layer
-        equals the shared."""
+        """Factors as :meth:`reset_factors`, bias zero: the layer equals
+        the shared."""
+        self.reset_factors()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def reset_factors(self) -> None:
+        """A kaiming-uniform (``factor_init``), B zero: zero residual."""
         if self.factor_init == 'kaiming':
             nn.init.kaiming_uniform_(self.lors_A)
         else:
             nn.init.kaiming_uniform_(self.lors_A, a=math.sqrt(5))
         nn.init.zeros_(self.lors_B)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     @property
     def weight(self) -> Tensor:

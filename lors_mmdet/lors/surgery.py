@@ -17,7 +17,7 @@ replaced by a :class:`~lors_mmdet.lors.adaptive.LorsGeneratedLinear` on a
 :class:`~lors_mmdet.lors.SharedGenerator` registered in the stack.
 """
 import contextlib
-import math
+import copy
 from typing import (Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
                     Union)
 
@@ -161,16 +161,16 @@ class LorsStack(nn.Module):
 
     @torch.no_grad()
     def reset_private_parameters(self) -> None:
-        """Private residuals back to zero (``B = 0``, ``A`` kaiming-uniform;
-        core generators zero, ``L`` / ``R`` as their ``factor_init``).
+        """Private residuals back to zero (``B = 0``, ``A`` as its
+        ``factor_init``; core generators zero, ``L`` / ``R`` as their
+        ``factor_init``).
 
         Biases and shared weights are left alone. Call it after a framework's
         init that touches every matrix (mmdet's xavier init of DETR).
         """
         for path in self.plans:
             for lors in self.lors_linears(path):
-                nn.init.kaiming_uniform_(lors.lors_A, a=math.sqrt(5))
-                nn.init.zeros_(lors.lors_B)
+                lors.reset_factors()
         for path in self.adaptive_plans:
             for lors in self.lors_generators(path):
                 lors.reset_parameters()
@@ -193,7 +193,7 @@ class LorsStack(nn.Module):
                 _replace(layer, path, attention.to_multihead_attention())
             for path in self.adaptive_plans:
                 lors = layer.get_submodule(path)
-                folded = lors.to_linear()
+                folded = _to_linear_in_float64(lors)
                 dense = build_linear(self.dense_types[path], folded.weight,
                                      folded.bias)
                 _replace(layer, path, dense.train(lors.training))
@@ -203,6 +203,15 @@ class LorsStack(nn.Module):
                 f', groups={[len(g) for g in self.groups]}, '
                 f'init={self.config.init!r}, projections={list(self.plans)}'
                 f', generators={list(self.adaptive_plans)}')
+
+
+def _to_linear_in_float64(lors: LorsGeneratedLinear) -> nn.Linear:
+    """``lors.to_linear()`` folded in float64 and cast back: the fold sums
+    many products, float64 keeps it below the model dtype's rounding."""
+    dtype = lors.lors_core_generator.weight.dtype
+    work = copy.deepcopy(lors)  # its shared generator is copied with it
+    work.shared.double()
+    return work.double().to_linear().to(dtype)
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -279,7 +288,8 @@ def _replaced_modules(layer: nn.Module,
 
 
 def _check_ties_and_hooks(owner: nn.Module, layers: Sequence[nn.Module],
-                          paths: Sequence[str], key: str) -> None:
+                          paths: Sequence[str], key: str,
+                          generators: Sequence[str] = ()) -> None:
     """Refuse what replacing the selected modules would silently break.
 
     - A module or parameter that is reachable under another name in
@@ -296,11 +306,19 @@ def _check_ties_and_hooks(owner: nn.Module, layers: Sequence[nn.Module],
         names.setdefault(id(module), []).append(name)
     for name, param in owner.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
-    hint = (f'the surgery gives every layer its own new module and would '
-            f'untie it; untie it first, or leave it out with {key}.exclude')
+
+    def leave_out(path: str) -> str:
+        # include / exclude select projections; generators go with adaptive
+        if path in generators:
+            return f'make it no adaptive target (drop {key}.adaptive)'
+        return f'leave {path!r} out with {key}.exclude'
+
     for index, layer in enumerate(layers):
         layer_names = names[id(layer)]
-        for path, module in _replaced_modules(layer, paths).items():
+        for path, module in _replaced_modules(layer,
+                                              [*paths, *generators]).items():
+            hint = (f'the surgery gives every layer its own new module and '
+                    f'would untie it; untie it first, or {leave_out(path)}')
             own = {f'{prefix}.{path}' for prefix in layer_names}
             other = sorted(set(names[id(module)]) - own)
             if other:
@@ -323,7 +341,7 @@ def _check_ties_and_hooks(owner: nn.Module, layers: Sequence[nn.Module],
                         f'{key}: layer {index}\'s {path!r} has '
                         f'{attr.strip("_")}; they would see LORS parameters '
                         f'instead of {type(module).__name__}\'s: remove '
-                        f'them or leave {path!r} out with {key}.exclude')
+                        f'them or {leave_out(path)}')
             for sub_path, sub in module.named_modules():
                 if sub_path and any(getattr(sub, attr, None)
                                     for attr in _CALL_HOOKS + _STATE_HOOKS
@@ -331,8 +349,7 @@ def _check_ties_and_hooks(owner: nn.Module, layers: Sequence[nn.Module],
                     raise ValueError(
                         f'{key}: layer {index}\'s {path}.{sub_path} has '
                         f'hooks, and the surgery replaces {path!r} as a '
-                        f'whole: remove them or leave {path!r} out with '
-                        f'{key}.exclude')
+                        f'whole: remove them or {leave_out(path)}')
 
 
 def _check_layers(
@@ -410,7 +427,7 @@ def _check_layers(
                     f'{_describe(common[path])}; only a projection identical '
                     f'in every layer can be shared, and {key}.include / '
                     f'{key}.exclude select this one')
-    _check_ties_and_hooks(owner, layers, [*selected, *generated], key)
+    _check_ties_and_hooks(owner, layers, selected, key, list(generated))
     return common, generated
 
 
@@ -528,7 +545,7 @@ def apply_lors(owner: nn.Module,
                                       len(group)).to(weight)
                 shared.weight.copy_(weight)
                 new_layers = [
-                    LorsLinear(shared, r, k, has_bias)
+                    LorsLinear(shared, r, k, has_bias, config.factor_init)
                     for r, k in zip(ranks, terms)
                 ]
                 for dense, new in zip(denses, new_layers):
@@ -570,7 +587,7 @@ def _share_generator(stack: LorsStack, group_index: int, path: str,
     for i, dense in zip(group, denses):
         new = LorsGeneratedLinear(
             shared,
-            adaptive.core_size,
+            plan.core_sizes[i],
             plan.adaptive_terms[i],
             recompute=False,
             per_group_factors=adaptive.per_group_factors,

@@ -16,15 +16,18 @@ validated by :func:`parse_lors_cfg` and applied by
 AdaMixer: the decoder stages ``roi_head.bbox_head``). A part left out stays
 stock.
 """
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+import copy
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from lors_mmdet.engine.load_checks import check_lors_state_dict
 from lors_mmdet.lors import (LorsStack, LorsStackConfig, apply_lors,
-                             find_lors_stacks, init_as_stock)
+                             find_lors_stacks, init_as_stock, merge_lors)
 
 LORS_PARTS = ('encoder', 'decoder')
+LORS_KEY = 'model.lors'
 
 
 def parse_lors_cfg(
@@ -127,11 +130,20 @@ class LorsStacksMixin:
             self._check_lors_stack(part, owner, layers, config)
             apply_lors(owner, layers, config, key=config.key)
 
+    @classmethod
+    def stock_type(cls) -> str:
+        """The registered type of the stock model this class makes LORS
+        (``LorsDINO`` -> ``'DINO'``): the first base class that is no
+        :class:`LorsStacksMixin`. A class that is its own stock model
+        without ``lors`` (AdaMixer) returns its own type."""
+        return next(base for base in cls.__mro__[1:]
+                    if not issubclass(base, LorsStacksMixin)
+                    and issubclass(base, nn.Module)).__name__
+
     def lors_stack_owner(self, part: str) -> Tuple[nn.Module, str]:
         """The module owning ``part``'s stack and the path of its layers in
         it (``(self.decoder, 'layers')``)."""
-        owner, _, layers = self.lors_stack_paths[part].rpartition('.')
-        return (self.get_submodule(owner) if owner else self), layers
+        return stack_owner_and_layers(self, self.lors_stack_paths[part])
 
     def _check_lors_stack(self, part: str, owner: nn.Module, layers: str,
                           config: LorsStackConfig) -> None:
@@ -165,3 +177,62 @@ class LorsStacksMixin:
     def lors_stacks(self) -> List[Tuple[str, LorsStack]]:
         """``(path, stack)`` of the model's LORS stacks (for tools)."""
         return find_lors_stacks(self)
+
+
+def stack_owner_and_layers(model: nn.Module, stack_path: str
+                           ) -> Tuple[nn.Module, str]:
+    """The module owning a stack and the path of its layers in it
+    (``'decoder.layers'`` -> ``(model.decoder, 'layers')``)."""
+    owner, _, layers = stack_path.rpartition('.')
+    return (model.get_submodule(owner) if owner else model), layers
+
+
+def part_parameters(model: nn.Module,
+                    stack_paths: Mapping[str, str]) -> Dict[str, int]:
+    """``{part: parameters}`` of the module owning each part's stack
+    (``model.decoder``, AdaMixer's ``model.roi_head``; each tensor once, the
+    shared weights of its LORS stack included).
+
+    Args:
+        model: a stock or LORS detector.
+        stack_paths: ``{part: path of the stack's layers}``, the
+            ``lors_stack_paths`` of the LORS detector class.
+    """
+    return {part: sum(p.numel() for p in
+                      stack_owner_and_layers(model, path)[0].parameters())
+            for part, path in stack_paths.items()}
+
+
+@torch.no_grad()
+def stock_to_lors(stock: nn.Module, parts: Mapping[str, Any],
+                  stack_paths: Mapping[str, str]) -> Dict[str, float]:
+    """Turn the stacks of a stock detector into LORS from its own weights.
+
+    Args:
+        stock: a stock detector with trained weights, changed in place.
+        parts: ``{part: LorsStackConfig dict}`` (``init`` is set to
+            ``'dense'``: shared = the layers' mean, each private residual the
+            truncated SVD of its difference; an adaptive generator's private
+            residual starts at zero, so it keeps the mean generator).
+        stack_paths: ``{part: path of the stack's layers}``.
+
+    Returns:
+        ``{part: largest relative Frobenius error of a weight matrix}``.
+    """
+    before = {k: v.clone() for k, v in stock.state_dict().items()}
+    prefixes = {}
+    for part, config in parts.items():
+        owner, layers = stack_owner_and_layers(stock, stack_paths[part])
+        apply_lors(owner, layers, dict(config or {}, init='dense'),
+                   key=f'{LORS_KEY}.{part}')
+        prefixes[part] = stack_paths[part] + '.'
+    merged = copy.deepcopy(stock)
+    merge_lors(merged)
+    errors = {part: 0.0 for part in parts}
+    for key, value in merged.state_dict().items():
+        for part, prefix in prefixes.items():
+            if key.startswith(prefix) and value.dim() > 1:
+                error = float((value - before[key]).norm() /
+                              before[key].norm().clamp_min(1e-12))
+                errors[part] = max(errors[part], error)
+    return errors

@@ -120,7 +120,7 @@ def main() -> None:
     layer = LorsAdaptive(shared, core_size=16, adaptive_terms=3)
     with torch.no_grad():  # a trained state: nothing is zero
         shared.generator.weight.normal_(std=0.01)
-        layer.core_generator.weight.normal_(std=0.01)
+        layer.lors_core_generator.weight.normal_(std=0.01)
     params = [*shared.parameters(), *layer.parameters()]
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'batch {args.batch}, float32, forward + backward, '

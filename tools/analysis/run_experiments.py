@@ -55,7 +55,7 @@ TOY = {
 ABLATION = {
     'lors-adamixer': [],
     'lors-adamixer static-only':
-    ['optim_wrapper.paramwise_cfg.custom_keys.core_generator.lr_mult=0'],
+    ['optim_wrapper.paramwise_cfg.custom_keys.lors_core_generator.lr_mult=0'],
     'lors-adamixer adaptive-only': ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0'],
     'lors-adamixer rank-2': ['model.roi_head.out_proj_ranks=2'],
     'lors-adamixer rank-8': ['model.roi_head.out_proj_ranks=8'],
@@ -89,7 +89,7 @@ ADAMIXER_6STAGE_LR = {
 ADAMIXER_6STAGE_ABLATION = {
     'lors-adamixer 6-stage': (LORS_ADAMIXER_6, []),
     'lors-adamixer 6-stage static-only':
-    (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.core_generator.lr_mult=0']),
+    (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.lors_core_generator.lr_mult=0']),
     'lors-adamixer 6-stage adaptive-only':
     (LORS_ADAMIXER_6, ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0']),
 }

@@ -1,9 +1,10 @@
-"""AdaMixer on MMDetection 3.x, and LORS-AdaMixer."""
+"""AdaMixer on MMDetection 3.x; LORS-AdaMixer is AdaMixer + ``model.lors``."""
 from .channel_mapping import AdaMixerChannelMapping
-from .decoder import AdaMixerDecoder, LorsAdaMixerDecoder
-from .decoder_stage import AdaMixerDecoderStage, LorsAdaMixerDecoderStage
-from .detector import AdaMixer
-from .mixing import AdaptiveMixing, LorsAdaptiveMixing
+from .decoder import AdaMixerDecoder
+from .decoder_stage import AdaMixerDecoderStage
+from .detector import (AdaMixer, init_published_lors_mixing,
+                       migrate_former_lors_keys)
+from .mixing import AdaptiveMixing
 from .query_generator import AdaMixerQueryGenerator
 from .sampling_3d import level_weights, make_sample_points, sampling_3d
 from .xyzr import (refine_xyzr, whole_image_xyzr, xyzr_position_encoding,
@@ -11,8 +12,8 @@ from .xyzr import (refine_xyzr, whole_image_xyzr, xyzr_position_encoding,
 
 __all__ = [
     'AdaMixer', 'AdaMixerChannelMapping', 'AdaMixerQueryGenerator',
-    'AdaMixerDecoder', 'AdaMixerDecoderStage', 'LorsAdaMixerDecoder',
-    'LorsAdaMixerDecoderStage', 'AdaptiveMixing', 'LorsAdaptiveMixing',
+    'AdaMixerDecoder', 'AdaMixerDecoderStage', 'AdaptiveMixing',
+    'init_published_lors_mixing', 'migrate_former_lors_keys',
     'make_sample_points', 'level_weights', 'sampling_3d', 'xyzr_to_wh',
     'xyzr_to_xyxy', 'whole_image_xyzr', 'refine_xyzr',
     'xyzr_position_encoding'

@@ -41,7 +41,7 @@ backbone, ``rpn_head.init_content_features``, and per stage ``attention``,
     roi_head.adaptive_mixing.private_parameter_generator.{s}.*,
     roi_head.adaptive_mixing.{ml,mr,sl,sr}_parameters.{s}
                           -> roi_head.bbox_head.{s}.adaptive_mixing.generator.
-                             {core_generator.*, lors_L.{0,1}, lors_R.{0,1}}
+                             {lors_core_generator.*, lors_L.{0,1}, lors_R.{0,1}}
 
 The published LORS-AdaMixer gives every mixing group its own static
 adaptive factors (``ml`` is ``(G * K, c, k)``, row ``g * K + t`` = term
@@ -62,6 +62,8 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 from torch import Tensor
 
+from .detector import MIXING_GENERATOR, MIXING_OUT_PROJ
+
 ADAMIXER = 'adamixer'
 LORS_ADAMIXER = 'lors-adamixer'
 
@@ -76,8 +78,7 @@ _STAGE_RENAMES = (
 )
 _LORS_PREFIX = 'roi_head.adaptive_mixing.'
 _STAGE_KEY = re.compile(r'^roi_head\.bbox_head\.(\d+)\.(.*)$')
-# decoder settings recorded under an older name: {old: new}
-_RENAMED_SETTINGS = {'num_terms': 'adaptive_terms'}
+_SHARED = 'roi_head.lors_bbox_head.shared.0.'
 
 
 def detect_release(state_dict: Mapping[str, Tensor]) -> str:
@@ -110,10 +111,10 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
     the decoder settings their shapes imply."""
     prefix = _LORS_PREFIX
     common_w = _require(state, prefix + 'common_parameter_generator.weight')
-    out['roi_head.shared_mixing_generator.generator.weight'] = common_w
-    out['roi_head.shared_mixing_generator.generator.bias'] = _require(
+    out[f'{_SHARED}{MIXING_GENERATOR}.generator.weight'] = common_w
+    out[f'{_SHARED}{MIXING_GENERATOR}.generator.bias'] = _require(
         state, prefix + 'common_parameter_generator.bias')
-    out['roi_head.shared_mixing_out_proj.weight'] = _require(
+    out[f'{_SHARED}{MIXING_OUT_PROJ}.weight'] = _require(
         state, prefix + 'base_out_proj.weight')
 
     stages = sorted({
@@ -124,7 +125,7 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
     if stages != list(range(len(stages))) or not stages:
         raise KeyError(f'expected {prefix}ml_parameters.0 .. N-1, found '
                        f'stages {stages}')
-    settings = dict(core_sizes=[], adaptive_terms=[], out_proj_ranks=[])
+    core_sizes, adaptive_terms, ranks = [], [], []
     for s in stages:
         ml = _require(state, f'{prefix}ml_parameters.{s}')  # (G*K, c, k)
         mr = _require(state, f'{prefix}mr_parameters.{s}')  # (G*K, k, c)
@@ -150,8 +151,8 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
                 f'stage {s}: private generator has {core_w.shape[0]} outputs, '
                 f'expected 2 * G * K * k * k = {2 * group_terms * k * k}')
         stage = f'roi_head.bbox_head.{s}.adaptive_mixing.'
-        out[stage + 'generator.core_generator.weight'] = core_w
-        out[stage + 'generator.core_generator.bias'] = _require(
+        out[stage + 'generator.lors_core_generator.weight'] = core_w
+        out[stage + 'generator.lors_core_generator.bias'] = _require(
             state, f'{prefix}private_parameter_generator.{s}.bias')
         out[stage + 'generator.lors_L.0'] = ml
         out[stage + 'generator.lors_R.0'] = mr
@@ -165,17 +166,20 @@ def _convert_lors_mixing(state: Mapping[str, Tensor],
         for name in ('weight', 'bias'):
             out[f'roi_head.bbox_head.{s}.mixing_norm.{name}'] = _require(
                 state, f'{prefix}out_norm.{s}.{name}')
-        settings['core_sizes'].append(int(k))
-        settings['adaptive_terms'].append(int(group_terms // groups))
-        settings['out_proj_ranks'].append(int(out_a.shape[0]))
-    settings.update(
-        type='LorsAdaMixerDecoder',
+        core_sizes.append(int(k))
+        adaptive_terms.append(int(group_terms // groups))
+        ranks.append(int(out_a.shape[0]))
+    decoder = dict(
         n_groups=int(groups),
         in_points=int(p_in),
         out_points=int(p_out),
-        feat_channels=int(c * groups),
-        per_group_factors=True)
-    return settings
+        feat_channels=int(c * groups))
+    lors = dict(
+        include=[MIXING_OUT_PROJ],
+        rank=ranks,
+        adaptive=dict(core_size=core_sizes, adaptive_terms=adaptive_terms,
+                      per_group_factors=True))
+    return decoder, lors
 
 
 def _plain_mixing_settings(state: Mapping[str, Tensor]) -> dict:
@@ -200,41 +204,59 @@ def _plain_mixing_settings(state: Mapping[str, Tensor]) -> dict:
             continue
         p_in, p_out = rows // groups, out_proj.shape[1] // feat_channels
         if generator.shape[0] == groups * (c * c + p_out * p_in):
-            return dict(type='AdaMixerDecoder', n_groups=groups,
-                        in_points=p_in, out_points=p_out,
+            return dict(n_groups=groups, in_points=p_in, out_points=p_out,
                         feat_channels=feat_channels)
     raise ValueError('cannot read the mixing sizes from the shapes of '
                      f'{tuple(offsets.shape)}, {tuple(generator.shape)}, '
                      f'{tuple(out_proj.shape)}')
 
 
-def settings_mismatches(settings: Mapping, roi_head_cfg: Mapping) -> List[str]:
-    """Where a config's decoder differs from a converted checkpoint.
+def _per_layer(value, num_stages: int):
+    """A setting as a list per stage (an int for all stages expanded)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * num_stages if isinstance(value, int) and \
+        not isinstance(value, bool) else value
+
+
+def settings_mismatches(settings: Mapping, model_cfg: Mapping) -> List[str]:
+    """Where a config's model differs from a converted checkpoint.
 
     Args:
-        settings: ``meta['adamixer_conversion']['decoder']`` of a converted
-            checkpoint (or the report's ``decoder``).
-        roi_head_cfg: the ``model.roi_head`` dict of a config.
+        settings: ``meta['adamixer_conversion']`` of a converted checkpoint
+            (or the report): ``decoder`` (mixing sizes) and ``lors`` (the
+            LORS-AdaMixer stack; None for AdaMixer).
+        model_cfg: the ``model`` dict of a config.
 
     Returns:
         One ``"key: checkpoint X, config Y"`` line per differing setting
-        (a per-stage int in the config is expanded to all stages); empty when
-        they agree. Keys the config leaves out are compared with the
-        decoder's defaults only for ``type``.
+        (a per-stage int is expanded to all stages); empty when they agree.
+        Mixing sizes the config leaves out are not compared.
     """
     lines = []
-    num_stages = roi_head_cfg.get('num_stages', 6)
-    for key, value in settings.items():
-        key = _RENAMED_SETTINGS.get(key, key)  # meta of older conversions
-        if key not in roi_head_cfg:
-            continue
-        expected = roi_head_cfg[key]
-        if isinstance(value, list) and isinstance(expected, int):
-            expected = [expected] * num_stages
-        if isinstance(expected, tuple):
-            expected = list(expected)
-        if expected != value:
-            lines.append(f'{key}: checkpoint {value!r}, config {expected!r}')
+    roi_head = model_cfg.get('roi_head', {})
+    num_stages = roi_head.get('num_stages', 6)
+    for key, value in settings['decoder'].items():
+        if key in roi_head and _per_layer(roi_head[key], num_stages) != \
+                _per_layer(value, num_stages):
+            lines.append(f'model.roi_head.{key}: checkpoint {value!r}, config '
+                         f'{roi_head[key]!r}')
+    lors = (model_cfg.get('lors') or {}).get('decoder')
+    expected = settings.get('lors')
+    if (lors is None) != (expected is None):
+        lines.append('model.lors.decoder: checkpoint '
+                     f'{"a LORS-AdaMixer" if expected else "a plain AdaMixer"}'
+                     f', config {"with" if lors else "without"} it')
+        return lines
+    for key, value in (expected or {}).items():
+        got = lors.get(key)
+        pairs = ([(f'{key}.{k}', v, (got or {}).get(k))
+                  for k, v in value.items()] if isinstance(value, Mapping)
+                 else [(key, value, got)])
+        for name, want, have in pairs:
+            if _per_layer(want, num_stages) != _per_layer(have, num_stages):
+                lines.append(f'model.lors.decoder.{name}: checkpoint '
+                             f'{want!r}, config {have!r}')
     return lines
 
 
@@ -249,11 +271,11 @@ def convert_adamixer_state_dict(
     Returns:
         tuple: the converted state dict (this plugin's key names and
         layouts) and a report dict: ``release``, ``num_stages``,
-        ``dropped`` (keys with no counterpart) and ``decoder``: the decoder
-        settings the shapes imply (``type``, ``n_groups``, ``in_points``,
-        ``out_points``, ``feat_channels`` and for LORS-AdaMixer
-        ``core_sizes``, ``adaptive_terms``, ``out_proj_ranks``,
-        ``per_group_factors``).
+        ``dropped`` (keys with no counterpart), ``decoder``: the mixing
+        sizes the shapes imply (``n_groups``, ``in_points``, ``out_points``,
+        ``feat_channels``) and ``lors``: for LORS-AdaMixer the
+        ``model.lors.decoder`` settings they imply (``include``, ``rank``,
+        ``adaptive``), else None.
 
     Raises:
         ValueError / KeyError: for a state dict of another model or with
@@ -288,12 +310,12 @@ def convert_adamixer_state_dict(
             new_key = f'roi_head.bbox_head.{stage.group(1)}.{rest}'
         out[new_key] = value
     if release == LORS_ADAMIXER:
-        decoder = _convert_lors_mixing(state_dict, out)
+        decoder, lors = _convert_lors_mixing(state_dict, out)
     else:
-        decoder = _plain_mixing_settings(state_dict)
+        decoder, lors = _plain_mixing_settings(state_dict), None
     decoder['num_stages'] = len(stages)
     report = dict(release=release, num_stages=len(stages), dropped=dropped,
-                  decoder=decoder)
+                  decoder=decoder, lors=lors)
     return out, report
 
 
@@ -318,5 +340,6 @@ def convert_adamixer_checkpoint(checkpoint: Mapping) -> Tuple[dict, dict]:
     meta['adamixer_conversion'] = dict(
         release=report['release'],
         dropped=list(report['dropped']),
-        decoder=dict(report['decoder']))
+        decoder=dict(report['decoder']),
+        lors=report['lors'])
     return dict(state_dict=converted, meta=meta), report

@@ -1,5 +1,5 @@
 """The AdaMixer decoder: a cascade of query-updating stages (an RoI head)."""
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple
 
 import torch
 from mmengine.model import ModuleList
@@ -12,14 +12,17 @@ from mmdet.models.utils import empty_instances, unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, InstanceList, OptConfigType
-from lors_mmdet.lors import SharedGenerator, SharedLinear
-from lors_mmdet.lors._validate import check_adaptive_terms
-from lors_mmdet.lors.static import check_factor_init
 from .mixing import check_mixing_dims
 
-RENAMED_NUM_TERMS = (
-    'num_terms was renamed adaptive_terms (K_i, adaptive cores per stage); '
-    'num_terms is the static residual\'s term count of model.lors.decoder')
+REMOVED_LORS_TYPES = (
+    '{type!r} was removed: LORS-AdaMixer is the plain AdaMixer (roi_head '
+    "type='AdaMixerDecoder' with n_groups, in_points, out_points; stages "
+    "type='AdaMixerDecoderStage') plus model.lors.decoder = dict(include="
+    "['adaptive_mixing.out_proj'], rank=<out_proj_ranks>, factor_init="
+    "'kaiming', adaptive=dict(core_size=<core_sizes>, adaptive_terms=<"
+    "adaptive_terms>, per_group_factors=True, factor_init='kaiming')), as in "
+    'configs/_base_/models/lors-adamixer_decoder.py. Checkpoints written '
+    'with it load into the new config as they are.')
 
 
 @MODELS.register_module()
@@ -126,7 +129,7 @@ class AdaMixerDecoder(CascadeRoIHead):
             n_groups=self.n_groups)
 
     def _build_stage(self, stage: int, head_cfg: ConfigType):
-        """Build one stage (the LORS decoder passes its shared modules)."""
+        """Build one stage, the decoder's sizes as defaults."""
         return MODELS.build(head_cfg, default_args=self._stage_defaults())
 
     def _stage_forward(self, stage: int, feats: Tuple[Tensor], xyzr: Tensor,
@@ -263,162 +266,14 @@ class AdaMixerDecoder(CascadeRoIHead):
         return tuple(outputs)
 
 
-@MODELS.register_module()
-class LorsAdaMixerDecoder(AdaMixerDecoder):
-    """The LORS-AdaMixer decoder (Li et al., CVPR 2024).
+def _removed(type_name: str):
 
-    The adaptive mixing of all stages shares ONE parameter generator (for the
-    channel matrix M and the spatial matrix S) and ONE output projection, both
-    registered here; each stage adds private low-rank residuals: an adaptive
-    one (``adaptive_terms`` query-generated cores of size ``core_size``) to M
-    and S, and a static one of rank ``out_proj_rank`` to the projection. The
-    other stage weights stay private unless the detector's ``lors=dict(
-    decoder=...)`` shares them (:class:`~lors_mmdet.models.adamixer.AdaMixer`).
+    def build(**kwargs):
+        raise ValueError(REMOVED_LORS_TYPES.format(type=type_name))
 
-    The mixing sizes (``feat_channels``, ``in_points``, ``out_points``,
-    ``n_groups``) are those of the decoder, for all stages: a stage config
-    may not set them differently.
+    return build
 
-    Args:
-        num_stages (int): Number of stages. Defaults to 6.
-        core_sizes (int | Sequence[int]): k of each stage, in
-            [1, min(c, P_in, P_out)]. Defaults to 16.
-        adaptive_terms (int | Sequence[int]): K_i of each stage, in [1, the
-            terms needed to tile the larger of M (c x c) and S (P_out x P_in)
-            with k x k cores] (see
-            ``lors_mmdet.lors._validate.max_useful_terms``).
-            Defaults to (1, 1, 2, 2, 3, 3). (Formerly ``num_terms``, which
-            now raises: ``num_terms`` is the static residual's term count of
-            ``model.lors.decoder``.)
-        out_proj_ranks (int | Sequence[int]): r of each stage, in
-            [1, min(c * P_out * G, content_dim)]. Defaults to 8.
-        per_group_factors (bool): Every mixing group has its own static
-            adaptive factors ``L``, ``R`` (per stage (G * K_i, ., .), as
-            published). False shares them across the groups (fewer
-            parameters, not the published model). Defaults to True.
-        factor_init (str): Init of the non-zero private factors (``L``,
-            ``R``, the projection's ``A``): ``'kaiming'`` (default: torch's
-            ``kaiming_uniform_`` with default arguments on each stored
-            tensor, as published) or ``'linear'`` (nn.Linear's bound, the
-            LoRA convention the library defaults to).
-        in_points (int): P_in. Defaults to 64.
-        n_groups (int): G. Defaults to 2.
-        **kwargs: As :class:`AdaMixerDecoder`.
-    """
 
-    def __init__(self,
-                 num_stages: int = 6,
-                 core_sizes: Union[int, Sequence[int]] = 16,
-                 adaptive_terms: Union[int, Sequence[int]] = (1, 1, 2, 2,
-                                                              3, 3),
-                 out_proj_ranks: Union[int, Sequence[int]] = 8,
-                 per_group_factors: bool = True,
-                 factor_init: str = 'kaiming',
-                 in_points: int = 64,
-                 n_groups: int = 2,
-                 content_dim: int = 256,
-                 feat_channels: int = 256,
-                 out_points: int = 128,
-                 bbox_head: ConfigType = dict(type='LorsAdaMixerDecoderStage'),
-                 **kwargs) -> None:
-        if 'num_terms' in kwargs:
-            raise TypeError(RENAMED_NUM_TERMS)
-        if not isinstance(num_stages, int) or num_stages <= 0:
-            raise ValueError(
-                f'num_stages must be a positive int, got {num_stages!r}')
-        group_channels = check_mixing_dims(feat_channels, n_groups, in_points,
-                                           out_points)
-        out_proj_in = group_channels * out_points * n_groups
-        self.core_sizes = self._per_stage(
-            'core_sizes', core_sizes, num_stages, 1,
-            min(group_channels, in_points, out_points))
-        self.adaptive_terms = self._per_stage('adaptive_terms',
-                                              adaptive_terms, num_stages, 1,
-                                              None)
-        for stage, (k, terms) in enumerate(zip(self.core_sizes,
-                                               self.adaptive_terms)):
-            shapes = {'channel-mixing M': (group_channels, group_channels),
-                      'spatial-mixing S': (out_points, in_points)}
-            check_adaptive_terms(terms, k, shapes,
-                                 f'adaptive_terms[{stage}]')
-        self.out_proj_ranks = self._per_stage('out_proj_ranks', out_proj_ranks,
-                                              num_stages, 1,
-                                              min(out_proj_in, content_dim))
-        if not isinstance(per_group_factors, bool):
-            raise TypeError('per_group_factors must be a bool, got '
-                            f'{per_group_factors!r}')
-        self.per_group_factors = per_group_factors
-        self.factor_init = check_factor_init(factor_init)
-        super().__init__(
-            num_stages=num_stages,
-            content_dim=content_dim,
-            feat_channels=feat_channels,
-            in_points=in_points,
-            out_points=out_points,
-            n_groups=n_groups,
-            bbox_head=bbox_head,
-            **kwargs)
-
-    @staticmethod
-    def _per_stage(key: str, value, num_stages: int, low: int,
-                   high: Optional[int]) -> List[int]:
-        """Expand an int to all stages, or check a per-stage list."""
-        if isinstance(value, int):
-            values = [value] * num_stages
-        elif isinstance(value, (list, tuple)):
-            if len(value) != num_stages:
-                raise ValueError(f'{key} has {len(value)} entries, expected '
-                                 f'num_stages={num_stages}: {list(value)}')
-            values = list(value)
-        else:
-            raise TypeError(f'{key} must be an int or a list of ints, got '
-                            f'{value!r}')
-        for stage, item in enumerate(values):
-            if not isinstance(item, int) or isinstance(item, bool) or \
-                    item < low or (high is not None and item > high):
-                bounds = f'[{low}, {high}]' if high is not None \
-                    else f'>= {low}'
-                raise ValueError(f'{key}[{stage}] = {item!r} is out of range '
-                                 f'{bounds}')
-        return values
-
-    def init_bbox_head(self, bbox_roi_extractor: ConfigType,
-                       bbox_head: ConfigType) -> None:
-        """Register the shared mixing modules once, then build the stages."""
-        c = self.feat_channels // self.n_groups
-        self.shared_mixing_generator = SharedGenerator(
-            self.content_dim,
-            self.n_groups, [(c, c), (self.out_points, self.in_points)],
-            num_layers=self.num_stages)
-        self.shared_mixing_out_proj = SharedLinear(
-            c * self.out_points * self.n_groups,
-            self.content_dim,
-            num_layers=self.num_stages)
-        super().init_bbox_head(bbox_roi_extractor, bbox_head)
-
-    def _build_stage(self, stage: int, head_cfg: ConfigType):
-        defaults = self._stage_defaults()
-        for key in ('feat_channels', 'in_points', 'out_points', 'n_groups'):
-            if key in head_cfg and head_cfg[key] != defaults[key]:
-                raise ValueError(
-                    f'bbox_head[{stage}].{key}={head_cfg[key]} differs from '
-                    f'the decoder\'s {key}={defaults[key]}: the mixing sizes '
-                    'are shared by all stages, set them on the decoder only')
-        defaults.update(
-            shared_generator=self.shared_mixing_generator,
-            shared_out_proj=self.shared_mixing_out_proj,
-            core_size=self.core_sizes[stage],
-            adaptive_terms=self.adaptive_terms[stage],
-            out_proj_rank=self.out_proj_ranks[stage],
-            per_group_factors=self.per_group_factors,
-            factor_init=self.factor_init)
-        return MODELS.build(head_cfg, default_args=defaults)
-
-    def init_weights(self) -> None:
-        """Stages first (their private parts), then the shared modules:
-        zero generator weight (default bias), default Linear init of the
-        shared projection, as in the published LORS-AdaMixer."""
-        super().init_weights()
-        with torch.no_grad():
-            self.shared_mixing_generator.reset_parameters()
-            self.shared_mixing_out_proj.reset_parameters()
+# Configs of the former LORS-AdaMixer classes fail with the way to the new one.
+for _name in ('LorsAdaMixerDecoder', 'LorsAdaMixerDecoderStage'):
+    MODELS.register_module(name=_name, module=_removed(_name))

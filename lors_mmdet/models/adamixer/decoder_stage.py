@@ -1,4 +1,4 @@
-"""One AdaMixer decoder stage (a BBoxHead of the cascade), plain and LORS."""
+"""One AdaMixer decoder stage (a BBoxHead of the cascade)."""
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -14,7 +14,7 @@ from mmdet.models.task_modules import SamplingResult
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
 from mmdet.utils import ConfigType, reduce_mean
-from .mixing import AdaptiveMixing, LorsAdaptiveMixing, check_mixing_dims
+from .mixing import AdaptiveMixing, check_mixing_dims
 from .sampling_3d import make_sample_points, sampling_3d
 from .xyzr import refine_xyzr, xyzr_position_encoding, xyzr_to_xyxy
 
@@ -119,7 +119,8 @@ class AdaMixerDecoderStage(BBoxHead):
 
         self.sampling_offset_generator = nn.Linear(content_dim,
                                                    n_groups * in_points * 3)
-        self.adaptive_mixing = self._build_mixing()
+        self.adaptive_mixing = AdaptiveMixing(content_dim, feat_channels,
+                                              in_points, out_points, n_groups)
         self.mixing_norm = build_norm_layer(dict(type='LN'), content_dim)[1]
 
         self.ffn = FFN(
@@ -136,11 +137,6 @@ class AdaMixerDecoderStage(BBoxHead):
         self.fc_cls = nn.Linear(content_dim, cls_channels)
         self.reg_fcs = _fc_branch(num_reg_fcs, content_dim)
         self.fc_reg = nn.Linear(content_dim, 4)
-
-    def _build_mixing(self) -> nn.Module:
-        """The adaptive mixing block (overridden by the LORS stage)."""
-        return AdaptiveMixing(self.content_dim, self.feat_channels,
-                              self.in_points, self.out_points, self.n_groups)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -164,7 +160,7 @@ class AdaMixerDecoderStage(BBoxHead):
         nn.init.zeros_(self.fc_reg.bias)
         nn.init.uniform_(self.iof_tau, 0.0, 4.0)
         self._init_sampling_offsets()
-        self._init_mixing()
+        self.adaptive_mixing.init_weights()
 
     def _init_sampling_offsets(self) -> None:
         generator = self.sampling_offset_generator
@@ -181,9 +177,6 @@ class AdaMixerDecoderStage(BBoxHead):
         else:
             nn.init.uniform_(bias[..., 0:2], -0.5, 0.5)
         nn.init.constant_(bias[..., 2], -1.0)
-
-    def _init_mixing(self) -> None:
-        self.adaptive_mixing.init_weights()
 
     def _self_attention(self, xyzr: Tensor, content: Tensor) -> Tensor:
         with torch.no_grad():
@@ -307,49 +300,3 @@ class AdaMixerDecoderStage(BBoxHead):
     # the others the background class.
     get_targets = DIIHead.get_targets
     _get_targets_single = DIIHead._get_targets_single
-
-
-@MODELS.register_module()
-class LorsAdaMixerDecoderStage(AdaMixerDecoderStage):
-    """A stage of LORS-AdaMixer: AdaMixer's stage whose adaptive mixing uses
-    the stack's shared generator / output projection plus private low-rank
-    residuals (:class:`LorsAdaptiveMixing`). Everything else stays private.
-
-    Built by :class:`LorsAdaMixerDecoder`, which owns the shared modules and
-    passes them in.
-
-    Args:
-        shared_generator (SharedGenerator): The stack's mixing generator.
-        shared_out_proj (SharedLinear): The stack's mixing output projection.
-        core_size (int): Size k of the private adaptive cores.
-        adaptive_terms (int): Number K_i of private adaptive terms.
-        out_proj_rank (int): Rank r of the private output-projection residual.
-        per_group_factors (bool): Per-group adaptive factors (published).
-            Defaults to True.
-        factor_init (str): ``'kaiming'`` (published, default) or
-            ``'linear'``; see :class:`LorsAdaptiveMixing`.
-        **kwargs: As :class:`AdaMixerDecoderStage`.
-    """
-
-    def __init__(self,
-                 shared_generator: nn.Module,
-                 shared_out_proj: nn.Module,
-                 core_size: int,
-                 adaptive_terms: int,
-                 out_proj_rank: int,
-                 per_group_factors: bool = True,
-                 factor_init: str = 'kaiming',
-                 **kwargs) -> None:
-        # read by _build_mixing during the parent's __init__
-        self._lors_args = (shared_generator, shared_out_proj, core_size,
-                           adaptive_terms, out_proj_rank, per_group_factors,
-                           factor_init)
-        super().__init__(**kwargs)
-        del self._lors_args
-
-    def _build_mixing(self) -> nn.Module:
-        return LorsAdaptiveMixing(*self._lors_args)
-
-    def _init_mixing(self) -> None:
-        # The shared parts are initialised by the decoder that owns them.
-        self.adaptive_mixing.reset_parameters()

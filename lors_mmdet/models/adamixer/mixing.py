@@ -9,20 +9,19 @@ channels) are mixed twice with matrices generated from q:
 then flattened over (G, P_out, c) and projected back to the query dim; the
 result is added to the query (the stage applies a LayerNorm after).
 
-:class:`AdaptiveMixing` generates M and S with one Linear per stage (AdaMixer).
-:class:`LorsAdaptiveMixing` is one stage of LORS-AdaMixer: M and S are the
-output of a generator shared by all stages plus a private low-rank adaptive
-residual, and the output projection is a shared matrix plus a private
-low-rank static residual. It holds only the private parts; the shared ones
-are registered once on the decoder (see ``LorsAdaMixerDecoder``).
+:class:`AdaptiveMixing` generates M and S with one Linear per stage
+(AdaMixer). It declares them (:meth:`AdaptiveMixing.lors_generated`), so
+``model.lors.decoder.adaptive`` makes LORS-AdaMixer of it by the stack
+surgery: the generator becomes a generator shared by all stages plus a
+private low-rank adaptive residual per stage, and ``out_proj`` (a static
+target) a shared matrix plus a private low-rank residual
+(:mod:`lors_mmdet.models.adamixer.detector`).
 """
 from typing import Callable
 
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-
-from lors_mmdet.lors import LorsAdaptive, LorsLinear
 
 
 def _mix(x: Tensor, channel_mix: Callable[[Tensor], Tensor],
@@ -74,6 +73,14 @@ class AdaptiveMixing(nn.Module):
             query_dim, n_groups * (c * c + out_points * in_points))
         self.out_proj = nn.Linear(c * out_points * n_groups, query_dim)
 
+    def lors_generated(self) -> dict:
+        """What the generator makes per query, for the stack surgery: G
+        groups of M (c x c) and S (P_out x P_in), in :meth:`generate`'s
+        layout."""
+        c = self.group_channels
+        return dict(generator='parameter_generator', groups=self.n_groups,
+                    shapes=[(c, c), (self.out_points, self.in_points)])
+
     def init_weights(self) -> None:
         """Zero generator weight: at step 0 the mixing matrices are the
         (query-independent) generator bias."""
@@ -102,66 +109,4 @@ class AdaptiveMixing(nn.Module):
         """
         channel, spatial = self.generate(query)
         mixed = _mix(x, lambda t: t @ channel, lambda t: spatial @ t)
-        return query + self.out_proj(mixed)
-
-
-class LorsAdaptiveMixing(nn.Module):
-    """Private part of one LORS-AdaMixer stage's adaptive mixing.
-
-    ``M_i(q) = M_shared(q) + sum_k L Z_k(q) R`` and likewise for ``S``
-    (:class:`~lors_mmdet.lors.LorsAdaptive`); the output projection is
-    ``W_shared + B_i A_i`` with a private bias
-    (:class:`~lors_mmdet.lors.LorsLinear`). The shared generator and shared
-    projection are held, not registered.
-
-    Args:
-        shared_generator (SharedGenerator): Stack-wide generator of
-            ``[M, S]`` with shapes ``[(c, c), (P_out, P_in)]``.
-        shared_out_proj (SharedLinear): Stack-wide output projection
-            (``c * P_out * G -> query_dim``, no bias).
-        core_size (int): Size k of the private adaptive cores.
-        adaptive_terms (int): Number K_i of adaptive low-rank terms.
-        out_proj_rank (int): Rank r of the private residual of the output
-            projection.
-        per_group_factors (bool): One pair of static factors ``L``, ``R``
-            per mixing group (the published model) instead of one pair
-            shared by the groups. Defaults to True.
-        factor_init (str): Init of ``L``, ``R`` and the projection's ``A``:
-            ``'kaiming'`` (default, the published model's
-            ``kaiming_uniform_`` with default arguments) or ``'linear'``
-            (nn.Linear's bound, the LoRA convention).
-    """
-
-    def __init__(self,
-                 shared_generator: nn.Module,
-                 shared_out_proj: nn.Module,
-                 core_size: int,
-                 adaptive_terms: int,
-                 out_proj_rank: int,
-                 per_group_factors: bool = True,
-                 factor_init: str = 'kaiming') -> None:
-        super().__init__()
-        self.generator = LorsAdaptive(
-            shared_generator,
-            core_size=core_size,
-            adaptive_terms=adaptive_terms,
-            per_group_factors=per_group_factors,
-            factor_init=factor_init)
-        self.out_proj = LorsLinear(
-            shared_out_proj,
-            rank=out_proj_rank,
-            num_terms=1,
-            bias=True,
-            factor_init=factor_init)
-
-    def reset_parameters(self) -> None:
-        """LORS init of the private parts (zero residuals at step 0)."""
-        self.generator.reset_parameters()
-        self.out_proj.reset_parameters()
-
-    def forward(self, x: Tensor, query: Tensor) -> Tensor:
-        """Same contract as :meth:`AdaptiveMixing.forward`."""
-        mats = self.generator(query)
-        mixed = _mix(x, lambda t: mats.apply_right(t, 0),
-                     lambda t: mats.apply_left(1, t))
         return query + self.out_proj(mixed)

@@ -26,13 +26,46 @@ def build_detector(config: Union[str, Config], device: str = 'cpu',
                        device=device)
 
 
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The stacked decoder of a query-based detector (where LORS applies)."""
-    if hasattr(model, 'roi_head'):  # AdaMixer family: the cascade of stages
-        return model.roi_head
-    if hasattr(model, 'decoder'):  # DETR family
-        return model.decoder
-    raise TypeError(f'{type(model).__name__} has neither roi_head nor decoder')
+def parameter_report(model: nn.Module) -> dict:
+    """Parameter counts of a stock or LORS detector, each tensor once
+    (``tools/analysis/param_report.py`` prints them).
+
+    Returns:
+        ``model`` (type), ``lors`` (has shared weights), ``total``
+        (:func:`~lors_mmdet.lors.count_parameters` as a dict), ``parts``
+        (per top-level child) and ``decoder``: the counts of the module
+        owning the decoder stack (``name``, ``type``, ``total``, ``shared``,
+        ``private``, ...), ``private_outside_stages`` (its private tensors
+        outside the layers: query embeddings, heads) and ``stages`` (each
+        layer's ``private``).
+    """
+    from lors_mmdet.lors import count_parameters
+    from lors_mmdet.models.lors_stacks import (lors_stack_paths_of,
+                                               stack_owner_and_layers)
+    total = count_parameters(model)._asdict()
+    parts = {
+        name: count_parameters(child).total
+        for name, child in model.named_children()
+        if any(True for _ in child.parameters())
+    }
+    path = lors_stack_paths_of(model)['decoder']
+    decoder, layers = stack_owner_and_layers(model, path)
+    decoder_counts = count_parameters(decoder)._asdict()
+    # a layer's own tensors; the shared ones it uses are the stack's
+    stages = [dict(private=count_parameters(layer).private)
+              for layer in decoder.get_submodule(layers)]
+    return dict(
+        model=type(model).__name__,
+        lors=total['shared'] > 0,
+        total=total,
+        parts=parts,
+        decoder=dict(
+            name=path.rpartition('.')[0],
+            type=type(decoder).__name__,
+            **decoder_counts,
+            private_outside_stages=decoder_counts['private'] - sum(
+                stage['private'] for stage in stages),
+            stages=stages))
 
 
 def synthetic_batch(model: nn.Module, batch_size: int, height: int, width: int,

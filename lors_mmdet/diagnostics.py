@@ -8,6 +8,8 @@ moved (update norms between checkpoints).
 Parameter groups of the decoder (``roi_head``):
 
 - ``shared mixing``: LORS's stack-wide mixing generator and output projection;
+- ``shared other``: other shared weights of the stack (``model.lors.decoder``'s
+  static targets besides the mixing);
 - ``s{i} mixing``: stage ``i``'s own mixing (plain AdaMixer: its generator and output
   projection; LORS: the private core generator, L, R, and the projection's A, B, bias);
 - ``s{i} other``: the rest of stage ``i`` (attention, sampling offsets, FFN, heads).
@@ -22,13 +24,15 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from lors_mmdet.apis.steps import load_config, read_checkpoint
+from lors_mmdet.lors import LorsAdaptive, LorsLinear
 
 
 def decoder_parameter_group(name: str) -> str:
     """Group of a ``roi_head`` parameter name (see the module doc)."""
-    if name.startswith('shared_mixing'):
-        return 'shared mixing'
     parts = name.split('.')
+    if parts[0] == 'lors_bbox_head':  # the LORS stack of the stages
+        return 'shared mixing' if 'adaptive_mixing' in parts else 'shared other'
+
     if parts[0] == 'bbox_head' and len(parts) > 2:
         kind = 'mixing' if parts[2] == 'adaptive_mixing' else 'other'
         return f's{parts[1]} {kind}'
@@ -77,7 +81,8 @@ def private_residual_sizes(decoder: nn.Module,
     ``||M_i(q) - M_shared(q)|| / ||M_shared(q)||`` (Frobenius, per query and group).
 
     Args:
-        decoder: a ``LorsAdaMixerDecoder``.
+        decoder: the decoder of a LORS-AdaMixer (AdaMixer + ``model.lors``
+            with the mixing generator adaptive and its projection shared).
         queries: per stage, the queries (..., content_dim) that entered its mixing.
     """
     sizes = {}
@@ -86,7 +91,7 @@ def private_residual_sizes(decoder: nn.Module,
         shared_w = mixing.out_proj.shared.weight
         lors_b, lors_a = mixing.out_proj.lors_B, mixing.out_proj.lors_A
         static = (lors_b @ lors_a).norm() / shared_w.norm()
-        mats = mixing.generator(query)
+        mats = mixing.parameter_generator.matrices(query)
         adaptive = {}
         for j, matrix in enumerate(('M', 'S')):
             shared = mats.shared[j]
@@ -142,7 +147,9 @@ def diagnose_checkpoint(cfg: Config, checkpoint: str, work_dir: str,
     torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
     batch = next(iter(runner.build_dataloader(cfg.train_dataloader)))
     model.train()
-    lors = hasattr(decoder, 'shared_mixing_generator')
+    mixing = decoder.bbox_head[0].adaptive_mixing
+    lors = isinstance(mixing.parameter_generator, LorsAdaptive) and \
+        isinstance(mixing.out_proj, LorsLinear)
     queries, handles = _mixing_queries(decoder) if lors else ([], [])
     try:
         data = model.data_preprocessor(batch, True)

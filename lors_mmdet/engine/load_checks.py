@@ -246,7 +246,7 @@ def check_lors_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor],
     if found.shapes:
         lines.append(
             'The checkpoint was made with other LORS settings (e.g. '
-            'tools/convert_detr_checkpoint.py to-lors --rank R). Load it '
+            'tools/convert_checkpoint.py to-lors --rank R). Load it '
             'with the config it was made with: the converter writes one '
             'beside the checkpoint (OUT.py for OUT.pth) and prints the '
             '--cfg-options that select it (model.lors.<part>.rank=R); '

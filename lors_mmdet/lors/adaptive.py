@@ -314,6 +314,10 @@ class LorsAdaptive(nn.Module):
 
     def forward(self, query: Tensor) -> GeneratedMatrices:
         """Generate this layer's matrices for ``query`` (..., query_dim)."""
+        return self.matrices(query)
+
+    def matrices(self, query: Tensor) -> GeneratedMatrices:
+        """This layer's matrices for ``query`` (..., query_dim), factored."""
         shared = self.shared(query)
         k = self.core_size
         cores = self.lors_core_generator(query).unflatten(
@@ -395,7 +399,7 @@ class LorsGeneratedLinear(LorsAdaptive):
 
     def forward(self, query: Tensor) -> Tensor:
         """The flat generated parameters for ``query`` (..., query_dim)."""
-        matrices = super().forward(query)
+        matrices = self.matrices(query)
         flat = [matrices.materialise(j).flatten(-2)
                 for j in range(len(matrices))]
         return torch.cat(flat, dim=-1).flatten(-2)

@@ -187,6 +187,26 @@ def stack_owner_and_layers(model: nn.Module, stack_path: str
     return (model.get_submodule(owner) if owner else model), layers
 
 
+def lors_stack_paths_of(model: nn.Module) -> Dict[str, str]:
+    """``{part: path of the stack's layers}`` of a LORS detector or of the
+    stock detector a registered LORS class makes LORS (stock ``DINO`` ->
+    ``LorsDINO``'s paths; ``AdaMixer`` is both).
+
+    Raises:
+        TypeError: no LORS detector class knows the model's type.
+    """
+    if isinstance(model, LorsStacksMixin):
+        return dict(model.lors_stack_paths)
+    from mmdet.registry import MODELS
+    name = type(model).__name__
+    for cls in MODELS.module_dict.values():
+        if isinstance(cls, type) and issubclass(cls, LorsStacksMixin) and \
+                cls.lors_stack_paths and cls.stock_type() == name:
+            return dict(cls.lors_stack_paths)
+    raise TypeError(f'no LORS detector class makes {name} LORS (classes with '
+                    f'model.lors: the DETR family, AdaMixer)')
+
+
 def part_parameters(model: nn.Module,
                     stack_paths: Mapping[str, str]) -> Dict[str, int]:
     """``{part: parameters}`` of the module owning each part's stack

@@ -29,12 +29,12 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.analysis import (build_detector, decoder_of,
-                                 merged_for_deployment, synthetic_batch)
-from lors_mmdet.apis import load_config
+from lors_mmdet.analysis import (build_detector, merged_for_deployment,
+                                 synthetic_batch)
+from lors_mmdet.apis import build_model, load_config
+from lors_mmdet.apis.conversion import lors_and_stock_model_cfgs
 from lors_mmdet.lors import count_parameters
-from lors_mmdet.models.adamixer import LorsAdaMixerDecoder
-from lors_mmdet.models.adamixer.merge import plain_adamixer_config
+from lors_mmdet.models.lors_stacks import lors_stack_paths_of, part_parameters
 
 PAIRS = {
     'cpu': {
@@ -196,8 +196,8 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
                             num_classes=num_classes)
     rows = {}
     for name, model in models.items():
-        whole, decoder = count_parameters(model), count_parameters(decoder_of(model))
-        rows[name] = dict(total=whole.total, decoder=decoder.total,
+        rows[name] = dict(total=count_parameters(model).total,
+                          decoder=part_parameters(model, lors_stack_paths_of(model))['decoder'],
                           checkpoint=checkpoint_megabytes(model))
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5)
                   for name, model in models.items()}
@@ -206,11 +206,12 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
     train = interleaved_medians(
         {name: (lambda n=name: train_step(models[n], optimizers[n], batch, args.device))
          for name in models}, args.repeats, args.warmup)
-    models['LORS merged'] = merged_for_deployment(models['LORS'], lors_config)
-    if isinstance(decoder_of(models['LORS']), LorsAdaMixerDecoder):
-        # a plain AdaMixer with the LORS model's G and P_in (its own weights)
-        models['plain, LORS geometry'] = build_detector(
-            plain_adamixer_config(load_config(lors_config)), args.device)
+    models['LORS merged'] = merged_for_deployment(models['LORS'])
+    stock_cfg = lors_and_stock_model_cfgs(load_config(lors_config))[1]
+    if stock_cfg != load_config(plain_config).model:
+        # the stock model of the LORS model's geometry (LORS-AdaMixer's G and
+        # P_in differ from plain AdaMixer's), its own weights
+        models['plain, LORS geometry'] = build_model(stock_cfg, device=args.device)
     for model in models.values():
         model.eval()
     infer = interleaved_medians(

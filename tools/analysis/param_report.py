@@ -30,8 +30,7 @@ from mmengine.config import DictAction
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
 from lors_mmdet import apis  # noqa: E402
-from lors_mmdet.analysis import decoder_of  # noqa: E402
-from lors_mmdet.lors import count_parameters  # noqa: E402
+from lors_mmdet.analysis import parameter_report  # noqa: E402
 from tools.upkeep.docs_tables import detr_parameter_table, write_generated  # noqa: E402
 
 
@@ -47,52 +46,6 @@ def build_model(config: str, cfg_options: Optional[dict] = None) -> nn.Module:
             return apis.build_model(cfg.model)
     except (RuntimeError, NotImplementedError):
         return apis.build_model(cfg.model)
-
-
-def _stages(decoder: nn.Module) -> Optional[nn.ModuleList]:
-    for name in ('bbox_head', 'layers'):
-        stages = getattr(decoder, name, None)
-        if isinstance(stages, nn.ModuleList):
-            return stages
-    return None
-
-
-def _count(module: nn.Module) -> Dict[str, int]:
-    return count_parameters(module)._asdict()
-
-
-def parameter_report(model: nn.Module) -> dict:
-    """The numbers of the report as a dict (see the module docstring)."""
-    total = _count(model)
-    parts = {
-        name: _count(child)['total']
-        for name, child in model.named_children()
-        if any(True for _ in child.parameters())
-    }
-    decoder = decoder_of(model)
-    decoder_name = next(name for name, child in model.named_children()
-                        if child is decoder)
-    decoder_counts = _count(decoder)
-    stage_list: List[dict] = []
-    stages = _stages(decoder)
-    if stages is not None:
-        for stage in stages:
-            counts = count_parameters(stage)
-            # a stage's own tensors; the shared ones it uses are the stack's
-            stage_list.append(dict(private=counts.private))
-    owned_by_stack = decoder_counts['private'] - sum(
-        stage['private'] for stage in stage_list)
-    return dict(
-        model=type(model).__name__,
-        lors=total['shared'] > 0,
-        total=total,
-        parts=parts,
-        decoder=dict(
-            name=decoder_name,
-            type=type(decoder).__name__,
-            **decoder_counts,
-            private_outside_stages=owned_by_stack,
-            stages=stage_list))
 
 
 def _millions(value: int) -> str:

@@ -29,9 +29,11 @@ backbone, ``rpn_head.init_content_features``, and per stage ``attention``,
     roi_head.bbox_head.{s}.sampling.sampling_offset_generator.0.*
                           -> roi_head.bbox_head.{s}.sampling_offset_generator.*
     roi_head.adaptive_mixing.common_parameter_generator.*
-                          -> roi_head.shared_mixing_generator.generator.*
+                          -> roi_head.lors_bbox_head.shared.0.adaptive_mixing.
+                             parameter_generator.generator.*
     roi_head.adaptive_mixing.base_out_proj.weight
-                          -> roi_head.shared_mixing_out_proj.weight
+                          -> roi_head.lors_bbox_head.shared.0.adaptive_mixing.
+                             out_proj.weight
     roi_head.adaptive_mixing.out_weight_add_A.{s}
                           -> roi_head.bbox_head.{s}.adaptive_mixing.out_proj.lors_A
     roi_head.adaptive_mixing.out_weight_add_B.{s}  -> ... out_proj.lors_B
@@ -40,20 +42,23 @@ backbone, ``rpn_head.init_content_features``, and per stage ``attention``,
                           -> roi_head.bbox_head.{s}.mixing_norm.*
     roi_head.adaptive_mixing.private_parameter_generator.{s}.*,
     roi_head.adaptive_mixing.{ml,mr,sl,sr}_parameters.{s}
-                          -> roi_head.bbox_head.{s}.adaptive_mixing.generator.
-                             {lors_core_generator.*, lors_L.{0,1}, lors_R.{0,1}}
+                          -> roi_head.bbox_head.{s}.adaptive_mixing.
+                             parameter_generator.{lors_core_generator.*,
+                             lors_L.{0,1}, lors_R.{0,1}}
 
 The published LORS-AdaMixer gives every mixing group its own static
 adaptive factors (``ml`` is ``(G * K, c, k)``, row ``g * K + t`` = term
 ``t`` of group ``g``) and orders the private generator's outputs
-[M, S][group][term][k][k]; :class:`LorsAdaMixerDecoder` with
-``per_group_factors=True`` (the published configs) stores both the same way,
-so every tensor is copied unchanged and the checkpoint loads into the
-published config itself.
+[M, S][group][term][k][k]; the LORS stack of ``model.lors.decoder`` with
+``adaptive.per_group_factors=True`` (the published configs) stores both the
+same way, so every tensor is copied unchanged and the checkpoint loads into
+the published config itself.
 
 The converted checkpoint's ``meta['adamixer_conversion']`` records the
-settings read from the tensors' shapes (plain ints / lists / bools): compare
-them with a config by :func:`settings_mismatches`.
+settings read from the tensors' shapes (plain ints / lists / bools): the
+decoder's mixing sizes (``model.roi_head``) and, for LORS-AdaMixer, the
+stack's (``model.lors.decoder``); compare them with a config by
+:func:`settings_mismatches`.
 """
 import re
 from collections import OrderedDict

@@ -1,5 +1,6 @@
-"""LORS-AdaMixer: sharing, equivalence with AdaMixer, parameter ownership and
-bad input."""
+"""LORS-AdaMixer (AdaMixer's decoder + the stack surgery's adaptive and static
+targets): sharing, equivalence with AdaMixer, parameter ownership, the
+published init and bad input."""
 import copy
 import os.path as osp
 
@@ -10,9 +11,10 @@ from mmengine.config import ConfigDict
 
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from lors_mmdet.lors import count_parameters
-from lors_mmdet.models.adamixer import (AdaptiveMixing, LorsAdaMixerDecoder,
-                                        LorsAdaptiveMixing)
+from lors_mmdet.lors import (LorsGeneratedLinear, apply_lors, count_parameters,
+                             init_as_stock)
+from lors_mmdet.models.adamixer import (AdaMixerDecoder, AdaptiveMixing,
+                                        init_published_lors_mixing)
 
 register_all_modules(init_default_scope=True)
 
@@ -26,11 +28,13 @@ STAGE = dict(
         loss_weight=2.0),
     loss_bbox=dict(type='L1Loss', loss_weight=5.0),
     loss_iou=dict(type='GIoULoss', loss_weight=2.0))
+GENERATOR = 'adaptive_mixing.parameter_generator'
+OUT_PROJ = 'adaptive_mixing.out_proj'
 
 
-def lors_decoder_cfg(**overrides) -> ConfigDict:
+def decoder_cfg(**overrides) -> ConfigDict:
     cfg = dict(
-        type='LorsAdaMixerDecoder',
+        type='AdaMixerDecoder',
         num_stages=3,
         stage_loss_weights=[1, 1, 1],
         content_dim=D,
@@ -38,20 +42,43 @@ def lors_decoder_cfg(**overrides) -> ConfigDict:
         n_groups=G,
         in_points=P_IN,
         out_points=P_OUT,
-        core_sizes=4,
-        adaptive_terms=[1, 2, 3],
-        out_proj_ranks=[2, 3, 4],
-        bbox_head=dict(type='LorsAdaMixerDecoderStage', **STAGE),
+        bbox_head=dict(type='AdaMixerDecoderStage', **STAGE),
         test_cfg=dict(max_per_img=10))
     cfg.update(overrides)
     return ConfigDict(cfg)
 
 
-def build_lors_decoder(**overrides) -> LorsAdaMixerDecoder:
+def lors_cfg(**adaptive) -> dict:
+    """model.lors.decoder of LORS-AdaMixer at the test's sizes; ``rank`` and
+    ``factor_init`` set both the static and the adaptive ones."""
+    rank = adaptive.pop('rank', [2, 3, 4])
+    factor_init = adaptive.get('factor_init', 'kaiming')
+    return dict(include=[OUT_PROJ], rank=rank, factor_init=factor_init,
+                adaptive=dict(dict(core_size=4, adaptive_terms=[1, 2, 3],
+                                   per_group_factors=True,
+                                   factor_init='kaiming'), **adaptive))
+
+
+def build_lors_decoder(decoder=None, **adaptive) -> AdaMixerDecoder:
+    """A LORS-AdaMixer decoder as the AdaMixer detector makes and
+    initialises it: stock decoder, surgery, stock init on the stock modules,
+    the published init of the mixing."""
     torch.manual_seed(0)
-    decoder = MODELS.build(lors_decoder_cfg(**overrides))
-    decoder.init_weights()
+    decoder = MODELS.build(decoder_cfg(**(decoder or {})))
+    apply_lors(decoder, 'bbox_head', lors_cfg(**adaptive),
+               key='model.lors.decoder')
+    with init_as_stock(decoder):
+        decoder.init_weights()
+    init_published_lors_mixing(decoder.lors_bbox_head)
     return decoder
+
+
+def shared_generator(decoder):
+    return decoder.lors_bbox_head.shared_generator(0, GENERATOR)
+
+
+def shared_out_proj(decoder):
+    return decoder.lors_bbox_head.shared_linear(0, OUT_PROJ)
 
 
 def randomise_(module: torch.nn.Module) -> None:
@@ -64,8 +91,8 @@ def zero_private_residuals_(decoder) -> None:
     with torch.no_grad():
         for stage in decoder.bbox_head:
             mixing = stage.adaptive_mixing
-            mixing.generator.lors_core_generator.weight.zero_()
-            mixing.generator.lors_core_generator.bias.zero_()
+            mixing.parameter_generator.lors_core_generator.weight.zero_()
+            mixing.parameter_generator.lors_core_generator.bias.zero_()
             mixing.out_proj.lors_B.zero_()
 
 
@@ -84,18 +111,19 @@ def queries(batch: int = 2, num: int = 7):
 
 def test_shared_mixing_is_registered_once():
     decoder = build_lors_decoder()
-    shared_gen = decoder.shared_mixing_generator
-    shared_proj = decoder.shared_mixing_out_proj
+    shared_gen = shared_generator(decoder)
+    shared_proj = shared_out_proj(decoder)
     for stage in decoder.bbox_head:
-        assert stage.adaptive_mixing.generator.shared is shared_gen
+        assert isinstance(stage.adaptive_mixing, AdaptiveMixing)
+        assert stage.adaptive_mixing.parameter_generator.shared is shared_gen
         assert stage.adaptive_mixing.out_proj.shared is shared_proj
     state = decoder.state_dict()
     shared_keys = [key for key in state if 'shared' in key]
-    assert sorted(shared_keys) == [
-        'shared_mixing_generator.generator.bias',
-        'shared_mixing_generator.generator.weight',
-        'shared_mixing_out_proj.weight'
-    ]
+    assert sorted(shared_keys) == sorted([
+        f'lors_bbox_head.shared.0.{GENERATOR}.generator.bias',
+        f'lors_bbox_head.shared.0.{GENERATOR}.generator.weight',
+        f'lors_bbox_head.shared.0.{OUT_PROJ}.weight'
+    ])
     # no tensor stored twice under another name
     pointers = [tensor.data_ptr() for tensor in state.values()]
     assert len(pointers) == len(set(pointers))
@@ -125,10 +153,10 @@ def test_state_dict_round_trip_and_deepcopy_keep_sharing():
             torch.testing.assert_close(out[key], again[key])
     clone = copy.deepcopy(decoder)
     for stage in clone.bbox_head:
-        assert stage.adaptive_mixing.generator.shared is \
-            clone.shared_mixing_generator
+        assert stage.adaptive_mixing.parameter_generator.shared is \
+            shared_generator(clone)
         assert stage.adaptive_mixing.out_proj.shared is \
-            clone.shared_mixing_out_proj
+            shared_out_proj(clone)
 
 
 def test_zero_private_parts_use_exactly_the_shared_weights():
@@ -136,13 +164,13 @@ def test_zero_private_parts_use_exactly_the_shared_weights():
     randomise_(decoder)
     zero_private_residuals_(decoder)
     xyzr, content = queries()
-    shared = decoder.shared_mixing_generator(content)
+    shared = shared_generator(decoder)(content)
     for stage in decoder.bbox_head:
-        mats = stage.adaptive_mixing.generator(content)
+        mats = stage.adaptive_mixing.parameter_generator.matrices(content)
         for j in range(2):
             torch.testing.assert_close(mats.materialise(j), shared[j])
         torch.testing.assert_close(stage.adaptive_mixing.out_proj.weight,
-                                   decoder.shared_mixing_out_proj.weight)
+                                   shared_out_proj(decoder).weight)
 
 
 def copy_lors_stage_into_adamixer_stage(lors_stage, shared_gen, shared_proj):
@@ -180,8 +208,7 @@ def test_lors_stage_with_zero_residuals_equals_an_adamixer_stage():
     feats = pyramid()
     for lors_stage in decoder.bbox_head:
         plain = copy_lors_stage_into_adamixer_stage(
-            lors_stage, decoder.shared_mixing_generator,
-            decoder.shared_mixing_out_proj)
+            lors_stage, shared_generator(decoder), shared_out_proj(decoder))
         expected = plain(feats, xyzr, content, decoder.featmap_strides)
         got = lors_stage(feats, xyzr, content, decoder.featmap_strides)
         for a, b in zip(got, expected):
@@ -189,8 +216,8 @@ def test_lors_stage_with_zero_residuals_equals_an_adamixer_stage():
     # and with residuals the stages differ from the shared model
     randomise_(decoder)
     plain = copy_lors_stage_into_adamixer_stage(
-        decoder.bbox_head[0], decoder.shared_mixing_generator,
-        decoder.shared_mixing_out_proj)
+        decoder.bbox_head[0], shared_generator(decoder),
+        shared_out_proj(decoder))
     got = decoder.bbox_head[0](feats, xyzr, content, decoder.featmap_strides)
     expected = plain(feats, xyzr, content, decoder.featmap_strides)
     assert not torch.allclose(got[2], expected[2], atol=1e-3)
@@ -220,8 +247,8 @@ def test_mixing_modules_match_the_written_out_mixing():
     decoder = build_lors_decoder()
     randomise_(decoder)  # non-zero private residuals
     mixing = decoder.bbox_head[2].adaptive_mixing
-    assert isinstance(mixing, LorsAdaptiveMixing)
-    mats = mixing.generator(query)
+    assert isinstance(mixing.parameter_generator, LorsGeneratedLinear)
+    mats = mixing.parameter_generator.matrices(query)
     torch.testing.assert_close(
         mixing(x, query),
         reference_mixing(x, query, mats.materialise(0), mats.materialise(1),
@@ -233,13 +260,12 @@ def test_mixing_modules_match_the_written_out_mixing():
 @pytest.mark.parametrize('per_group_factors', [True, False])
 def test_per_stage_private_sizes(per_group_factors):
     decoder = build_lors_decoder(
-        core_sizes=[2, 3, 4], adaptive_terms=[3, 1, 2],
-        out_proj_ranks=[1, 5, 2],
+        core_size=[2, 3, 4], adaptive_terms=[3, 1, 2], rank=[1, 5, 2],
         per_group_factors=per_group_factors)
     rows = G if per_group_factors else 1
     for stage, k, terms, rank in zip(decoder.bbox_head, [2, 3, 4], [3, 1, 2],
                                      [1, 5, 2]):
-        generator = stage.adaptive_mixing.generator
+        generator = stage.adaptive_mixing.parameter_generator
         assert generator.core_size == k and generator.adaptive_terms == terms
         assert generator.per_group_factors == per_group_factors
         assert generator.lors_L[0].shape == (rows * terms, C // G, k)
@@ -260,9 +286,11 @@ def test_published_init_bounds_at_released_sizes():
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     cfg = Config.fromfile(osp.join(root, 'configs/lors_adamixer/'
                                    'lors-adamixer_r50_8xb2-1x-100q_coco.py'))
+    cfg.model.backbone.init_cfg = None  # no torchvision download
     torch.manual_seed(0)
-    decoder = MODELS.build(cfg.model.roi_head)
-    decoder.init_weights()
+    model = MODELS.build(cfg.model)  # the AdaMixer detector + model.lors
+    model.init_weights()
+    decoder = model.roi_head
     c, k, p_out, p_in, r, d = 128, 16, 128, 64, 8, 256
 
     def check_uniform(tensor, bound, name):
@@ -277,7 +305,7 @@ def test_published_init_bounds_at_released_sizes():
             round(bound_a, 4)) == (0.0541, 0.0765, 0.0135)
     for s, (stage, terms) in enumerate(
             zip(decoder.bbox_head, [1, 1, 2, 2, 3, 3])):
-        generator = stage.adaptive_mixing.generator
+        generator = stage.adaptive_mixing.parameter_generator
         out_proj = stage.adaptive_mixing.out_proj
         assert generator.lors_L[0].shape == (2 * terms, c, k)
         check_uniform(generator.lors_L[0], bound_2048, f'L^M {s}')
@@ -290,18 +318,18 @@ def test_published_init_bounds_at_released_sizes():
                      generator.lors_core_generator.weight,
                      generator.lors_core_generator.bias):
             assert torch.count_nonzero(zero) == 0
-    shared = decoder.shared_mixing_generator.generator
+    shared = shared_generator(decoder).generator
     assert torch.count_nonzero(shared.weight) == 0
     check_uniform(shared.bias, 1 / d**0.5, 'shared generator bias')
-    check_uniform(decoder.shared_mixing_out_proj.weight,
+    check_uniform(shared_out_proj(decoder).weight,
                   1 / (c * p_out * 2)**0.5, 'shared out-projection')
 
 
 def test_linear_factor_init_is_the_library_default():
     """factor_init='linear' (the ablation of the published init) gives
     the nn.Linear bounds: 1/sqrt(k) for L (per term), 1/sqrt(in) for A."""
-    decoder = build_lors_decoder(factor_init='linear', core_sizes=4)
-    generator = decoder.bbox_head[2].adaptive_mixing.generator
+    decoder = build_lors_decoder(factor_init='linear', core_size=4)
+    generator = decoder.bbox_head[2].adaptive_mixing.parameter_generator
     assert generator.factor_init == 'linear'
     assert generator.lors_L[0].abs().max() <= 1 / 4**0.5
     assert generator.lors_L[0].abs().max() > (6 / (C // G * 4))**0.5
@@ -310,31 +338,45 @@ def test_linear_factor_init_is_the_library_default():
 
 
 @pytest.mark.parametrize(
-    'overrides, match',
+    'adaptive, match',
     [
-        (dict(adaptive_terms=[1, 2]), 'adaptive_terms has 2 entries'),
-        (dict(core_sizes=[4, 4, 4, 4]), 'core_sizes has 4 entries'),
-        (dict(out_proj_ranks=[2, 2]), 'out_proj_ranks has 2 entries'),
-        (dict(core_sizes=9), r'core_sizes\[0\] = 9 is out of range'),
-        (dict(core_sizes=[4, 0, 4]), r'core_sizes\[1\] = 0'),
-        (dict(adaptive_terms=[1, 0, 1]), r'adaptive_terms\[1\] = 0'),
-        (dict(out_proj_ranks=[2, 2, 0]), r'out_proj_ranks\[2\] = 0'),
-        (dict(out_proj_ranks=D + 1), r'out_proj_ranks\[0\]'),
-        (dict(adaptive_terms='2'), 'adaptive_terms must be an int'),
-        (dict(num_terms=[1, 2, 3]), 'num_terms was renamed adaptive_terms '
-         r'\(K_i, adaptive cores per stage\); num_terms is the static '
-         "residual's term count of model.lors.decoder"),
+        (dict(adaptive_terms=[1, 2]), r'adaptive_terms must have one entry '
+         r'per layer \(num_layers=3\), got 2'),
+        (dict(core_size=[4, 4, 4, 4]), 'core_size must have one entry per'),
+        (dict(rank=[2, 2]), 'rank must have one entry per layer'),
+        (dict(core_size=9), 'core_size=9 exceeds min'),
+        (dict(core_size=[4, 0, 4]), r'core_size\[1\] must be a positive int'),
+        (dict(adaptive_terms=[1, 0, 1]),
+         r'adaptive_terms\[1\] must be a positive int'),
+        (dict(rank=[2, 2, 0]), r'rank\[2\] must be a positive int'),
+        (dict(rank=D + 1), 'rank 33 x num_terms 1 of layer 0 exceeds'),
+        (dict(adaptive_terms='2'), 'adaptive_terms must be a positive int'),
         (dict(factor_init='xavier'), 'factor_init must be one of'),
         (dict(per_group_factors='yes'), 'per_group_factors must be a bool'),
-        (dict(n_groups=3), 'n_groups=3 must divide feat_channels=32'),
-        (dict(in_points=0), 'in_points must be a positive int'),
-        (dict(stage_loss_weights=[1, 1]), 'stage_loss_weights has 2'),
-        (dict(bbox_head=dict(type='LorsAdaMixerDecoderStage', in_points=16,
-                             **STAGE)), r'bbox_head\[0\].in_points=16'),
     ])
-def test_bad_lors_config_names_the_key(overrides, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        MODELS.build(lors_decoder_cfg(**overrides))
+def test_bad_lors_config_names_the_key(adaptive, match):
+    decoder = MODELS.build(decoder_cfg())
+    with pytest.raises((ValueError, TypeError),
+                       match='model.lors.decoder.*' + match):
+        apply_lors(decoder, 'bbox_head', lors_cfg(**adaptive),
+                   key='model.lors.decoder')
+
+
+def test_stages_of_other_mixing_sizes_cannot_share_the_generator():
+    stages = [dict(type='AdaMixerDecoderStage', **STAGE)] * 2 + [
+        dict(type='AdaMixerDecoderStage', in_points=16, **STAGE)]
+    decoder = MODELS.build(decoder_cfg(bbox_head=stages))
+    with pytest.raises(ValueError, match='model.lors.decoder.adaptive: layer '
+                       '2 declares the generators'):
+        apply_lors(decoder, 'bbox_head', lors_cfg(), key='model.lors.decoder')
+
+
+@pytest.mark.parametrize('name', ['LorsAdaMixerDecoder',
+                                  'LorsAdaMixerDecoderStage'])
+def test_former_lors_types_name_the_new_config(name):
+    with pytest.raises(ValueError, match=f"'{name}' was removed: LORS-AdaMixer "
+                       'is the plain AdaMixer .* plus model.lors.decoder'):
+        MODELS.build(dict(type=name, core_sizes=4))
 
 
 @pytest.mark.parametrize(

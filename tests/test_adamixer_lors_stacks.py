@@ -1,5 +1,6 @@
 """``model.lors`` on AdaMixer and LORS-AdaMixer: the decoder stages' static
-layers as a LORS stack (the DETR family's key, validator and surgery).
+layers as a LORS stack (the DETR family's key, validator and surgery); on
+LORS-AdaMixer the same stack also holds the adaptive mixing.
 
 Exactness against the stock model in float64, ownership (each shared tensor
 once), parameter counts from the formula, errors that name the key, the
@@ -16,8 +17,7 @@ from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 from lors_mmdet.lors import (LorsLinear, LorsStack, init_as_stock,
                              merge_lors)
-from lors_mmdet.models.adamixer.merge import (merge_lors_adamixer_state_dict,
-                                              plain_adamixer_config)
+from lors_mmdet.apis.conversion import lors_and_stock_model_cfgs
 from lors_mmdet.models.lors_stacks import LorsStacksMixin, parse_lors_cfg
 
 register_all_modules(init_default_scope=True)
@@ -34,11 +34,29 @@ DEFAULT_PATHS = [
     'attention.attn.out_proj', 'sampling_offset_generator', 'ffn.layers.0.0',
     'ffn.layers.1'
 ]
+# what LORS-AdaMixer's own model.lors.decoder makes LORS
+MIXING_PATHS = ['adaptive_mixing.out_proj']
+GENERATOR = 'adaptive_mixing.parameter_generator'
 
 
 def model_cfg(name: str, lors=None):
+    """The toy config; ``lors`` replaces AdaMixer's ``model.lors``, and on
+    LORS-AdaMixer is added to its ``model.lors.decoder``: the static layers
+    join the mixing's stack (``include`` is added to the mixing's, ``rank``
+    is theirs, the mixing keeps its own)."""
     cfg = Config.fromfile(CONFIGS[name])
     cfg.model.backbone.init_cfg = None
+    if lors is not None and name == 'lors-adamixer' and 'decoder' in lors:
+        decoder = cfg.model.lors.decoder.to_dict()
+        added = dict(lors['decoder'])
+        include = list(added.pop(
+            'include', ['attention', 'sampling_offset_generator', 'ffn']))
+        if 'rank' in added:
+            rank = added.pop('rank')
+            decoder['ranks'] = {p: rank for p in include}
+        decoder.update(added)
+        decoder['include'] = decoder['include'] + include
+        lors = dict(lors, decoder=decoder)
     if lors is not None:
         cfg.model.lors = lors
     return cfg
@@ -101,19 +119,24 @@ def test_default_stack_is_the_stages_static_layers(name):
     stack = decoder_stack(model)
     assert stack.layers_path == 'bbox_head'
     assert list(stack.layers) == list(model.roi_head.bbox_head)
-    assert sorted(stack.plans) == sorted(DEFAULT_PATHS)
+    lors_adamixer = name == 'lors-adamixer'
+    assert sorted(stack.plans) == sorted(DEFAULT_PATHS + (
+        MIXING_PATHS if lors_adamixer else []))
+    assert list(stack.adaptive_plans) == ([GENERATOR] if lors_adamixer else [])
     for stage in model.roi_head.bbox_head:
         for path in DEFAULT_PATHS:
             assert isinstance(stage.get_submodule(path), LorsLinear)
-        # the adaptive mixing is left as the decoder built it
-        mixing = type(stage.adaptive_mixing).__name__
-        assert mixing == ('AdaptiveMixing' if name == 'adamixer' else
-                          'LorsAdaptiveMixing')
+        # the mixing module stays AdaMixer's; only its generator and output
+        # projection are LORS in LORS-AdaMixer
+        assert type(stage.adaptive_mixing).__name__ == 'AdaptiveMixing'
+        generator = type(stage.get_submodule(GENERATOR)).__name__
+        assert generator == ('LorsGeneratedLinear' if lors_adamixer else
+                             'Linear')
     # the same validator as the DETR family, with AdaMixer's defaults
     assert stack.config == parse_lors_cfg(
-        dict(decoder=dict(rank=4, include=[
+        model_cfg(name, dict(decoder=dict(rank=4, include=[
             'attention', 'sampling_offset_generator', 'ffn'
-        ])), parts=('decoder', ))['decoder']
+        ]))).model.lors, parts=('decoder', ))['decoder']
     assert isinstance(model, LorsStacksMixin)
 
 
@@ -153,7 +176,6 @@ def test_fresh_init_survives_init_weights():
 @pytest.mark.parametrize('name, include', [
     ('adamixer', None),
     ('adamixer', ['*']),
-    ('lors-adamixer', None),
 ])
 def test_full_rank_dense_stack_gives_the_stock_predictions_float64(
         name, include):
@@ -204,16 +226,28 @@ def test_each_shared_tensor_is_registered_once(name):
     assert len(params) == len(list(model.parameters()))
     assert sum(p.numel() for p in model.parameters()) == sum(
         t.numel() for k, t in state.items() if k in params)
+    lors_adamixer = name == 'lors-adamixer'
+    static = DEFAULT_PATHS + (MIXING_PATHS if lors_adamixer else [])
     shared_keys = sorted(k for k in state if k.startswith(
         'roi_head.lors_bbox_head.'))
+    generator = [f'roi_head.lors_bbox_head.shared.0.{GENERATOR}.generator.'
+                 f'{t}' for t in ('weight', 'bias')] if lors_adamixer else []
     assert shared_keys == sorted(
-        f'roi_head.lors_bbox_head.shared.0.{p}.weight' for p in DEFAULT_PATHS)
+        [f'roi_head.lors_bbox_head.shared.0.{p}.weight' for p in static] +
+        generator)
     for s in range(STAGES):
-        for path in DEFAULT_PATHS:
+        for path in static:
             prefix = f'roi_head.bbox_head.{s}.{path}.'
             assert sorted(k[len(prefix):] for k in state
                           if k.startswith(prefix)) == [
                               'bias', 'lors_A', 'lors_B']
+        if lors_adamixer:
+            prefix = f'roi_head.bbox_head.{s}.{GENERATOR}.'
+            assert sorted(k[len(prefix):] for k in state
+                          if k.startswith(prefix)) == [
+                              'lors_L.0', 'lors_L.1', 'lors_R.0', 'lors_R.1',
+                              'lors_core_generator.bias',
+                              'lors_core_generator.weight']
     for stage in model.roi_head.bbox_head:
         assert not any(k.startswith('lors_bbox_head') or '.shared.' in k
                        for k in stage.state_dict())
@@ -268,12 +302,13 @@ def per_stage_ffn(widths):
     ('adamixer', dict(decoder=dict(exclude=['ffn.layers.2'])), ValueError,
      r"lors\.decoder\.exclude: pattern 'ffn\.layers\.2' matches no "
      'projection'),
-    ('lors-adamixer', dict(decoder=dict(include=['*'])), ValueError,
-     r"lors\.decoder\.include selects \['adaptive_mixing\.generator\."
-     r"lors_core_generator'\], parts of LORS-AdaMixer's adaptive mixing"),
-    ('lors-adamixer', dict(decoder=dict(include=['adaptive_mixing'])),
-     ValueError, r'lors\.decoder\.include selects .*add \'adaptive_mixing\' '
-     r'to lors\.decoder\.exclude'),
+    # the generator is the adaptive target, never a static one
+    ('lors-adamixer', dict(decoder=dict(exclude=[GENERATOR])), ValueError,
+     r"lors\.decoder\.exclude: pattern 'adaptive_mixing\.parameter_generator'"
+     r' matches no projection'),
+    ('lors-adamixer', dict(decoder=dict(adaptive=dict(core_size=8,
+                                                      adaptive_terms=[1, 2]))),
+     ValueError, r'lors\.decoder\.adaptive\.adaptive_terms'),
     ('adamixer', dict(decoder=dict(num_terms=2, rank=40)), ValueError,
      r'lors\.decoder\.rank: rank 40 x num_terms 2 of layer 0 exceeds'),
     ('adamixer', dict(decoder=dict(adaptive_terms=2)), ValueError,
@@ -301,25 +336,17 @@ def test_a_stage_that_differs_cannot_be_shared():
     assert not any(path.startswith('ffn') for path in stack.plans)
 
 
-def test_old_num_terms_of_the_lors_adamixer_decoder_is_refused():
-    cfg = model_cfg('lors-adamixer')
-    cfg.model.roi_head.num_terms = cfg.model.roi_head.pop('adaptive_terms')
-    with pytest.raises(TypeError, match=(
-            r'num_terms was renamed adaptive_terms \(K_i, adaptive cores per '
-            r"stage\); num_terms is the static residual's term count of "
-            r'model\.lors\.decoder')):
-        MODELS.build(cfg.model)
-
-
 @pytest.mark.parametrize('name', ['adamixer', 'lors-adamixer'])
 def test_merge_gives_the_stock_keys_and_predictions(name):
-    model = build(name, lors=dict(decoder=dict(rank=4, include=['*'],
-                                               exclude=['adaptive_mixing'])))
+    """Merged, AdaMixer and LORS-AdaMixer (its adaptive mixing folded too)
+    both become the plain AdaMixer."""
+    model = build(name, lors=dict(decoder=dict(
+        rank=4, include=['*'], exclude=['adaptive_mixing.out_proj'])))
     randomise_(model)
     model.double().eval()
     stack = decoder_stack(model)
     assert 'fc_reg' in stack.plans and 'reg_fcs.0' in stack.plans
-    stock = build(name).double().eval()
+    stock = build('adamixer').double().eval()
     merged = copy.deepcopy(model)
     assert merge_lors(merged) == 1
     assert merged.lors_stacks() == []
@@ -333,18 +360,21 @@ def test_merge_gives_the_stock_keys_and_predictions(name):
 
 
 def test_lors_adamixer_with_static_stack_merges_into_plain_adamixer():
-    """Both foldings: the static stack (merge_lors) and LORS-AdaMixer's
-    adaptive mixing (merge_lors_adamixer_state_dict) -> plain AdaMixer."""
+    """One merge folds the static layers and LORS-AdaMixer's adaptive
+    mixing; the stock config derived from the LORS one builds the plain
+    AdaMixer that loads the merged weights strictly."""
     lors = dict(decoder=dict(rank=4))
     cfg = model_cfg('lors-adamixer', lors)
     model = build('lors-adamixer', lors)
     randomise_(model)
     model.double().eval()
-    plain_cfg = plain_adamixer_config(cfg)
-    assert 'lors' not in plain_cfg.model
-    plain = MODELS.build(plain_cfg.model).double().eval()
+    _, plain_cfg, _ = lors_and_stock_model_cfgs(cfg)
+    assert 'lors' not in plain_cfg
+    plain = MODELS.build(plain_cfg).double().eval()
     assert plain.lors_stacks() == []
-    plain.load_state_dict(merge_lors_adamixer_state_dict(model), strict=True)
+    merged = copy.deepcopy(model)
+    merge_lors(merged)
+    plain.load_state_dict(merged.state_dict(), strict=True)
     assert len(model.lors_stacks()) == 1  # the input model is left alone
     data = batch(model)
     worst = max_difference(stage_outputs(model, data),

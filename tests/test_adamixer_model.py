@@ -90,12 +90,14 @@ def test_init_follows_adamixer(detector):
             assert mixing.parameter_generator.weight.abs().max() == 0
             assert mixing.parameter_generator.bias.abs().max() > 0
         else:
-            core = mixing.generator.lors_core_generator
+            core = mixing.parameter_generator.lors_core_generator
             assert core.weight.abs().max() == 0 and core.bias.abs().max() == 0
             assert mixing.out_proj.lors_B.abs().max() == 0
             assert mixing.out_proj.bias.abs().max() == 0
     if name == 'lors':
-        shared = model.roi_head.shared_mixing_generator.generator
+        stack = model.roi_head.lors_bbox_head
+        shared = stack.shared_generator(
+            0, 'adaptive_mixing.parameter_generator').generator
         assert shared.weight.abs().max() == 0 and shared.bias.abs().max() > 0
 
 

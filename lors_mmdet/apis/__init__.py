@@ -3,12 +3,15 @@
 :mod:`.steps` holds the one implementation of each step (load a config, build
 without downloads, read a checkpoint safely, load strictly, save atomically);
 the workflows compose them: :func:`convert_checkpoint` (DETR family, stock <->
-LORS), :func:`merge_lors_adamixer_checkpoint` (LORS-AdaMixer -> plain
+LORS), :func:`compress` (a trained DETR-family detector -> LORS config and
+checkpoint, ready to fine-tune), :func:`merge_lors_adamixer_checkpoint` (LORS-AdaMixer -> plain
 AdaMixer for deployment) and :func:`import_adamixer_release` (the authors'
 AdaMixer / LORS-AdaMixer checkpoints).
 """
 from .adamixer_deployment import merge_lors_adamixer_checkpoint
 from .adamixer_release import import_adamixer_release
+from .compression import (Compression, compress, format_compression,
+                          parse_rank_overrides)
 from .detr_conversion import Conversion, convert_checkpoint, format_conversion
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
                     resolve_config_path, save_checkpoint, strip_pretrained)
@@ -16,4 +19,5 @@ from .steps import (build_model, load_config, load_strictly, read_checkpoint,
 __all__ = ['build_model', 'load_config', 'load_strictly', 'read_checkpoint',
            'resolve_config_path', 'save_checkpoint', 'strip_pretrained',
            'Conversion', 'convert_checkpoint', 'format_conversion',
+           'Compression', 'compress', 'format_compression', 'parse_rank_overrides',
            'merge_lors_adamixer_checkpoint', 'import_adamixer_release']

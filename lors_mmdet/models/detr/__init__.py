@@ -1,7 +1,9 @@
 """LORS for mmdet's DETR family (DETR, Conditional-DETR, DAB-DETR,
 Deformable-DETR, DINO, DDQ-DETR): encoder / decoder stacks by stack surgery
 (:mod:`.stacks`), stock -> LORS from trained weights by the same surgery
-(:mod:`.convert`; the checkpoint files: :mod:`lors_mmdet.apis.detr_conversion`).
+(:mod:`.convert`; the checkpoint files: :mod:`lors_mmdet.apis.detr_conversion`),
+and a trained detector compressed at chosen ranks (:mod:`.compression`; the files:
+:mod:`lors_mmdet.apis.compression`).
 """
 from .stacks import (LorsConditionalDETR, LorsDABDETR, LorsDDQDETR, LorsDETR,
                      LorsDeformableDETR, LorsDetrStacksMixin, LorsDINO,

@@ -21,21 +21,8 @@ import sys
 from mmengine.config import DictAction
 
 import lors_mmdet  # noqa: F401  (safe checkpoint loaders, registers models)
-from lors_mmdet.apis import (compress, format_compression,
+from lors_mmdet.apis import (compress, format_compression, parse_rank,
                              parse_rank_overrides)
-
-
-def parse_rank(value: str):
-    if value == 'full':
-        return value
-    try:
-        rank = int(value)
-    except ValueError:
-        rank = 0
-    if rank <= 0:
-        raise argparse.ArgumentTypeError(
-            f"--rank must be a positive int or 'full', got {value!r}")
-    return rank
 
 
 def parse_args() -> argparse.Namespace:

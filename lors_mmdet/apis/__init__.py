@@ -10,8 +10,8 @@ AdaMixer / LORS-AdaMixer checkpoints).
 """
 from .adamixer_deployment import merge_lors_adamixer_checkpoint
 from .adamixer_release import import_adamixer_release
-from .compression import (Compression, compress, format_compression,
-                          parse_rank_overrides)
+from .arguments import parse_rank, parse_rank_overrides
+from .compression import Compression, compress, format_compression
 from .detr_conversion import Conversion, convert_checkpoint, format_conversion
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
                     resolve_config_path, save_checkpoint, strip_pretrained)
@@ -19,5 +19,6 @@ from .steps import (build_model, load_config, load_strictly, read_checkpoint,
 __all__ = ['build_model', 'load_config', 'load_strictly', 'read_checkpoint',
            'resolve_config_path', 'save_checkpoint', 'strip_pretrained',
            'Conversion', 'convert_checkpoint', 'format_conversion',
-           'Compression', 'compress', 'format_compression', 'parse_rank_overrides',
+           'Compression', 'compress', 'format_compression', 'parse_rank',
+           'parse_rank_overrides',
            'merge_lors_adamixer_checkpoint', 'import_adamixer_release']

@@ -94,30 +94,6 @@ def supported_types() -> List[str]:
 
 
 # --------------------------------------------------------------------------
-# Ranks
-# --------------------------------------------------------------------------
-def parse_rank_overrides(items: Sequence[str]) -> Dict[Optional[str],
-                                                        Dict[str, int]]:
-    """``['[PART:]PATTERN=R', ...]`` -> ``{part or None: {pattern: R}}``."""
-    found: Dict[Optional[str], Dict[str, int]] = {}
-    for item in items or ():
-        pattern, sep, value = item.rpartition('=')
-        part, colon, glob = pattern.partition(':')
-        if not colon:
-            part, glob = None, pattern
-        try:
-            rank = int(value)
-        except ValueError:
-            rank = 0
-        if not sep or not glob or rank <= 0 or (part is not None
-                                                and part not in PARTS):
-            raise ValueError(f'--ranks takes [PART:]PATTERN=RANK (PART in '
-                             f'{PARTS}, RANK a positive int), got {item!r}')
-        found.setdefault(part, {})[glob] = rank
-    return found
-
-
-# --------------------------------------------------------------------------
 # Calibration: the inputs each compressed projection receives
 # --------------------------------------------------------------------------
 def calibration_loader(cfg: Config, seed: int = 0):

@@ -22,9 +22,11 @@ from mmengine.config import Config
 
 import lors_mmdet  # noqa: F401
 from lors_mmdet.apis import build_model, read_checkpoint
-from lors_mmdet.compress import (choose_ranks, compress, compress_model,
-                                 lors_stack_dict, lors_type_for,
-                                 parse_rank_overrides)
+from lors_mmdet.apis import compress, parse_rank_overrides
+from lors_mmdet.apis.compression import calibration_loader, lors_type_for
+from lors_mmdet.models.detr.compression import (choose_ranks, compress_model,
+                                                input_statistics,
+                                                lors_stack_dict)
 from lors_mmdet.engine.lors_settings import recorded_settings
 from lors_mmdet.lors import apply_lors, dense_weight, find_lors_stacks
 from lors_mmdet.models.distill import parse_distill_cfg
@@ -426,7 +428,6 @@ def test_calibrated_full_rank_is_exact(trained, data_root, tmp_path):
 def test_calibrated_init_lowers_the_output_error_at_the_same_ranks(trained, data_root):
     """At the same ranks, every projection of every layer makes no more error on the
     calibration inputs than the weight-space init, and the stack as a whole less."""
-    from lors_mmdet.compress import calibration_loader, input_statistics
     from lors_mmdet.lors.calibrated import output_error
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict(_data_cfg_options(data_root))

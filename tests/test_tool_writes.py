@@ -17,9 +17,8 @@ import torch
 from mmengine.config import Config
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.apis import (build_model, convert_checkpoint,
+from lors_mmdet.apis import (build_model, compress, convert_checkpoint,
                              merge_lors_adamixer_checkpoint)
-from lors_mmdet.compress import compress
 from lors_mmdet.engine.outputs import check_outputs, same_file
 from lors_mmdet.engine.config_source import assignment, comment, python_literal
 from lors_mmdet.engine.lors_settings import write_matching_config

@@ -21,21 +21,8 @@ import sys
 from mmengine.config import DictAction
 
 import lors_mmdet  # noqa: F401  (safe checkpoint loaders, registers models)
-from lors_mmdet.compress import (compress, format_report,
-                                 parse_rank_overrides)
-
-
-def parse_rank(value: str):
-    if value == 'full':
-        return value
-    try:
-        rank = int(value)
-    except ValueError:
-        rank = 0
-    if rank <= 0:
-        raise argparse.ArgumentTypeError(
-            f"--rank must be a positive int or 'full', got {value!r}")
-    return rank
+from lors_mmdet.apis import (compress, format_compression, parse_rank,
+                             parse_rank_overrides)
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,7 +88,7 @@ def main() -> None:
         refit_shared=args.refit_shared, cfg_options=args.cfg_options,
         command=' '.join(map(shlex.quote, ['python', 'tools/compress.py',
                                            *sys.argv[1:]])))
-    print(format_report(result))
+    print(format_compression(result))
     print(f'fine-tune: tools/dist_train.sh {shlex.quote(result.config)} '
           'GPUS   (or python tools/train.py ...)')
 

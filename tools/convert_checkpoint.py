@@ -35,20 +35,7 @@ import argparse
 import lors_mmdet  # noqa: F401  (compat fixes, registers the LORS models)
 from lors_mmdet.engine import (check_outputs, fit_config, format_config_fit,
                                matching_config_path)
-from lors_mmdet.apis import convert_checkpoint, format_conversion
-
-
-def parse_rank(value: str):
-    if value == 'full':
-        return value
-    try:
-        rank = int(value)
-    except ValueError:
-        rank = 0
-    if rank <= 0:
-        raise argparse.ArgumentTypeError(
-            f"--rank must be a positive int or 'full', got {value!r}")
-    return rank
+from lors_mmdet.apis import convert_checkpoint, format_conversion, parse_rank
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,8 +30,8 @@ step_done "data set"
 
 echo "== 2/4 pretrained toy backbone"
 BACKBONE=checkpoints/toy/resnet18-tiny_shapes.pth
-if ! "$PYTHON" -c 'import sys; from mmengine.config import Config
-sys.exit(sys.argv[2] not in Config.fromfile(sys.argv[1]).pretty_text)' "$CONFIG" "$BACKBONE"; then
+if ! "$PYTHON" -c 'import sys; from lors_mmdet.apis import load_config
+sys.exit(sys.argv[2] not in load_config(sys.argv[1]).pretty_text)' "$CONFIG" "$BACKBONE"; then
   echo "not used by $CONFIG"
 elif [ -f "$BACKBONE" ]; then
   echo "shipped with the repository: $BACKBONE (tools/pretrain_toy_backbone.py regenerates it)"

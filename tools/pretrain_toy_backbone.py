@@ -47,8 +47,8 @@ TOY_MODEL = osp.join(ROOT, 'configs/_base_/models/detr-4scale_r18-tiny_toy.py')
 @functools.lru_cache(maxsize=1)  # read once, not per split / per use
 def toy_model_cfg() -> Tuple[dict, np.ndarray, np.ndarray]:
     """The toy configs' backbone (last stage only, no init) and their RGB mean and std."""
-    from mmengine.config import Config
-    model = Config.fromfile(TOY_MODEL).model
+    from lors_mmdet.engine.config_files import load_config
+    model = load_config(TOY_MODEL).model
     backbone = dict(model.backbone.to_dict(), out_indices=(3, ), init_cfg=None)
     preprocessor = model.data_preprocessor
     return (backbone, np.array(preprocessor.mean, dtype=np.float32),

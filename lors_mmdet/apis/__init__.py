@@ -4,10 +4,13 @@
 without downloads, read a checkpoint safely, load strictly, save atomically);
 the workflows compose them: :func:`convert_checkpoint` (stock <-> LORS for
 every detector with ``model.lors``; to-stock is also the merge for
-deployment) and :func:`import_adamixer_release` (the authors' AdaMixer /
-LORS-AdaMixer checkpoints).
+deployment), :func:`compress` (a trained DETR-family detector -> LORS config
+and checkpoint, ready to fine-tune) and :func:`import_adamixer_release` (the
+authors' AdaMixer / LORS-AdaMixer checkpoints).
 """
 from .adamixer_release import import_adamixer_release
+from .arguments import parse_rank, parse_rank_overrides
+from .compression import Compression, compress, format_compression
 from .conversion import Conversion, convert_checkpoint, format_conversion
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
                     resolve_config_path, save_checkpoint, strip_pretrained)
@@ -15,4 +18,5 @@ from .steps import (build_model, load_config, load_strictly, read_checkpoint,
 __all__ = ['build_model', 'load_config', 'load_strictly', 'read_checkpoint',
            'resolve_config_path', 'save_checkpoint', 'strip_pretrained',
            'Conversion', 'convert_checkpoint', 'format_conversion',
-           'import_adamixer_release']
+           'Compression', 'compress', 'format_compression', 'parse_rank',
+           'parse_rank_overrides', 'import_adamixer_release']

@@ -1,68 +1,25 @@
 """The steps every workflow composes: files become models and back.
 
-One implementation of each: load a config (a file or ``<package>::<path>``),
-build a model without downloads, read a checkpoint safely, load it strictly
+One implementation of each: load a config (a file or ``<package>::<path>``;
+:mod:`lors_mmdet.engine.config_files`, re-exported here), build a model without downloads, read a checkpoint safely, load it strictly
 with the offending keys named, save a checkpoint atomically. Everything above
 ``models/`` that reads or writes these files goes through here.
 """
 import copy
-import importlib.util
-import os.path as osp
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from mmengine.config import Config
 from torch import Tensor, nn
 
 from lors_mmdet.checkpoint_loading import load_any_checkpoint
 from lors_mmdet.engine import save_checkpoint_file
+# Re-exported: the one config loader lives in engine/, whose launch checks use it too.
+from lors_mmdet.engine.config_files import (load_config,  # noqa: F401
+                                            resolve_config_path)
 from lors_mmdet.engine.load_checks import CheckpointMismatchError
 
 StateDict = Dict[str, Tensor]
 _WRAPPER_PREFIX = 'module.'
-
-
-def resolve_config_path(config: str) -> str:
-    """The file of ``config``.
-
-    ``<package>::<path>`` (e.g. ``mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py``)
-    names a config installed with an OpenMMLab package, as in a config's
-    ``_base_``; it is looked up in the package's ``.mim/configs`` only
-    (nothing is installed or downloaded).
-
-    Args:
-        config: A config file path or ``<package>::<path>``.
-
-    Raises:
-        FileNotFoundError: There is no such file, named with where it was
-            looked for.
-    """
-    if '::' not in config:
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config file {config} does not exist')
-        return config
-    package, _, relative = config.partition('::')
-    spec = importlib.util.find_spec(package) if package.isidentifier() else None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f'{config}: {package!r} is no installed package')
-    root = list(spec.submodule_search_locations)[0]
-    path = osp.join(root, '.mim', 'configs', relative)
-    if not osp.isfile(path):
-        module = importlib.import_module(package)
-        version = getattr(module, '__version__', '')
-        raise FileNotFoundError(f'{config}: no such config in {package} {version} '
-                                f'(looked for {path})')
-    return path
-
-
-def load_config(config: Union[str, Config]) -> Config:
-    """A loaded config: a file, ``<package>::<path>``, or a copy of ``config``.
-
-    Args:
-        config: See :func:`resolve_config_path`, or a loaded Config.
-    """
-    if isinstance(config, str):
-        return Config.fromfile(resolve_config_path(config))
-    return copy.deepcopy(config)
 
 
 def _without_pretrained(model_cfg: Mapping) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from mmengine.config import Config, DictAction
 
 from .atomic_checkpoint import AtomicLocalBackend
+from .config_files import base_reference, load_config
 from .config_source import assignment, comment, one_line
 from .outputs import check_outputs
 
@@ -230,7 +231,8 @@ def write_matching_config(config: str, settings: Mapping[str, Any],
     recorded settings where ``config`` differs.
 
     Args:
-        config: the config file the checkpoint was converted for.
+        config: the config the checkpoint was converted for (a file or
+            ``<package>::<path>``).
         settings: the LORS settings recorded in the checkpoint.
         path: the new config (see :func:`matching_config_path`).
         checkpoint: the checkpoint it matches (named in its header).
@@ -241,8 +243,8 @@ def write_matching_config(config: str, settings: Mapping[str, Any],
     """
     check_outputs(dict(config=config, checkpoint=checkpoint),
                   dict(config=path))
-    patch = settings_patch(Config.fromfile(config), settings)
-    base = osp.relpath(osp.abspath(config), osp.dirname(osp.abspath(path)))
+    patch = settings_patch(load_config(config), settings)
+    base = base_reference(config, osp.dirname(osp.abspath(path)))
     lines = [
         GENERATED_HEADER + one_line(
             f'the LORS settings of {osp.basename(checkpoint)}'),
@@ -252,7 +254,7 @@ def write_matching_config(config: str, settings: Mapping[str, Any],
     ]
     lines += [assignment(key, value) for key, value in patch.items()]
     AtomicLocalBackend().put_text('\n'.join(lines) + '\n', path)
-    left = differences(Config.fromfile(path), settings)
+    left = differences(load_config(path), settings)
     if left:
         raise RuntimeError(f'{path} does not reproduce the recorded LORS '
                            f'settings: {left}')
@@ -283,7 +285,7 @@ def fit_config(config: str, checkpoint: str, settings: Mapping[str, Any],
     """Compare recorded settings with ``config``; where they differ, write
     the matching config (to ``matching_config``, default
     :func:`matching_config_path`)."""
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)
     found = differences(cfg, settings)
     if not found:
         return ConfigFit(config, checkpoint, {}, [], None)

@@ -9,6 +9,8 @@ from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_availa
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 
+from .config_files import load_config
+
 DATA_HINTS = {
     'synthetic': 'generate it with: python tools/generate_synthetic_coco.py',
     'pretrained': "the toy configs' backbone is made by: python tools/pretrain_toy_backbone.py",
@@ -21,12 +23,12 @@ def load_tool_config(config: str, launcher: str, work_dir: Optional[str],
     """Load a config the way tools/train.py and tools/test.py share.
 
     Args:
-        config: Config file path.
+        config: Config file path or ``<package>::<path>``.
         launcher: Job launcher, stored as ``cfg.launcher``.
         work_dir: ``--work-dir``; otherwise the config's, or ``work_dirs/<config name>``.
         cfg_options: ``--cfg-options`` overrides.
     """
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)

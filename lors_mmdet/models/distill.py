@@ -71,16 +71,12 @@ def build_teacher(teacher_config: str, teacher_checkpoint: str) -> nn.Module:
     """The stock model of ``teacher_config``, loaded from the checkpoint,
     frozen and in eval mode."""
     from mmdet.registry import MODELS
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
 
     import lors_mmdet.compat  # noqa: F401  (safe loaders for every scheme)
-    if '::' in teacher_config:
-        from mmengine.hub import get_config
-        cfg = get_config(teacher_config)
-    else:
-        cfg = Config.fromfile(teacher_config)
+    from lors_mmdet.engine.config_files import load_config
+    cfg = load_config(teacher_config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     teacher = MODELS.build(copy.deepcopy(cfg.model))
     load_checkpoint(teacher, teacher_checkpoint, map_location='cpu',

@@ -1,13 +1,15 @@
 """Compress a trained DETR-family detector into a LORS one, ready to fine-tune.
 
-The stock model is built from its config and loaded from its checkpoint (a
-file or a URL, through the safe loader: nothing in it runs). Then
-:func:`~lors_mmdet.lors.apply_lors` turns the chosen stacks (decoder,
-encoder) into LORS stacks initialised from the trained weights (shared = mean
-of the layers, private = truncated SVD of each layer's residual), at one rank
-per projection kind: given, or the smallest that keeps a target fraction of
-every layer's residual energy (:mod:`lors_mmdet.lors.rank_selection`). Out
-come, side by side:
+The workflow (:func:`compress`): the stock model is built from its config and
+loaded strictly from its checkpoint (a file or a URL, through the safe loader:
+nothing in it runs; :mod:`.steps`). Then
+:func:`~lors_mmdet.models.detr.compression.compress_model` turns the chosen
+stacks (decoder, encoder) into LORS stacks initialised from the trained weights
+(shared = mean of the layers, private = truncated SVD of each layer's
+residual), at one rank per projection kind: given, or the smallest that keeps a
+target fraction of every layer's residual energy
+(:mod:`lors_mmdet.lors.rank_selection`); with ``calibrate``, fitted to the
+inputs of the config's own train batches. Out come, side by side:
 
 - ``<name>.pth``: the LORS checkpoint; ``meta['lors_settings']`` records the
   model type and ``lors`` dict it needs (:mod:`lors_mmdet.engine.lors_settings`);
@@ -23,39 +25,33 @@ existing file is only replaced with ``force=True``.
 Works for every detector whose LORS variant takes ``lors=dict(encoder=...,
 decoder=...)`` (:class:`~lors_mmdet.models.detr.LorsDetrStacksMixin`).
 """
-import collections
 import contextlib
 import copy
-import io
 import math
 import os
 import os.path as osp
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
 from mmengine.config import Config
-from torch import nn
 
-from lors_mmdet.apis.steps import (build_model, load_config, load_strictly,
-                                   read_checkpoint)
 from lors_mmdet.engine import check_outputs
 from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
+from lors_mmdet.engine.config_files import base_reference
 from lors_mmdet.engine.config_source import assignment, comment, one_line
 from lors_mmdet.engine.lors_settings import (GENERATED_HEADER, META_KEY,
                                              differences, plain)
-from lors_mmdet.lors import (InputSecondMoment, RankChoice, apply_lors,
-                             calibrated_factors, choose_stack_ranks,
-                             count_parameters, dense_weight, find_lors_stacks)
-from lors_mmdet.lors.calibrated import whitened_residual_spectrum
-from lors_mmdet.lors.stack_config import matches
+from lors_mmdet.lors import RankChoice
+from lors_mmdet.models.detr.compression import (PARTS, RankSpec, compress_model,
+                                                input_statistics, is_number,
+                                                parameter_counts)
+from lors_mmdet.models.detr.stacks import LorsDetrStacksMixin
+from lors_mmdet.models.distill import parse_distill_cfg
+from .steps import (build_model, load_config, load_strictly, read_checkpoint,
+                    save_checkpoint)
 
-PARTS = ('encoder', 'decoder')
-# {part: {projection path: [E[x x^T] of each layer's inputs]}}
-Statistics = Dict[str, Dict[str, List[torch.Tensor]]]
-RankSpec = Union[int, str]
 # An output name is a file stem: letters, digits, '_', '+', '-', '.'; no
 # leading '.' or '-' (a hidden file, a command-line option); no spaces,
 # quotes, braces, slashes or line breaks.
@@ -63,7 +59,7 @@ NAME_PATTERN = re.compile(r'[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}')
 
 
 # --------------------------------------------------------------------------
-# Models
+# The LORS variant of the stock detector
 # --------------------------------------------------------------------------
 def lors_type_for(stock_type: str) -> str:
     """The registered LORS variant of a stock detector type.
@@ -74,8 +70,6 @@ def lors_type_for(stock_type: str) -> str:
     """
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
-
-    from lors_mmdet.models.detr.stacks import LorsDetrStacksMixin
     init_default_scope('mmdet')
     if not isinstance(stock_type, str) or stock_type.startswith('Lors'):
         raise ValueError(f'model.type must be a stock mmdet detector (the '
@@ -94,145 +88,14 @@ def lors_type_for(stock_type: str) -> str:
 def supported_types() -> List[str]:
     """Stock types whose ``Lors<Type>`` takes ``lors=dict(...)``."""
     from mmdet.registry import MODELS
-
-    from lors_mmdet.models.detr.stacks import LorsDetrStacksMixin
     return [name[4:] for name, cls in MODELS.module_dict.items()
             if name.startswith('Lors') and isinstance(cls, type)
             and issubclass(cls, LorsDetrStacksMixin)]
 
 
-def parameter_counts(model: nn.Module) -> Dict[str, int]:
-    """Parameters of the encoder, decoder, transformer (= encoder +
-    decoder) and whole model, each tensor once."""
-    counts = {part: count_parameters(getattr(model, part)).total
-              for part in PARTS if isinstance(getattr(model, part, None),
-                                              nn.Module)}
-    counts['transformer'] = sum(counts.values())
-    counts['total'] = count_parameters(model).total
-    return counts
-
-
-# --------------------------------------------------------------------------
-# Ranks
-# --------------------------------------------------------------------------
-def parse_rank_overrides(items: Sequence[str]) -> Dict[Optional[str],
-                                                        Dict[str, int]]:
-    """``['[PART:]PATTERN=R', ...]`` -> ``{part or None: {pattern: R}}``."""
-    found: Dict[Optional[str], Dict[str, int]] = {}
-    for item in items or ():
-        pattern, sep, value = item.rpartition('=')
-        part, colon, glob = pattern.partition(':')
-        if not colon:
-            part, glob = None, pattern
-        try:
-            rank = int(value)
-        except ValueError:
-            rank = 0
-        if not sep or not glob or rank <= 0 or (part is not None
-                                                and part not in PARTS):
-            raise ValueError(f'--ranks takes [PART:]PATTERN=RANK (PART in '
-                             f'{PARTS}, RANK a positive int), got {item!r}')
-        found.setdefault(part, {})[glob] = rank
-    return found
-
-
-def choose_ranks(model: nn.Module,
-                 parts: Sequence[str],
-                 rank: Optional[RankSpec] = None,
-                 energy: Optional[float] = None,
-                 ranks: Optional[Mapping[Optional[str], Mapping[str,
-                                                                int]]] = None
-                 ) -> Dict[str, Dict[str, RankChoice]]:
-    """Per part and projection, the rank and the residual energy it keeps.
-
-    Args:
-        model: the stock model (trained weights).
-        parts: stacks to compress, of ``('encoder', 'decoder')``.
-        rank: one rank for all projections (int or ``'full'``).
-        energy: the energy target instead (exactly one of the two).
-        ranks: ``{part or None (all parts): {pattern: rank}}`` overrides.
-    """
-    if (rank is None) == (energy is None):
-        raise ValueError('give exactly one of a rank and an energy target')
-    ranks = ranks or {}
-    unused = {(p, g) for p, patterns in ranks.items() for g in patterns}
-    choices = {}
-    for part in parts:
-        owner = getattr(model, part, None)
-        if not isinstance(getattr(owner, 'layers', None), nn.ModuleList):
-            raise ValueError(f'model.{part} has no stack of layers '
-                             f'({type(model).__name__})')
-        paths = list(choose_stack_ranks(owner, 'layers', dict(rank=1)))
-        overrides = {}
-        for scope in (part, None):  # the part's own patterns first
-            for pattern, value in (ranks.get(scope) or {}).items():
-                if any(matches(path, pattern) for path in paths):
-                    overrides.setdefault(pattern, value)
-                    unused.discard((scope, pattern))
-        config = dict(rank=rank if rank is not None else 1, ranks=overrides)
-        choices[part] = choose_stack_ranks(owner, 'layers', config, energy,
-                                           key=f'--rank/--ranks ({part})')
-    if unused:
-        raise ValueError(f'--ranks pattern(s) match no projection: '
-                         f'{sorted(f"{p}:{g}" if p else g for p, g in unused)}')
-    return choices
-
-
-def compress_model(model: nn.Module,
-                   parts: Sequence[str],
-                   rank: Optional[RankSpec] = None,
-                   energy: Optional[float] = None,
-                   ranks: Optional[Mapping] = None,
-                   stats: Optional[Statistics] = None,
-                   budget: Optional[float] = None,
-                   iterations: int = 0):
-    """Turn the ``parts`` stacks of a trained stock model into LORS stacks
-    initialised from its weights, in place.
-
-    Without ``stats``: weight-space init (shared = mean, truncated SVD of each
-    residual) at the ranks of :func:`choose_ranks`. With ``stats``
-    (:func:`input_statistics`): the same ranks, or with ``budget`` those of
-    :func:`budget_choices`, and factors fitted to the measured inputs
-    (:func:`fit_to_inputs_`, ``iterations`` shared-weight refits).
-
-    Returns:
-        ``(lors dict of the LORS variant's config, choices, output errors)``; the
-        output errors (``{part: {path: [relative error per layer]}}``) only with
-        ``stats``, else None.
-    """
-    if budget is not None:
-        if stats is None:
-            raise ValueError('a parameter budget (--budget) allocates ranks by the '
-                             'measured output error: it needs --calibrate N')
-        if rank is not None or energy is not None or ranks:
-            raise ValueError('give a parameter budget (--budget) or ranks (--rank, '
-                             '--energy, --ranks), not both')
-        choices = budget_choices(model, parts, stats, budget)
-    else:
-        choices = choose_ranks(model, parts, rank, energy, ranks)
-    stock = ({part: _stock_weights(model, part, list(choices[part])) for part in parts}
-             if stats is not None else None)
-    lors = {part: lors_stack_dict(choices[part]) for part in parts}
-    for part in parts:
-        apply_lors(getattr(model, part), 'layers',
-                   dict(lors[part], init='dense'), key=f'lors.{part}')
-    errors = None
-    if stats is not None:
-        errors = fit_to_inputs_(model, parts, stock, stats, iterations)
-    return lors, choices, errors
-
-
 # --------------------------------------------------------------------------
 # Calibration: the inputs each compressed projection receives
 # --------------------------------------------------------------------------
-def _stack_of(model: nn.Module, part: str):
-    """The one LORS stack of ``model.<part>``."""
-    stacks = find_lors_stacks(getattr(model, part))
-    if len(stacks) != 1:
-        raise ValueError(f'model.{part} holds {len(stacks)} LORS stacks, expected 1')
-    return stacks[0][1]
-
-
 def calibration_loader(cfg: Config, seed: int = 0):
     """The config's own train dataloader, in this process (no workers) and seeded:
     the same batches, augmentation included, on every run."""
@@ -241,214 +104,6 @@ def calibration_loader(cfg: Config, seed: int = 0):
     loader_cfg.update(num_workers=0, persistent_workers=False)
     loader_cfg.pop('prefetch_factor', None)
     return Runner.build_dataloader(loader_cfg, seed=seed)
-
-
-@torch.no_grad()
-def input_statistics(model: nn.Module, parts: Sequence[str], batches,
-                     num_batches: int, progress: bool = True,
-                     device: Optional[str] = None) -> Statistics:
-    """Per part, projection and layer, the second moment ``E[x x^T]`` (float64) of
-    the inputs the stock model's projections receive on ``num_batches`` batches.
-
-    A copy of the model is turned into LORS at full rank (the stock function, with
-    every projection a module of its own, attention's q/k/v/out included); forward
-    pre-hooks on its projections stream the statistics. ``model`` is not changed.
-
-    Args:
-        model: the stock detector (trained weights).
-        parts: the stacks that will be compressed.
-        batches: an iterable of data batches (:func:`calibration_loader`).
-        num_batches: how many to run (inference mode, as the detector predicts).
-        progress: show a progress bar.
-        device: where the batches run (default: the first CUDA device if there
-            is one, else the CPU); the statistics come back on the CPU.
-    """
-    from lors_mmdet.progress import progress_bar
-    if not isinstance(num_batches, int) or isinstance(num_batches, bool) \
-            or num_batches < 1:
-        raise ValueError(f'the number of calibration batches (--calibrate) must be '
-                         f'a positive int, got {num_batches!r}')
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    probe = copy.deepcopy(model).to(device).eval()
-    moments: Dict[str, Dict[str, List[InputSecondMoment]]] = {}
-    handles = []
-    for part in parts:
-        apply_lors(getattr(probe, part), 'layers', dict(rank='full', init='dense'),
-                   key=f'lors.{part}')
-        stack = _stack_of(probe, part)
-        moments[part] = {}
-        for path in stack.plans:
-            moments[part][path] = []
-            for lors in stack.lors_linears(path):
-                moment = InputSecondMoment(lors.in_features)
-                handles.append(lors.register_forward_pre_hook(moment.hook))
-                moments[part][path].append(moment)
-    bar = progress_bar(num_batches, 'calibration', 'batch') if progress else None
-    done = 0
-    try:
-        for batch in batches:
-            if done == num_batches:
-                break
-            data = probe.data_preprocessor(batch, False)
-            probe(**data, mode='predict')
-            done += 1
-            if bar is not None:
-                bar.update(1)
-    finally:
-        for handle in handles:
-            handle.remove()
-        if bar is not None:
-            bar.close()
-    if done < num_batches:
-        raise ValueError(f'--calibrate {num_batches}: the train dataloader gave only '
-                         f'{done} batches')
-    return {part: {path: [m.value for m in layer_moments]
-                   for path, layer_moments in paths.items()}
-            for part, paths in moments.items()}
-
-
-def _stock_weights(model: nn.Module, part: str,
-                   paths: Sequence[str]) -> Dict[str, List[torch.Tensor]]:
-    layers = getattr(model, part).layers
-    return {path: [dense_weight(layer, path).detach().clone() for layer in layers]
-            for path in paths}
-
-
-def budget_choices(model: nn.Module, parts: Sequence[str], stats: Statistics,
-                   budget: float) -> Dict[str, Dict[str, RankChoice]]:
-    """Per-layer ranks that keep the transformer (encoder + decoder) within ``budget``
-    x its stock parameters while removing the most measured output error.
-
-    Every layer's residual starts at rank 1 (the smallest the surgery builds); then,
-    greedily, the (projection, layer) whose next rank removes the most relative
-    output error per parameter gets it, while the budget allows. The error of a
-    layer at rank ``r`` is what the whitened residual's singular values beyond ``r``
-    hold, relative to the layer's output energy ``|W_i C_i^{1/2}|_F^2``, with the
-    mean of the layers as the shared weight (:mod:`lors_mmdet.lors.calibrated`).
-
-    Args:
-        model: the stock detector.
-        parts: stacks to compress.
-        stats: :func:`input_statistics` of those parts.
-        budget: fraction in (0, 1) of the stock transformer's parameters.
-
-    Returns:
-        ``{part: {path: RankChoice}}`` with per-layer ``layer_ranks`` (``rank`` their
-        maximum), ``kept_energy`` the fraction of each whitened residual's energy
-        kept and ``target`` the budget.
-    """
-    import heapq
-    if not (_is_number(budget) and 0 < budget < 1):
-        raise ValueError(f'the parameter budget (--budget) must be a fraction in '
-                         f'(0, 1) of the stock transformer, got {budget!r}')
-    total = parameter_counts(model)['transformer']
-    allowed = budget * total
-    spent = total
-    items = []  # [part, path, layer, out + in, tail energies, output energy]
-    for part in parts:
-        weights = _stock_weights(model, part, list(stats[part]))
-        for path, layer_weights in weights.items():
-            out_features, in_features = layer_weights[0].shape
-            spent -= (len(layer_weights) - 1) * out_features * in_features
-            mean = torch.stack([w.double() for w in layer_weights]).mean(0)
-            for i, (w, cov) in enumerate(zip(layer_weights, stats[part][path])):
-                spectrum, energy = whitened_residual_spectrum(w, mean, cov)
-                items.append([part, path, i, out_features + in_features, spectrum,
-                              energy])
-    spent += sum(item[3] for item in items)  # rank 1 everywhere
-    if spent > allowed:
-        raise ValueError(f'--budget {budget}: even rank 1 everywhere keeps '
-                         f'{spent / total:.1%} of the stock transformer\'s '
-                         f'{total:,d} parameters; the budget must be above that')
-    ranks = [1] * len(items)
-
-    def gain(k: int) -> float:
-        spectrum, energy = items[k][4], items[k][5]
-        r = ranks[k]
-        return float(spectrum[r]) / energy if r < len(spectrum) and energy > 0 else 0.0
-
-    heap = [(-gain(k) / items[k][3], k) for k in range(len(items))]
-    heapq.heapify(heap)
-    while heap:
-        neg, k = heapq.heappop(heap)
-        if neg == 0 or spent + items[k][3] > allowed:
-            if neg == 0:
-                break
-            continue  # too dear now; a cheaper projection may still fit
-        ranks[k] += 1
-        spent += items[k][3]
-        if ranks[k] < len(items[k][4]):
-            heapq.heappush(heap, (-gain(k) / items[k][3], k))
-    choices: Dict[str, Dict[str, RankChoice]] = {part: {} for part in parts}
-    for part in parts:
-        for path in stats[part]:
-            chosen = [(k, ranks[k]) for k, item in enumerate(items)
-                      if item[0] == part and item[1] == path]
-            kept = []
-            for k, r in chosen:
-                spectrum = items[k][4]
-                whole = float(spectrum.sum())
-                kept.append(float(spectrum[:r].sum()) / whole if whole > 0 else 1.0)
-            layer_ranks = tuple(r for _, r in chosen)
-            choices[part][path] = RankChoice(
-                max(layer_ranks), len(items[chosen[0][0]][4]), layer_ranks,
-                tuple(kept), budget, per_layer=True)
-    return choices
-
-
-@torch.no_grad()
-def fit_to_inputs_(model: nn.Module, parts: Sequence[str],
-                   stock: Dict[str, Dict[str, List[torch.Tensor]]], stats: Statistics,
-                   iterations: int = 0) -> Dict[str, Dict[str, List[float]]]:
-    """Overwrite the shared weights and private factors of the LORS stacks of
-    ``parts`` with those fitted to the measured inputs (per group of layers,
-    :func:`~lors_mmdet.lors.calibrated_factors`), at the ranks the stacks were built
-    with.
-
-    Args:
-        model: the model after the surgery.
-        parts: its LORS stacks.
-        stock: ``{part: {path: [stock weight per layer]}}``.
-        stats: :func:`input_statistics`.
-        iterations: alternations of the shared-weight refit.
-
-    Returns:
-        ``{part: {path: [relative output error per layer]}}``.
-    """
-    errors: Dict[str, Dict[str, List[float]]] = {}
-    for part in parts:
-        stack = _stack_of(model, part)
-        errors[part] = {}
-        for path, plan in stack.plans.items():
-            layers = stack.lors_linears(path)
-            per_layer = [0.0] * len(layers)
-            for group, members in enumerate(stack.groups):
-                shared, factors, group_errors = calibrated_factors(
-                    [stock[part][path][i] for i in members],
-                    [stats[part][path][i] for i in members],
-                    [plan.ranks[i] * plan.num_terms[i] for i in members], iterations)
-                target = stack.shared_linear(group, path).weight
-                target.copy_(shared.to(target))
-                for i, (b, a), error in zip(members, factors, group_errors):
-                    layers[i].lors_B.copy_(b.to(layers[i].lors_B))
-                    layers[i].lors_A.copy_(a.to(layers[i].lors_A))
-                    per_layer[i] = error
-            errors[part][path] = per_layer
-    return errors
-
-
-def lors_stack_dict(choices: Mapping[str, RankChoice]) -> dict:
-    """The ``lors`` dict of one stack: the most common rank as ``rank``
-    (ties: the larger), exact paths of the others in ``ranks``."""
-    def spec(c: RankChoice):  # per-layer ranks where a budget chose them
-        return list(c.layer_ranks) if c.per_layer and len(set(c.layer_ranks)) > 1 \
-            else c.rank
-    counts = collections.Counter(spec(c) for c in choices.values()
-                                 if not isinstance(spec(c), list))
-    common = max(counts, key=lambda r: (counts[r], r)) if counts else 1
-    others = {path: spec(c) for path, c in choices.items() if spec(c) != common}
-    return dict(rank=common, ranks=others) if others else dict(rank=common)
 
 
 # --------------------------------------------------------------------------
@@ -468,10 +123,10 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
     Returns:
         ``({config key: value}, header lines)``.
     """
-    if not (_is_number(fraction) and 0 < fraction <= 1):
+    if not (is_number(fraction) and 0 < fraction <= 1):
         raise ValueError(f'the fine-tune fraction (--finetune-fraction) must '
                          f'be in (0, 1], got {fraction!r}')
-    if not (_is_number(lr_factor) and math.isfinite(lr_factor)
+    if not (is_number(lr_factor) and math.isfinite(lr_factor)
             and lr_factor > 0):
         raise ValueError(f'the fine-tune lr factor (--lr-factor) must be a '
                          f'finite number > 0, got {lr_factor!r}')
@@ -513,10 +168,6 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
     return overrides, header
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 # --------------------------------------------------------------------------
 # The whole command
 # --------------------------------------------------------------------------
@@ -528,7 +179,8 @@ class Compression:
         config: the written config; checkpoint: the written checkpoint.
         lors_type: the LORS model type; lors: the ``lors`` dict.
         choices: ``{part: {path: RankChoice}}``.
-        params_before / params_after: :func:`parameter_counts`.
+        params_before / params_after: see
+            :func:`~lors_mmdet.models.detr.compression.parameter_counts`.
         schedule: the fine-tune overrides in the config.
         output_errors: with calibration, ``{part: {path: [relative output error
             |(W_i - W'_i) C_i^{1/2}| / |W_i C_i^{1/2}| per layer]}}``.
@@ -542,16 +194,6 @@ class Compression:
     params_after: Dict[str, int]
     schedule: dict = field(default_factory=dict)
     output_errors: Optional[Dict[str, Dict[str, List[float]]]] = None
-
-
-def _write_atomically(data: bytes, path: str) -> None:
-    AtomicLocalBackend().put(data, path)
-
-
-def _base_reference(config: str, out_dir: str) -> str:
-    if '::' in config:
-        return config
-    return osp.relpath(osp.abspath(config), osp.abspath(out_dir))
 
 
 def _custom_imports(cfg: Config) -> dict:
@@ -580,7 +222,7 @@ def config_text(config: str, out_dir: str, checkpoint: str, lors_type: str,
         '# private = truncated SVD of each residual; load_from is the',
         '# compressed checkpoint.',
         *map(comment, header),
-        assignment('_base_', _base_reference(config, out_dir)),
+        assignment('_base_', base_reference(config, out_dir)),
         '',
         assignment('custom_imports', _custom_imports(cfg)),
         assignment('model', model),
@@ -663,7 +305,8 @@ def compress(config: str,
         out_dir: output folder (created).
         name: file name stem (default ``lors-compressed_<config stem>``).
         parts: the stacks to compress.
-        rank / energy / ranks: see :func:`choose_ranks`.
+        rank / energy / ranks: see
+            :func:`~lors_mmdet.models.detr.compression.choose_ranks`.
         fraction / lr_factor: see :func:`finetune_schedule`.
         distill: ``dict(weight=...)`` to distil from the stock model during
             the fine-tune (teacher = ``config`` + ``checkpoint``), or None.
@@ -671,17 +314,17 @@ def compress(config: str,
         command: the command line, recorded in the config header.
         calibrate: run this many batches of the config's train dataloader through
             the stock model and fit the LORS factors to the inputs each projection
-            receives (:func:`input_statistics`, :func:`fit_to_inputs_`); None: the
-            weight-space init.
+            receives (``input_statistics`` and ``fit_to_inputs_`` of
+            :mod:`lors_mmdet.models.detr.compression`); None: the weight-space
+            init.
         budget: instead of ranks, a fraction of the stock transformer's parameters
-            to keep; per-layer ranks chosen by measured error
-            (:func:`budget_choices`, needs ``calibrate``).
+            to keep; per-layer ranks chosen by measured error (``budget_choices``
+            of the same module; needs ``calibrate``).
         refit_shared: alternations of the shared-weight refit (with ``calibrate``).
         cfg_options: overrides of the stock config for this command only (e.g. the
             calibration data's root), as ``--cfg-options``; not written into the
             output config.
     """
-    from lors_mmdet.models.distill import parse_distill_cfg
     parts = list(dict.fromkeys(parts))
     if not parts or any(p not in PARTS for p in parts):
         raise ValueError(f'stacks must be some of {PARTS}, got {parts}')
@@ -735,17 +378,14 @@ def compress(config: str,
                                  written.get('default_scope', 'mmdet'))
         load_strictly(lors_model, converted, 'the compressed state dict')
         params_after = parameter_counts(lors_model)
-        buffer = io.BytesIO()
         meta = {
             META_KEY: settings,
             'compressed_from': dict(config=config, checkpoint=checkpoint),
         }
         with contextlib.suppress(KeyError, TypeError):  # plain data only
             meta['dataset_meta'] = plain(stock_meta['dataset_meta'])
-        torch.save(dict(meta=meta, state_dict=converted), buffer)
-        _write_atomically(buffer.getvalue(), ckpt_path)
-        with open(temp_cfg, 'rb') as f:
-            _write_atomically(f.read(), cfg_path)
+        save_checkpoint(converted, meta, ckpt_path)
+        AtomicLocalBackend().put_text(text, cfg_path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_cfg)
@@ -757,7 +397,7 @@ def _teacher_path(path: str) -> str:
     return osp.abspath(path) if osp.exists(path) else path
 
 
-def format_report(result: Compression) -> str:
+def format_compression(result: Compression) -> str:
     """The printed report: ranks, residual energy kept, parameter counts."""
     lines = ['rank and residual energy kept (|W_i - mean|_F^2), per '
              'projection kind:',

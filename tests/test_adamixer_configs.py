@@ -100,14 +100,19 @@ def test_coco_config_builds_with_the_authors_settings(path):
     stage = decoder.bbox_head[0]
     assert stage.ffn.layers[0][0].out_features == 2048
     assert stage.attention.attn.num_heads == 8
+    assert type(decoder).__name__ == 'AdaMixerDecoder'
     if lors:
-        assert type(decoder).__name__ == 'LorsAdaMixerDecoder'
+        # the plain AdaMixer decoder + model.lors.decoder by the surgery
         assert (decoder.n_groups, decoder.in_points) == (2, 64)
-        assert decoder.core_sizes == [16] * 6
-        assert decoder.adaptive_terms == [1, 1, 2, 2, 3, 3]
-        assert decoder.out_proj_ranks == [8] * 6
+        (path, stack), = model.lors_stacks()
+        assert path == 'roi_head.lors_bbox_head'
+        assert list(stack.plans) == ['adaptive_mixing.out_proj']
+        assert list(stack.plans['adaptive_mixing.out_proj'].ranks) == [8] * 6
+        generated = stack.adaptive_plans['adaptive_mixing.parameter_generator']
+        assert list(generated.core_sizes) == [16] * 6
+        assert list(generated.adaptive_terms) == [1, 1, 2, 2, 3, 3]
     else:
-        assert type(decoder).__name__ == 'AdaMixerDecoder'
+        assert model.lors_stacks() == []
         assert (decoder.n_groups, decoder.in_points) == (4, 32)
     # losses and matching
     head_cfg = cfg.model.roi_head.bbox_head

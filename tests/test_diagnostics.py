@@ -35,8 +35,11 @@ def test_paired_difference_refuses_unpaired_values():
 
 
 def test_parameter_groups_and_norms():
-    assert decoder_parameter_group('shared_mixing_generator.generator.weight') == \
-        'shared mixing'
+    assert decoder_parameter_group(
+        'lors_bbox_head.shared.0.adaptive_mixing.parameter_generator.generator.weight'
+    ) == 'shared mixing'
+    assert decoder_parameter_group(
+        'lors_bbox_head.shared.0.ffn.layers.1.weight') == 'shared other'
     assert decoder_parameter_group('bbox_head.3.adaptive_mixing.out_proj.lors_B') == \
         's3 mixing'
     assert decoder_parameter_group('bbox_head.0.ffn.layers.1.weight') == 's0 other'
@@ -65,7 +68,8 @@ def test_private_residual_sizes_are_the_materialised_matrices():
     perturbation, the ratio computed from the full matrices the stage would use."""
     decoder = _toy_lors_decoder()
     with torch.no_grad():
-        decoder.shared_mixing_generator.generator.weight.normal_(0, 0.1)
+        decoder.lors_bbox_head.shared_generator(
+            0, 'adaptive_mixing.parameter_generator').generator.weight.normal_(0, 0.1)
     queries = [torch.randn(2, 5, 64) for _ in decoder.bbox_head]
     sizes = private_residual_sizes(decoder, queries)
     assert set(sizes) == {f's{i}' for i in range(6)}
@@ -73,7 +77,7 @@ def test_private_residual_sizes_are_the_materialised_matrices():
 
     head = decoder.bbox_head[2].adaptive_mixing
     with torch.no_grad():
-        head.generator.lors_core_generator.weight.normal_(0, 0.5)
+        head.parameter_generator.lors_core_generator.weight.normal_(0, 0.5)
         head.out_proj.lors_B.normal_(0, 0.5)
     sizes = private_residual_sizes(decoder, queries)
     assert sizes['s1'] == dict(static_out_proj=0.0, M=0.0, S=0.0)
@@ -82,7 +86,7 @@ def test_private_residual_sizes_are_the_materialised_matrices():
         float(static.norm() / head.out_proj.shared.weight.norm()), rel=1e-5)
     # the stage's channel-mixing matrix, built from its generators directly
     with torch.no_grad():
-        mats = head.generator(queries[2])
+        mats = head.parameter_generator.matrices(queries[2])
         full, shared = mats.materialise(0), mats.shared[0]
     ratio = ((full - shared).flatten(-2).norm(dim=-1) / shared.flatten(-2).norm(dim=-1))
     assert sizes['s2']['M'] == pytest.approx(float(ratio.mean()), rel=1e-5)

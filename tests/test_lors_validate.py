@@ -1,5 +1,5 @@
 """The upper bound of the adaptive terms K_i: derived, enforced by the
-LORS-AdaMixer config, and what param_report prints past the break-even."""
+LORS-AdaMixer surgery, and what param_report prints past the break-even."""
 import json
 import math
 import os.path as osp
@@ -12,6 +12,7 @@ from mmengine.config import Config, ConfigDict
 
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
+from lors_mmdet.lors import apply_lors
 from lors_mmdet.lors._validate import check_adaptive_terms, max_useful_terms
 
 register_all_modules(init_default_scope=True)
@@ -75,23 +76,29 @@ def test_check_adaptive_terms_takes_the_largest_matrix():
         check_adaptive_terms(2.0, 4, shapes, 'adaptive_terms[0]')
 
 
-def lors_decoder(adaptive_terms) -> ConfigDict:
+def lors_decoder(adaptive_terms):
+    """A small AdaMixer decoder made LORS-AdaMixer by the surgery (the
+    detector's route, without the rest of the detector)."""
     # c = 32 / 2 = 16, S = 12 x 8, k = 4: M takes 16 terms, S 6
-    return ConfigDict(
-        type='LorsAdaMixerDecoder', num_stages=3, stage_loss_weights=[1, 1, 1],
+    decoder = MODELS.build(ConfigDict(
+        type='AdaMixerDecoder', num_stages=3, stage_loss_weights=[1, 1, 1],
         content_dim=32, feat_channels=32, n_groups=2, in_points=8,
-        out_points=12, core_sizes=4, adaptive_terms=adaptive_terms,
-        out_proj_ranks=2,
-        bbox_head=dict(type='LorsAdaMixerDecoderStage', num_classes=3,
-                       num_heads=4, feedforward_channels=16))
+        out_points=12,
+        bbox_head=dict(type='AdaMixerDecoderStage', num_classes=3,
+                       num_heads=4, feedforward_channels=16)))
+    return apply_lors(decoder, 'bbox_head', dict(
+        include=['adaptive_mixing.out_proj'], rank=2,
+        adaptive=dict(core_size=4, adaptive_terms=adaptive_terms)),
+        key='lors.decoder')
 
 
 def test_lors_adamixer_refuses_terms_beyond_the_bound():
-    decoder = MODELS.build(lors_decoder([16, 1, 6]))
-    assert decoder.adaptive_terms == [16, 1, 6]
+    stack = lors_decoder([16, 1, 6])
+    plan = stack.adaptive_plans['adaptive_mixing.parameter_generator']
+    assert list(plan.adaptive_terms) == [16, 1, 6]
     with pytest.raises(ValueError, match=r'adaptive_terms\[1\] = 17 is out of '
                        r'range \[1, 16\]: 16 terms of 4x4 cores'):
-        MODELS.build(lors_decoder([1, 17, 1]))
+        lors_decoder([1, 17, 1])
 
 
 def test_published_sizes_bound():
@@ -99,12 +106,14 @@ def test_published_sizes_bound():
     bound is 64 terms, well above K_i <= 3 (6 for a converted checkpoint)."""
     cfg = Config.fromfile(osp.join(
         ROOT, 'configs/_base_/models/lors-adamixer_decoder.py'))
-    dec = cfg.lors_adamixer_decoder
-    c = 256 // dec.n_groups
-    bound = max(max_useful_terms((c, c), 16),
-                max_useful_terms((dec.out_points, dec.in_points), 16))
-    assert bound == 64
-    assert max(dec.adaptive_terms) * dec.n_groups <= bound
+    sizes, adaptive = (cfg.lors_adamixer_roi_head,
+                       cfg.lors_adamixer_decoder.adaptive)
+    c = 256 // sizes.n_groups
+    k = adaptive.core_size
+    bound = max(max_useful_terms((c, c), k),
+                max_useful_terms((sizes.out_points, sizes.in_points), k))
+    assert (k, bound) == (16, 64)
+    assert max(adaptive.adaptive_terms) * sizes.n_groups <= bound
 
 
 def run_report(argv, monkeypatch, capsys) -> str:
@@ -120,7 +129,7 @@ def run_report(argv, monkeypatch, capsys) -> str:
 def test_param_report_prints_an_increase_as_such(terms, monkeypatch, capsys):
     """Toy LORS-AdaMixer (c = 16, S = 32 x 16, k = 8: bound 8 terms): the
     defaults save parameters, 8 terms in every stage cost more than dense."""
-    options = ['--cfg-options', f'model.roi_head.adaptive_terms={terms}']
+    options = ['--cfg-options', f'model.lors.decoder.adaptive.adaptive_terms={terms}']
     report = json.loads(run_report([TOY_LORS, '--json', *options],
                                    monkeypatch, capsys))
     text = run_report([TOY_LORS, *options], monkeypatch, capsys)

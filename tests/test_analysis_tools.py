@@ -32,6 +32,9 @@ def test_experiment_configs_exist():
     ('lors-adamixer static-only', {'lors_core_generator.weight', 'lors_core_generator.bias'}),
     ('lors-adamixer adaptive-only', {'out_proj.lors_B'}),
     ('lors-adamixer rank-2', set()),
+    ('lors-adamixer rank-8', set()),
+    ('lors-adamixer linear-init', set()),
+    ('lors-adamixer shared-factors', set()),
 ])
 def test_ablation_options_switch_off_exactly_one_branch(name, frozen):
     """Each ablation's --cfg-options build; a switched-off branch is the zero-initialised

@@ -57,13 +57,15 @@ ABLATION = {
     'lors-adamixer static-only':
     ['optim_wrapper.paramwise_cfg.custom_keys.lors_core_generator.lr_mult=0'],
     'lors-adamixer adaptive-only': ['optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=0'],
-    'lors-adamixer rank-2': ['model.roi_head.out_proj_ranks=2'],
-    'lors-adamixer rank-8': ['model.roi_head.out_proj_ranks=8'],
+    'lors-adamixer rank-2': ['model.lors.decoder.rank=2'],
+    'lors-adamixer rank-8': ['model.lors.decoder.rank=8'],
     # the published model with the library's nn.Linear-style factor init (the
     # init LORS-AdaMixer used here before it followed the published one)
-    'lors-adamixer linear-init': ['model.roi_head.factor_init=linear'],
+    'lors-adamixer linear-init': ['model.lors.decoder.factor_init=linear',
+                                  'model.lors.decoder.adaptive.factor_init=linear'],
     # static adaptive factors shared by the mixing groups (not published)
-    'lors-adamixer shared-factors': ['model.roi_head.per_group_factors=false'],
+    'lors-adamixer shared-factors':
+    ['model.lors.decoder.adaptive.per_group_factors=false'],
 }
 # LORS-DINO: encoder + decoder sharing vs decoder only vs stock.
 DETR_STACKS = {

@@ -55,7 +55,7 @@ STAGE = dict(
 def build_detector(lors: bool, groups: int, p_in: int, p_out: int,
                    adaptive_terms=None, core_size=None, rank=None):
     roi_head = dict(
-        type='LorsAdaMixerDecoder' if lors else 'AdaMixerDecoder',
+        type='AdaMixerDecoder',
         num_stages=STAGES,
         stage_loss_weights=[1] * STAGES,
         content_dim=D,
@@ -63,14 +63,7 @@ def build_detector(lors: bool, groups: int, p_in: int, p_out: int,
         n_groups=groups,
         in_points=p_in,
         out_points=p_out,
-        bbox_head=dict(
-            type='LorsAdaMixerDecoderStage' if lors else
-            'AdaMixerDecoderStage',
-            **STAGE))
-    if lors:
-        roi_head.update(
-            core_sizes=core_size, adaptive_terms=adaptive_terms,
-            out_proj_ranks=rank)
+        bbox_head=dict(type='AdaMixerDecoderStage', **STAGE))
     cfg = dict(
         type='AdaMixer',
         data_preprocessor=dict(type='DetDataPreprocessor'),
@@ -86,7 +79,20 @@ def build_detector(lors: bool, groups: int, p_in: int, p_out: int,
         roi_head=roi_head,
         train_cfg=None,
         test_cfg=dict(rpn=None, rcnn=dict(max_per_img=NUM_QUERY)))
+    if lors:
+        cfg['lors'] = dict(decoder=lors_decoder(adaptive_terms, core_size,
+                                                rank))
     return MODELS.build(ConfigDict(cfg))
+
+
+def lors_decoder(adaptive_terms, core_size, rank) -> dict:
+    """``model.lors.decoder`` of LORS-AdaMixer (as
+    configs/_base_/models/lors-adamixer_decoder.py)."""
+    return dict(include=['adaptive_mixing.out_proj'], rank=rank,
+                factor_init='kaiming',
+                adaptive=dict(core_size=core_size,
+                              adaptive_terms=adaptive_terms,
+                              per_group_factors=True, factor_init='kaiming'))
 
 
 def official_common(backbone_state: dict, gen: torch.Generator, d=D,
@@ -224,8 +230,9 @@ def test_adamixer_checkpoint_converts_exactly():
     assert report['num_stages'] == STAGES
     assert report['dropped'] == ['rpn_head.init_proposal_bboxes.weight']
     assert report['decoder'] == dict(
-        type='AdaMixerDecoder', n_groups=groups, in_points=p_in,
-        out_points=p_out, feat_channels=FEAT, num_stages=STAGES)
+        n_groups=groups, in_points=p_in, out_points=p_out, feat_channels=FEAT,
+        num_stages=STAGES)
+    assert report['lors'] is None
     model.load_state_dict(converted, strict=True)
 
     c = FEAT // groups
@@ -266,10 +273,12 @@ def test_lors_adamixer_checkpoint_converts_exactly():
     converted, report = convert_adamixer_state_dict(official)
     assert report['release'] == 'lors-adamixer'
     assert report['decoder'] == dict(
-        type='LorsAdaMixerDecoder', n_groups=groups, in_points=p_in,
-        out_points=p_out, feat_channels=FEAT, core_sizes=[k] * len(terms),
-        adaptive_terms=list(terms), out_proj_ranks=[rank] * len(terms),
-        per_group_factors=True, num_stages=len(terms))
+        n_groups=groups, in_points=p_in, out_points=p_out, feat_channels=FEAT,
+        num_stages=len(terms))
+    assert report['lors'] == dict(
+        include=['adaptive_mixing.out_proj'], rank=[rank] * len(terms),
+        adaptive=dict(core_size=[k] * len(terms), adaptive_terms=list(terms),
+                      per_group_factors=True))
     model = build_detector(
         True, groups, p_in, p_out, adaptive_terms=list(terms), core_size=k,
         rank=rank)
@@ -306,9 +315,10 @@ def test_lors_adamixer_checkpoint_converts_exactly():
             stage.adaptive_mixing(x, query), expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(stage.mixing_norm.weight,
                                    official[f'{m}out_norm.{s}.weight'])
-    # the shared tensors landed once, on the decoder
+    # the shared tensors landed once, on the decoder's LORS stack
     torch.testing.assert_close(
-        model.roi_head.shared_mixing_out_proj.weight,
+        model.roi_head.lors_bbox_head.shared_linear(
+            0, 'adaptive_mixing.out_proj').weight,
         official[m + 'base_out_proj.weight'])
 
 
@@ -381,9 +391,9 @@ def test_authors_lors_checkpoint_loads_into_the_published_config(tmp_path):
     path = tmp_path / 'converted.pth'
     torch.save(converted, path)
     loaded = safe_load_checkpoint(str(path), map_location='cpu')
-    settings = loaded['meta']['adamixer_conversion']['decoder']
-    assert settings['adaptive_terms'] == [1, 1, 2, 2, 3, 3]
-    assert settings_mismatches(settings, cfg.model.roi_head) == []
+    settings = loaded['meta']['adamixer_conversion']
+    assert settings['lors']['adaptive']['adaptive_terms'] == [1, 1, 2, 2, 3, 3]
+    assert settings_mismatches(settings, cfg.model) == []
     model.load_state_dict(loaded['state_dict'], strict=True)
 
     decoder = model.roi_head.double()
@@ -403,16 +413,25 @@ def test_authors_lors_checkpoint_loads_into_the_published_config(tmp_path):
     assert worst <= 1e-10
 
 
-@pytest.mark.parametrize('recorded_as', ['adaptive_terms', 'num_terms'])
-def test_settings_mismatches_name_the_key(recorded_as):
-    """Checkpoints converted before the rename recorded K_i as num_terms."""
-    settings = {'type': 'LorsAdaMixerDecoder', 'n_groups': 2,
-                recorded_as: [1, 1, 2, 2, 3, 3], 'core_sizes': [16] * 6}
-    cfg = dict(type='LorsAdaMixerDecoder', num_stages=6, n_groups=2,
-               adaptive_terms=[2, 2, 4, 4, 6, 6], core_sizes=16)
-    assert settings_mismatches(settings, cfg) == [
-        'adaptive_terms: checkpoint [1, 1, 2, 2, 3, 3], config '
-        '[2, 2, 4, 4, 6, 6]'
+def test_settings_mismatches_name_the_key():
+    """Each differing setting named by its config key, per stage expanded."""
+    settings = dict(
+        decoder=dict(n_groups=2, in_points=64, out_points=128, num_stages=6),
+        lors=dict(include=['adaptive_mixing.out_proj'], rank=[8] * 6,
+                  adaptive=dict(core_size=[16] * 6,
+                                adaptive_terms=[1, 1, 2, 2, 3, 3],
+                                per_group_factors=True)))
+    model = dict(roi_head=dict(num_stages=6, n_groups=4, in_points=64),
+                 lors=dict(decoder=lors_decoder([2, 2, 4, 4, 6, 6], 16, 8)))
+    assert settings_mismatches(settings, model) == [
+        'model.roi_head.n_groups: checkpoint 2, config 4',
+        'model.lors.decoder.adaptive.adaptive_terms: checkpoint '
+        '[1, 1, 2, 2, 3, 3], config [2, 2, 4, 4, 6, 6]'
+    ]
+    model['lors'] = None
+    assert settings_mismatches(settings, model) == [
+        'model.roi_head.n_groups: checkpoint 2, config 4',
+        'model.lors.decoder: checkpoint a LORS-AdaMixer, config without it'
     ]
 
 

@@ -74,7 +74,7 @@ def converted(tmp_path_factory):
     torch.save(dict(meta=dict(), state_dict=stock.state_dict()),
                str(folder / 'stock.pth'))
     out = str(folder / 'lors_full.pth')
-    result = run(['tools/convert_detr_checkpoint.py', 'to-lors', TINY_LORS,
+    result = run(['tools/convert_checkpoint.py', 'to-lors', TINY_LORS,
                   str(folder / 'stock.pth'), out, '--rank', 'full'])
     return folder, out, result.stdout
 
@@ -179,7 +179,7 @@ def test_mmdet_test_script_refuses_another_rank(converted, data_root,
     assert 'CheckpointMismatchError' in result.stderr
     assert (f'{Q_PROJ_A}: checkpoint ({EMBED_DIMS}, {EMBED_DIMS}), model '
             f'({CONFIG_RANK}, {EMBED_DIMS})') in result.stderr
-    assert 'convert_detr_checkpoint.py to-lors' in result.stderr
+    assert 'convert_checkpoint.py to-lors' in result.stderr
     assert '--rank' in result.stderr
     assert 'bbox_mAP' not in result.stdout
 
@@ -216,7 +216,7 @@ def test_init_detector_refuses_a_lors_checkpoint_for_a_stock_model(
     with pytest.raises(CheckpointMismatchError,
                        match=r'(?s)belong to LORS stacks the model does not '
                        r'have.*self_attn\.attn\.q_proj\.lors_A.*'
-                       r'convert_detr_checkpoint\.py to-stock'):
+                       r'convert_checkpoint\.py to-stock'):
         init_detector(TINY_LORS, out, device='cpu',
                       cfg_options={'model.lors': None})
 
@@ -230,8 +230,8 @@ def test_tools_test_refuses_a_lors_checkpoint_for_a_stock_config(
     assert result.returncode != 0
     assert 'CheckpointMismatchError' in result.stderr
     assert f'  {Q_PROJ_A}\n' in result.stderr
-    assert 'convert_detr_checkpoint.py to-stock' in result.stderr
-    assert 'merge_lors_adamixer.py' in result.stderr
+    assert 'convert_checkpoint.py to-stock' in result.stderr
+    assert '--out-config STOCK_CONFIG.py' in result.stderr
     assert 'bbox_mAP' not in result.stdout
 
 
@@ -328,7 +328,7 @@ def test_checkpoint_with_tensors_the_lors_model_lacks(lors_model):
                        match=r'decoder\.layers\.0\.self_attn\.attn\.'
                        r'in_proj_weight(.|\n)*'
                        r'decoder\.layers\.0\.ffn\.layers\.0\.0\.weight'
-                       r'(.|\n)*convert_detr_checkpoint'):
+                       r'(.|\n)*convert_checkpoint'):
         check_lors_checkpoint(lors_model, dict(state_dict=stock.state_dict()))
 
 

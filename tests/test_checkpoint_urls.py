@@ -483,7 +483,7 @@ def test_train_tool_refuses_code_by_url(how, evil_url, marker, data_options, tmp
 
 
 def test_convert_tool_refuses_code_by_url(evil_url, marker, tmp_path):
-    result = run(['tools/convert_detr_checkpoint.py', 'to-lors', LORS_CONFIG, evil_url,
+    result = run(['tools/convert_checkpoint.py', 'to-lors', LORS_CONFIG, evil_url,
                   str(tmp_path / 'out.pth')], str(tmp_path / 'torch'))
     assert_refused(result, marker)
     assert not (tmp_path / 'out.pth').exists()

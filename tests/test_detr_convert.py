@@ -162,7 +162,7 @@ def test_conversion_errors_are_clear(tmp_path):
                                tiny_model_cfg('DINO', lors=BOTH))
     with pytest.raises(ValueError, match=r'(?s)read as a LorsDINO checkpoint'
                        r'\) does not fit.*have no place in these LORS '
-                       r'modules.*convert_detr_checkpoint\.py to-lors'):
+                       r'modules.*convert_checkpoint\.py to-lors'):
         convert_checkpoint('to-stock', lors_config, dino_ckpt,
                            str(tmp_path / 'x.pth'))
     with pytest.raises(ValueError, match=r'model\.lors\.encoder\.rank: rank '
@@ -180,7 +180,7 @@ def test_convert_tool_script(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
     out = str(tmp_path / 'lors_rank4.pth')
     result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'convert_detr_checkpoint.py'),
+        [sys.executable, osp.join(ROOT, 'tools', 'convert_checkpoint.py'),
          'to-lors', config, stock_ckpt, out, '--rank', '4'],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -189,7 +189,7 @@ def test_convert_tool_script(tmp_path):
     state_dict = torch.load(out, weights_only=True)['state_dict']
     assert state_dict['decoder.layers.0.ffn.layers.1.lors_A'].shape[0] == 4
     bad = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'convert_detr_checkpoint.py'),
+        [sys.executable, osp.join(ROOT, 'tools', 'convert_checkpoint.py'),
          'to-stock', config, stock_ckpt, str(tmp_path / 'x.pth')],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0

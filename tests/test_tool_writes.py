@@ -98,7 +98,7 @@ def test_convert_detr_tool_leaves_its_input_when_told_to_write_over_it(tmp_path)
     config = write_config(tmp_path / 'lors.py', tiny_model_cfg(
         'DeformableDETR', lors=dict(decoder=dict(rank=4))))
     before = sha256(checkpoint)
-    result = run_tool(['tools/convert_detr_checkpoint.py', 'to-lors', config,
+    result = run_tool(['tools/convert_checkpoint.py', 'to-lors', config,
                        checkpoint, checkpoint])
     assert result.returncode != 0
     assert 'is the input checkpoint' in result.stderr
@@ -298,7 +298,7 @@ def test_compress_tool_names_a_bad_lr_factor(stock_detr, tmp_path):
 
 
 def test_convert_and_pretrain_tools_name_bad_numbers(tmp_path):
-    result = run_tool(['tools/convert_detr_checkpoint.py', 'to-lors', 'a.py',
+    result = run_tool(['tools/convert_checkpoint.py', 'to-lors', 'a.py',
                        'b.pth', str(tmp_path / 'c.pth'), '--rank', '-3'])
     assert result.returncode == 2
     assert "--rank must be a positive int or 'full', got '-3'" in result.stderr

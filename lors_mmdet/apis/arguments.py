@@ -1,5 +1,5 @@
 """The command-line values the workflow tools share, parsed into what the
-workflows take (``tools/compress.py``, ``tools/convert_detr_checkpoint.py``)."""
+workflows take (``tools/compress.py``, ``tools/convert_checkpoint.py``)."""
 import argparse
 from typing import Dict, Optional, Sequence, Union
 

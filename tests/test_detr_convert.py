@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lors_mmdet.apis import convert_checkpoint, format_conversion
-from lors_mmdet.models.detr.convert import stock_to_lors
+from lors_mmdet.models.lors_stacks import lors_stack_paths_of, stock_to_lors
 from test_detr_lors import (ROOT, build_model, randomize_, tiny_batch,
                             tiny_model_cfg)
 
@@ -122,7 +122,8 @@ def test_low_rank_conversion_reports_errors_and_saving():
     errors, counts = {}, {}
     for rank in (2, 16):
         stock = trained_like(build_model(tiny_model_cfg('DeformableDETR')))
-        errors[rank] = stock_to_lors(stock, dict(decoder=dict(rank=rank)))
+        errors[rank] = stock_to_lors(stock, dict(decoder=dict(rank=rank)),
+                                     lors_stack_paths_of(stock))
         counts[rank] = sum(p.numel() for p in stock.decoder.parameters())
     stock = build_model(tiny_model_cfg('DeformableDETR'))
     dense = sum(p.numel() for p in stock.decoder.parameters())

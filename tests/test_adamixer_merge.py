@@ -1,6 +1,9 @@
-"""Exact merge of LORS-AdaMixer into a plain AdaMixer of the same geometry:
-identical detections in float64, the plain config, and the tool followed by
-mmdet's own tools/test.py."""
+"""Exact merge of LORS-AdaMixer into a plain AdaMixer of the same geometry
+(the surgery's merge_lors; the adaptive generators fold in float64):
+identical detections in float64, the plain config, and the tool
+(tools/convert_checkpoint.py to-stock --out-config) followed by mmdet's own
+tools/test.py."""
+import copy
 import os
 import os.path as osp
 import subprocess
@@ -14,8 +17,8 @@ from mmengine.config import Config
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
-from lors_mmdet.models.adamixer.merge import (merge_lors_adamixer_state_dict,
-                                              plain_adamixer_config)
+from lors_mmdet.apis.conversion import lors_and_stock_model_cfgs
+from lors_mmdet.lors import merge_lors
 
 register_all_modules(init_default_scope=True)
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -23,6 +26,14 @@ TOY = osp.join(ROOT, 'configs/lors_adamixer/'
                'lors-adamixer_r18-tiny_1xb16-toy_synthetic.py')
 PUBLISHED = osp.join(ROOT, 'configs/lors_adamixer/'
                      'lors-adamixer_r50_8xb2-1x-100q_coco.py')
+GENERATOR = 'adaptive_mixing.parameter_generator'
+
+
+def plain_adamixer_config(cfg: Config) -> Config:
+    """The stock config of a LORS config (what to-stock --out-config writes)."""
+    plain = copy.deepcopy(cfg)
+    plain.model = lors_and_stock_model_cfgs(cfg)[1]
+    return plain
 
 
 def trained_like_lors_toy() -> tuple:
@@ -36,12 +47,13 @@ def trained_like_lors_toy() -> tuple:
     model.init_weights()
     with torch.no_grad():
         decoder = model.roi_head
-        for param in decoder.shared_mixing_generator.parameters():
+        shared = decoder.lors_bbox_head.shared_generator(0, GENERATOR)
+        for param in shared.parameters():
             param.normal_(std=0.05)
         for stage in decoder.bbox_head:
             mixing = stage.adaptive_mixing
-            for param in (mixing.generator.lors_core_generator.weight,
-                          mixing.generator.lors_core_generator.bias,
+            core_generator = mixing.parameter_generator.lors_core_generator
+            for param in (core_generator.weight, core_generator.bias,
                           mixing.out_proj.lors_B, mixing.out_proj.bias):
                 param.normal_(std=0.1)
     return cfg, model
@@ -61,7 +73,9 @@ def batch(model, seed=0):
 def test_merged_plain_adamixer_gives_identical_detections_float64():
     cfg, lors = trained_like_lors_toy()
     lors.double().eval()
-    merged = merge_lors_adamixer_state_dict(lors)
+    merged_model = copy.deepcopy(lors)
+    assert merge_lors(merged_model) == 1
+    merged = merged_model.state_dict()
     plain_cfg = plain_adamixer_config(cfg)
     plain = MODELS.build(plain_cfg.model).double().eval()
     assert type(plain.roi_head).__name__ == 'AdaMixerDecoder'
@@ -107,10 +121,8 @@ def test_published_config_merges_into_adamixer_of_the_same_geometry():
     assert (roi_head.n_groups, roi_head.in_points, roi_head.out_points) == \
         (2, 64, 128)
     assert roi_head.bbox_head.type == 'AdaMixerDecoderStage'
-    for key in ('core_sizes', 'adaptive_terms', 'out_proj_ranks',
-                'per_group_factors', 'factor_init'):
-        assert key not in roi_head
-    with pytest.raises(ValueError, match='LorsAdaMixerDecoder'):
+    assert plain.model.type == 'AdaMixer' and 'lors' not in plain.model
+    with pytest.raises(ValueError, match='the config has no model.lors'):
         plain_adamixer_config(plain)
 
 
@@ -140,12 +152,16 @@ def test_merge_tool_output_runs_with_mmdets_own_test_script(
             result.stderr[-3000:]
         return result.stdout + result.stderr
 
-    out = run(['tools/merge_lors_adamixer.py', TOY, str(checkpoint),
-               str(out_config), str(out_checkpoint)])
-    assert 'n_groups=4, in_points=16, out_points=32' in out
+    out = run(['tools/convert_checkpoint.py', 'to-stock', TOY,
+               str(checkpoint), str(out_checkpoint), '--out-config',
+               str(out_config)])
+    assert 'AdaMixer decoder parameters:' in out
     merged = torch.load(out_checkpoint, weights_only=True)
-    assert merged['meta']['merged_from']['num_stages'] == 3
+    assert merged['meta']['lors_conversion']['direction'] == 'to-stock'
+    assert merged['meta']['lors_conversion']['model_type'] == 'AdaMixer'
     assert merged['meta']['epoch'] == 3
+    plain_cfg = Config.fromfile(str(out_config))
+    assert plain_cfg.model.type == 'AdaMixer' and 'lors' not in plain_cfg.model
     mmdet_test = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
                           'test.py')
     out = run([mmdet_test, str(out_config), str(out_checkpoint),

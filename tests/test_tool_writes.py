@@ -17,8 +17,7 @@ import torch
 from mmengine.config import Config
 
 import lors_mmdet  # noqa: F401
-from lors_mmdet.apis import (build_model, compress, convert_checkpoint,
-                             merge_lors_adamixer_checkpoint)
+from lors_mmdet.apis import build_model, compress, convert_checkpoint
 from lors_mmdet.engine.outputs import check_outputs, same_file
 from lors_mmdet.engine.config_source import assignment, comment, python_literal
 from lors_mmdet.engine.lors_settings import write_matching_config
@@ -92,7 +91,7 @@ def test_check_outputs_finds_the_same_file_under_any_name(tmp_path):
                   dict(checkpoint=str(tmp_path / 'new.pth')))
 
 
-def test_convert_detr_tool_leaves_its_input_when_told_to_write_over_it(tmp_path):
+def test_convert_tool_leaves_its_input_when_told_to_write_over_it(tmp_path):
     stock = trained_like(build_tiny(tiny_model_cfg('DeformableDETR')))
     checkpoint = save(stock, tmp_path / 'same.pth')
     config = write_config(tmp_path / 'lors.py', tiny_model_cfg(
@@ -142,10 +141,11 @@ def test_merge_tool_writes_nothing_when_the_config_name_is_wrong(tmp_path):
     _, lors = trained_like_lors_toy()
     checkpoint = tmp_path / 'lors.pth'
     torch.save(dict(state_dict=lors.state_dict()), checkpoint)
-    result = run_tool(['tools/merge_lors_adamixer.py', TOY, str(checkpoint),
-                       str(tmp_path / 'x.txt'), str(tmp_path / 'x.pth')])
+    result = run_tool(['tools/convert_checkpoint.py', 'to-stock', TOY,
+                       str(checkpoint), str(tmp_path / 'x.pth'),
+                       '--out-config', str(tmp_path / 'x.txt')])
     assert result.returncode != 0
-    assert 'x.txt must be a .py file' in result.stderr
+    assert 'x.txt) is a .py file' in result.stderr
     assert sorted(os.listdir(tmp_path)) == ['lors.pth']
 
 
@@ -158,13 +158,13 @@ def test_merge_refuses_an_input_or_one_file_for_both_outputs(tmp_path):
     link.symlink_to(checkpoint)
     with pytest.raises(ValueError, match='output checkpoint .* is the input '
                        'checkpoint'):
-        merge_lors_adamixer_checkpoint(TOY, str(checkpoint),
-                                       str(tmp_path / 'plain.py'), str(link))
-    with pytest.raises(ValueError, match='outputs config and checkpoint are the '
-                       'same file'):
-        merge_lors_adamixer_checkpoint(TOY, str(checkpoint),
-                                       str(tmp_path / 'plain.py'),
-                                       str(tmp_path / 'plain.py'))
+        convert_checkpoint('to-stock', TOY, str(checkpoint), str(link),
+                           out_config=str(tmp_path / 'plain.py'))
+    with pytest.raises(ValueError, match='outputs checkpoint and out_config are '
+                       'the same file'):
+        convert_checkpoint('to-stock', TOY, str(checkpoint),
+                           str(tmp_path / 'plain.py'),
+                           out_config=str(tmp_path / 'plain.py'))
     assert sha256(checkpoint) == before
     assert sorted(os.listdir(tmp_path)) == ['link.pth', 'lors.pth']
 

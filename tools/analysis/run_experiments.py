@@ -102,7 +102,17 @@ DETR_RANK = {
     **{f'lors-dino encoder+decoder rank {rank}': (
         DETR_STACKS['lors-dino encoder+decoder'][0],
         [f'model.lors.encoder.rank={rank}', f'model.lors.decoder.rank={rank}'])
-       for rank in (32, 64)},
+       for rank in (32, 64, 'full')},
+    # the start instead of the capacity: shared = the layers' mean and private =
+    # the SVD of each layer's rest, from the stock init (exactly the stock
+    # model's independently drawn layers at rank 'full') instead of every layer
+    # starting as layer 0
+    **{f'lors-dino encoder+decoder{suffix} dense-init': (
+        DETR_STACKS['lors-dino encoder+decoder'][0],
+        [*options, 'model.lors.encoder.init=dense', 'model.lors.decoder.init=dense'])
+       for suffix, options in (
+           ('', []),
+           (' rank full', ['model.lors.encoder.rank=full', 'model.lors.decoder.rank=full']))},
 }
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY},

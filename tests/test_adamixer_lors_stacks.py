@@ -274,9 +274,9 @@ def test_parameter_count_of_a_shared_ffn_follows_the_formula(name, rank):
 
 
 def test_groups_share_within_each_group():
-    model = build('adamixer', lors=dict(decoder=dict(rank=2, groups=[1, 2])))
+    model = build('adamixer', lors=dict(decoder=dict(rank=2, layer_groups=[1, 2])))
     stack = decoder_stack(model)
-    assert stack.groups == [[0], [1, 2]]
+    assert stack.layer_groups == [[0], [1, 2]]
     assert len(stack.shared) == 2
     stages = model.roi_head.bbox_head
     assert stages[1].ffn.layers[1].shared is stages[2].ffn.layers[1].shared
@@ -313,8 +313,8 @@ def per_stage_ffn(widths):
      r'lors\.decoder\.rank: rank 40 x num_terms 2 of layer 0 exceeds'),
     ('adamixer', dict(decoder=dict(adaptive_terms=2)), ValueError,
      r"unknown key\(s\) \['adaptive_terms'\] in lors\.decoder"),
-    ('adamixer', dict(decoder=dict(groups=2)), ValueError,
-     r'lors\.decoder\.groups=2 must divide the number of layers \(3\)'),
+    ('adamixer', dict(decoder=dict(layer_groups=2)), ValueError,
+     r'lors\.decoder\.layer_groups=2 must divide the number of layers \(3\)'),
     ('adamixer', dict(decoder=[]), TypeError,
      r'lors\.decoder must be a dict'),
 ])

@@ -317,7 +317,7 @@ def test_checkpoint_with_tensors_the_lors_model_lacks(lors_model):
     """Other groups of layers (a second shared weight per projection) and a
     dense (stock) checkpoint: tensors inside LORS modules that have no place
     there."""
-    grouped = build(TINY_LORS, **{'model.lors.decoder.groups': 1})
+    grouped = build(TINY_LORS, **{'model.lors.decoder.layer_groups': 1})
     with pytest.raises(CheckpointMismatchError,
                        match=r'decoder\.lors_layers\.shared\.1\.ffn\.'
                        r'layers\.1\.weight'):

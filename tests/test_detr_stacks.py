@@ -58,7 +58,7 @@ EXPECTED = {
     'DINO': ('encoder', 'self_attn.attention_weights', 'decoder',
              'cross_attn.output_proj'),
 }
-LORS = dict(encoder=dict(rank=2), decoder=dict(rank=3, groups=[1, 2]))
+LORS = dict(encoder=dict(rank=2), decoder=dict(rank=3, layer_groups=[1, 2]))
 # The stock models that run only in float32: mmdet's coordinate_to_encoding
 # (Conditional / DAB decoders) makes float32 tensors whatever the input, and
 # mmcv's nms (DDQ's distinct query selection) takes float32 only.
@@ -183,7 +183,7 @@ def test_zero_private_and_copied_shared_give_the_stock_outputs(family):
         for name, stack in stacks.items():
             stock_layers = stock.get_submodule(name.rpartition('.')[0]).layers
             for path in stack.plans:
-                for group_index, group in enumerate(stack.groups):
+                for group_index, group in enumerate(stack.layer_groups):
                     first, _ = stock_projection(stock_layers[group[0]], path)
                     stack.shared_linear(group_index, path).weight.copy_(first)
                     for i in group:  # the stock layer uses the group's matrix
@@ -214,7 +214,7 @@ def test_init_weights_is_mmdets_init_with_zero_residuals(family):
         for path in stack.plans:
             assert all(not lors.lors_B.any()
                        for lors in stack.lors_linears(path))
-            for group in range(len(stack.groups)):
+            for group in range(len(stack.layer_groups)):
                 weight = stack.shared_linear(group, path).weight
                 fan_out, fan_in = weight.shape
                 if path.endswith(('sampling_offsets', 'attention_weights')):
@@ -284,14 +284,14 @@ def test_training_step_reaches_shared_and_private_parts():
     # 1-2 (decoder) or all layers (encoder).
     for _, stack in model.lors_stacks():
         for path in stack.plans:
-            for group in range(len(stack.groups)):
+            for group in range(len(stack.layer_groups)):
                 assert stack.shared_linear(group, path).weight.grad is not None
-            shared = stack.shared_linear(len(stack.groups) - 1, path).weight
+            shared = stack.shared_linear(len(stack.layer_groups) - 1, path).weight
             assert shared.grad.any(), path
             for lors in stack.lors_linears(path):
                 assert lors.lors_B.grad is not None and lors.lors_A.grad \
                     is not None
-            last = stack.layers[stack.groups[-1][-1]].get_submodule(path)
+            last = stack.layers[stack.layer_groups[-1][-1]].get_submodule(path)
             assert last.lors_B.grad.any() and last.bias.grad.any(), path
 
 

@@ -183,7 +183,7 @@ EXTRA_USES = """
     encoder = torch.nn.TransformerEncoder(
         torch.nn.TransformerEncoderLayer(8, 2, 16), 2,
         enable_nested_tensor=False)
-    lors_stack = lors.apply_lors(encoder, 'layers', dict(rank=2, groups=1))
+    lors_stack = lors.apply_lors(encoder, 'layers', dict(rank=2, layer_groups=1))
     assert lors.find_lors_stacks(encoder) == [('lors_layers', lors_stack)]
     encoder(torch.randn(3, 1, 8)).sum().backward()
     assert lors.merge_lors(encoder) == 1

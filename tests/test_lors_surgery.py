@@ -137,7 +137,7 @@ def test_full_rank_from_dense_reproduces_the_dense_model(kind, groups):
     x = inputs(kind)
     expected = model(x)
     apply_lors(model, layers_path(kind),
-               dict(rank='full', init='dense', groups=groups))
+               dict(rank='full', init='dense', layer_groups=groups))
     assert isinstance(layers_of(model)[0].get_submodule(
         'self_attn.q_proj' if kind == 'encoder' else 'mlp.0'), LorsLinear)
     torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)
@@ -166,7 +166,7 @@ def test_merge_round_trip_gives_stock_modules_keys_and_outputs(kind):
 @pytest.mark.parametrize('kind', MODELS)
 def test_each_shared_tensor_once_in_state_dict_and_parameters(kind):
     model = MODELS[kind]()
-    stack = apply_lors(model, layers_path(kind), dict(rank=2, groups=2))
+    stack = apply_lors(model, layers_path(kind), dict(rank=2, layer_groups=2))
     state = model.state_dict()
     pointers = [t.untyped_storage().data_ptr() for t in state.values()]
     assert len(pointers) == len(set(pointers))
@@ -194,7 +194,7 @@ def test_per_layer_ranks_and_groups_give_the_formula_counts():
     stack = apply_lors(
         model, 'layers',
         dict(rank=ranks, num_terms=terms, ranks={'linear*': 2},
-             groups=[2, 4]))
+             layer_groups=[2, 4]))
     shapes = {  # (in, out) of each projection
         'self_attn.q_proj': (DIM, DIM), 'self_attn.k_proj': (DIM, DIM),
         'self_attn.v_proj': (DIM, DIM), 'self_attn.out_proj': (DIM, DIM),
@@ -221,9 +221,9 @@ def test_per_layer_ranks_and_groups_give_the_formula_counts():
 def test_gradients_reach_shared_and_private_parts(kind):
     model = MODELS[kind]().train()
     stack = apply_lors(model, layers_path(kind),
-                       dict(rank=2, init='dense', groups=3))
+                       dict(rank=2, init='dense', layer_groups=3))
     model(inputs(kind)).square().sum().backward()
-    for group in range(len(stack.groups)):
+    for group in range(len(stack.layer_groups)):
         for path in stack.plans:
             grad = stack.shared_linear(group, path).weight.grad
             assert grad is not None and grad.abs().sum() > 0, (group, path)
@@ -306,8 +306,11 @@ def test_layers_given_as_modules_and_a_name():
     (dict(exclude=['*']), r'leave no projection'),
     (dict(ranks={'zzz': 2}), r"lors.ranks: pattern 'zzz' matches no"),
     (dict(ranks={'linear1': 'half'}), r"lors.ranks\['linear1'\] must be"),
-    (dict(groups=4), r'lors.groups=4 must divide the number of layers'),
-    (dict(groups=[2, 2]), r'lors.groups=\[2, 2\] must sum to'),
+    (dict(layer_groups=4),
+     r'lors.layer_groups=4 must divide the number of layers'),
+    (dict(layer_groups=[2, 2]), r'lors.layer_groups=\[2, 2\] must sum to'),
+    (dict(groups=2), r"lors.groups was renamed lors.layer_groups \(adjacent "
+     r"layers that share one weight; 'groups' alone means the matrix groups"),
     (dict(init='svd'), r"lors.init must be one of \('fresh', 'dense'\)"),
     ('rank=4', r'lors must be a dict'),
 ])
@@ -472,7 +475,7 @@ def stock_init(model: nn.Module) -> None:
 def test_init_as_stock_keeps_parameter_objects(init):
     model = encoder()
     stack = apply_lors(model, 'layers',
-                       dict(rank='full', init=init, groups=[2, 4],
+                       dict(rank='full', init=init, layer_groups=[2, 4],
                             exclude='*.k_proj'))
     before = [id(p) for p in model.parameters()]
     keys = list(model.state_dict())

@@ -289,7 +289,7 @@ def test_merge_is_exact_with_random_private_parts(kind, per_group_factors,
     stock = copy.deepcopy(model)
     path = KINDS[kind][1]
     stack = apply_lors(model, 'stages', dict(
-        rank=2, groups=[1, 3],
+        rank=2, layer_groups=[1, 3],
         adaptive=adaptive(adaptive_terms=[1, 2, 1, 3],
                           per_group_factors=per_group_factors,
                           factor_init='kaiming')))
@@ -354,7 +354,7 @@ def test_a_saved_lors_stack_loads_strictly_into_a_new_one(tmp_path,
 def test_groups_of_layers_share_one_generator_each(declared):
     model = decoder('mixing')
     path = KINDS['mixing'][1]
-    stack = apply_lors(model, 'stages', dict(groups=2, exclude='*',
+    stack = apply_lors(model, 'stages', dict(layer_groups=2, exclude='*',
                                              adaptive=adaptive()))
     shared = [stack.shared_generator(g, path) for g in range(2)]
     assert [s.num_layers for s in shared] == [2, 2]

@@ -11,7 +11,7 @@ As a dict (e.g. an mmdet config ``lors=dict(decoder=dict(...))``)::
         include=['*'],      # projections to share (glob on the path inside
         exclude=[],         #   a layer; a pattern also selects the subtree
                             #   it names: 'self_attn' = 'self_attn.*')
-        groups=None,        # None: all layers share; 3: layers 0-2, 3-5...;
+        layer_groups=None,  # None: all layers share; 3: layers 0-2, 3-5...;
                             #   [2, 4]: layers 0-1 and 2-5 share
         init='fresh',       # 'fresh': shared = the first layer's weights of
                             #   each group, residuals zero; 'dense': shared =
@@ -45,8 +45,12 @@ from .static import FACTOR_INITS
 
 RankSpec = Union[int, str, Tuple[Union[int, str], ...]]
 INITS = ('fresh', 'dense')
-KEYS = ('rank', 'num_terms', 'ranks', 'include', 'exclude', 'groups', 'init',
-        'factor_init', 'adaptive')
+KEYS = ('rank', 'num_terms', 'ranks', 'include', 'exclude', 'layer_groups',
+        'init', 'factor_init', 'adaptive')
+# former key -> (its name now, what it means)
+RENAMED_KEYS = {'groups': ('layer_groups', 'adjacent layers that share one '
+                           "weight; 'groups' alone means the matrix groups G of "
+                           'a generator')}
 ADAPTIVE_KEYS = ('core_size', 'adaptive_terms', 'per_group_factors',
                  'factor_init')
 DEFAULT_RANK = 16
@@ -96,7 +100,7 @@ def _check_patterns(value: object, key: str) -> Tuple[str, ...]:
     return tuple(values)
 
 
-def _check_groups(value: object, key: str):
+def _check_layer_groups(value: object, key: str):
     if value is None:
         return None
     if _is_int(value) and value > 0:
@@ -202,7 +206,7 @@ class LorsStackConfig:
     ranks: Tuple[Tuple[str, RankSpec], ...] = ()
     include: Tuple[str, ...] = ('*', )
     exclude: Tuple[str, ...] = ()
-    groups: Union[None, int, Tuple[int, ...]] = None
+    layer_groups: Union[None, int, Tuple[int, ...]] = None
     init: str = 'fresh'
     factor_init: str = 'linear'
     adaptive: Optional[AdaptiveConfig] = None
@@ -226,6 +230,10 @@ class LorsStackConfig:
         cfg = {} if cfg is None else cfg
         if not isinstance(cfg, Mapping):
             raise TypeError(f'{key} must be a dict, got {type(cfg).__name__}')
+        for old, (new, meaning) in RENAMED_KEYS.items():
+            if old in cfg:
+                raise ValueError(f'{key}.{old} was renamed {key}.{new} '
+                                 f'({meaning})')
         unknown = sorted(set(cfg) - set(KEYS))
         if unknown:
             raise ValueError(f'unknown key(s) {unknown} in {key}; allowed: '
@@ -252,7 +260,8 @@ class LorsStackConfig:
             include=_check_patterns(cfg.get('include', ('*', )),
                                     f'{key}.include'),
             exclude=_check_patterns(cfg.get('exclude', ()), f'{key}.exclude'),
-            groups=_check_groups(cfg.get('groups'), f'{key}.groups'),
+            layer_groups=_check_layer_groups(cfg.get('layer_groups'),
+                                             f'{key}.layer_groups'),
             init=init,
             factor_init=factor_init,
             adaptive=AdaptiveConfig.from_dict(cfg.get('adaptive'),
@@ -261,16 +270,16 @@ class LorsStackConfig:
 
     def group_layers(self, num_layers: int) -> List[List[int]]:
         """The layer indices of each group of adjacent layers."""
-        key = f'{self.key}.groups'
-        if self.groups is None:
+        key = f'{self.key}.layer_groups'
+        if self.layer_groups is None:
             return [list(range(num_layers))]
-        if _is_int(self.groups):
-            if num_layers % self.groups:
-                raise ValueError(f'{key}={self.groups} must divide the number '
-                                 f'of layers ({num_layers})')
-            sizes = [self.groups] * (num_layers // self.groups)
+        if _is_int(self.layer_groups):
+            if num_layers % self.layer_groups:
+                raise ValueError(f'{key}={self.layer_groups} must divide the '
+                                 f'number of layers ({num_layers})')
+            sizes = [self.layer_groups] * (num_layers // self.layer_groups)
         else:
-            sizes = list(self.groups)
+            sizes = list(self.layer_groups)
             if sum(sizes) != num_layers:
                 raise ValueError(f'{key}={list(sizes)} must sum to the number '
                                  f'of layers ({num_layers}), got {sum(sizes)}')

@@ -79,10 +79,10 @@ class LorsStack(nn.Module):
         layers_path: owner-relative path of their container, or None.
         config: the :class:`LorsStackConfig` applied.
         plans: ``{projection path: ProjectionPlan}`` (ranks, terms per layer).
-        groups: the layer indices of each group of adjacent layers.
+        layer_groups: the layer indices of each group of adjacent layers.
         attentions: paths of the ``nn.MultiheadAttention`` modules turned into
             :class:`LorsAttention`.
-        dense_types: ``{projection or generator path: class}`` restored by
+        stock_types: ``{projection or generator path: class}`` restored by
             merging.
         adaptive_plans: ``{generator path: AdaptivePlan}`` of the declared
             generators made adaptive (empty without ``config.adaptive``).
@@ -93,9 +93,9 @@ class LorsStack(nn.Module):
                  layers_path: Optional[str],
                  config: LorsStackConfig,
                  plans: Mapping[str, ProjectionPlan],
-                 groups: List[List[int]],
+                 layer_groups: List[List[int]],
                  attentions: Sequence[str],
-                 dense_types: Mapping[str, type],
+                 stock_types: Mapping[str, type],
                  adaptive_plans: Optional[Mapping[str, AdaptivePlan]] = None
                  ) -> None:
         super().__init__()
@@ -104,11 +104,11 @@ class LorsStack(nn.Module):
         self.layers_path = layers_path
         self.config = config
         self.plans = dict(plans)
-        self.groups = [list(g) for g in groups]
+        self.layer_groups = [list(g) for g in layer_groups]
         self.attentions = tuple(attentions)
-        self.dense_types = dict(dense_types)
+        self.stock_types = dict(stock_types)
         self.adaptive_plans = dict(adaptive_plans or {})
-        self.shared = nn.ModuleList(nn.Module() for _ in groups)
+        self.shared = nn.ModuleList(nn.Module() for _ in layer_groups)
         # torch's TransformerEncoder only: its nested-tensor setting before
         self.owner_use_nested_tensor: Optional[bool] = None
 
@@ -149,7 +149,7 @@ class LorsStack(nn.Module):
 
     def group_of(self, layer: int) -> int:
         """The group index of layer ``layer``."""
-        for index, group in enumerate(self.groups):
+        for index, group in enumerate(self.layer_groups):
             if layer in group:
                 return index
         raise IndexError(f'layer {layer} is not in this stack of '
@@ -185,7 +185,7 @@ class LorsStack(nn.Module):
         for layer in self.layers:
             for path in self.plans:
                 lors = layer.get_submodule(path)
-                dense = build_linear(self.dense_types[path], lors.weight,
+                dense = build_linear(self.stock_types[path], lors.weight,
                                      lors.bias)
                 _replace(layer, path, dense.train(lors.training))
             for path in self.attentions:
@@ -194,13 +194,13 @@ class LorsStack(nn.Module):
             for path in self.adaptive_plans:
                 lors = layer.get_submodule(path)
                 folded = _to_linear_in_float64(lors)
-                dense = build_linear(self.dense_types[path], folded.weight,
+                dense = build_linear(self.stock_types[path], folded.weight,
                                      folded.bias)
                 _replace(layer, path, dense.train(lors.training))
 
     def extra_repr(self) -> str:
         return (f'layers={len(self.layers)}, layers_path={self.layers_path!r}'
-                f', groups={[len(g) for g in self.groups]}, '
+                f', layer_groups={[len(g) for g in self.layer_groups]}, '
                 f'init={self.config.init!r}, projections={list(self.plans)}'
                 f', generators={list(self.adaptive_plans)}')
 
@@ -504,7 +504,7 @@ def apply_lors(owner: nn.Module,
                         allow_empty=bool(generated)) if projections else {}
     adaptive_plans = config.plan_adaptive(
         {p: g[:2] for p, g in generated.items()}, len(layers))
-    groups = config.group_layers(len(layers))
+    layer_groups = config.group_layers(len(layers))
 
     attentions = sorted({
         path.rpartition('.')[0] for path in plans
@@ -522,14 +522,14 @@ def apply_lors(owner: nn.Module,
                 raise ValueError(f'layer {index}, {path!r}: {error}') from None
     for layer, path, attention in converted:
         _replace(layer, path, attention)
-    dense_types = {
+    stock_types = {
         path: type(layers[0].get_submodule(path))
         for path in (*plans, *adaptive_plans)
     }
 
-    stack = LorsStack(layers, layers_path, config, plans, groups, attentions,
-                      dense_types, adaptive_plans)
-    for group_index, group in enumerate(groups):
+    stack = LorsStack(layers, layers_path, config, plans, layer_groups, attentions,
+                      stock_types, adaptive_plans)
+    for group_index, group in enumerate(layer_groups):
         for path, plan in plans.items():
             denses = [layers[i].get_submodule(path) for i in group]
             ranks = [plan.ranks[i] for i in group]
@@ -570,7 +570,7 @@ def _share_generator(stack: LorsStack, group_index: int, path: str,
     """The adaptive target ``path`` of one group of layers: one
     :class:`SharedGenerator` registered in ``stack``, and in each layer a
     :class:`LorsGeneratedLinear` in place of its generator."""
-    group = stack.groups[group_index]
+    group = stack.layer_groups[group_index]
     adaptive = stack.config.adaptive
     denses = [stack.layers[i].get_submodule(path) for i in group]
     weights = [linear_weight(d) for d in denses]

@@ -5,7 +5,7 @@ A detector with :class:`LorsStacksMixin` takes::
     model = dict(
         ...,
         lors=dict(
-            decoder=dict(rank=16, include=['ffn'], groups=None),
+            decoder=dict(rank=16, include=['ffn'], layer_groups=None),
             encoder=dict(rank=32)))      # the parts the detector has
 
 Each part is a :class:`~lors_mmdet.lors.LorsStackConfig` dict (``rank``,

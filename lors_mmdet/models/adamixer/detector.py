@@ -78,7 +78,7 @@ def init_published_lors_mixing(stack: LorsStack) -> None:
     if MIXING_GENERATOR not in stack.adaptive_plans or \
             MIXING_OUT_PROJ not in stack.plans:
         return
-    for group in range(len(stack.groups)):
+    for group in range(len(stack.layer_groups)):
         stack.shared_linear(group, MIXING_OUT_PROJ).reset_parameters()
     for lors in stack.lors_linears(MIXING_OUT_PROJ):
         nn.init.zeros_(lors.bias)

@@ -313,7 +313,7 @@ def fit_to_inputs_(model: nn.Module, parts: Sequence[str],
         for path, plan in stack.plans.items():
             layers = stack.lors_linears(path)
             per_layer = [0.0] * len(layers)
-            for group, members in enumerate(stack.groups):
+            for group, members in enumerate(stack.layer_groups):
                 shared, factors, group_errors = calibrated_factors(
                     [stock[part][path][i] for i in members],
                     [stats[part][path][i] for i in members],

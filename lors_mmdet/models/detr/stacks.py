@@ -14,7 +14,7 @@ encoder / decoder. One config key::
         ...,                        #    LorsDeformableDETR, LorsDINO,
                                     #    LorsDDQDETR: mmdet's arguments
         lors=dict(
-            decoder=dict(rank=16, ranks={'ffn.*': 32}, groups=None),
+            decoder=dict(rank=16, ranks={'ffn.*': 32}, layer_groups=None),
             encoder=dict(rank=32, exclude=['self_attn.sampling_offsets'])))
 
 Each of ``encoder`` / ``decoder`` is a

@@ -89,7 +89,7 @@ def merged_for_deployment(model: nn.Module) -> nn.Module:
 
     The model is copied and its LORS stacks
     (:func:`~lors_mmdet.lors.find_lors_stacks`) merged back into stock modules
-    (:func:`~lors_mmdet.lors.merge_lors`; LORS-AdaMixer becomes the plain
+    (:func:`~lors_mmdet.lors.merge_lors`; LORS-AdaMixer becomes the stock
     AdaMixer of its geometry, exactly); a LORS map outside a stack (a
     :class:`~lors_mmdet.lors.LorsLinearStack`) becomes the ``nn.Linear`` it
     equals. The input model is left unchanged.

@@ -10,7 +10,7 @@ Parameter groups of the decoder (``roi_head``):
 - ``shared mixing``: LORS's stack-wide mixing generator and output projection;
 - ``shared other``: other shared weights of the stack (``model.lors.decoder``'s
   static targets besides the mixing);
-- ``s{i} mixing``: stage ``i``'s own mixing (plain AdaMixer: its generator and output
+- ``s{i} mixing``: stage ``i``'s own mixing (stock AdaMixer: its generator and output
   projection; LORS: the private core generator, L, R, and the projection's A, B, bias);
 - ``s{i} other``: the rest of stage ``i`` (attention, sampling offsets, FFN, heads).
 """

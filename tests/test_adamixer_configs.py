@@ -292,16 +292,16 @@ def test_param_report(config, monkeypatch, capsys):
         decoder['private_outside_stages'] == decoder['total']
     if 'lors' in config:
         assert report['lors'] and decoder['shared'] > 0
-        assert decoder['dense_equivalent'] > decoder['total']
+        assert decoder['stock_equivalent'] > decoder['total']
         # stages with more adaptive terms own more
         privates = [s['private'] for s in decoder['stages']]
         assert privates == sorted(privates) and privates[0] < privates[-1]
     else:
         assert not report['lors'] and decoder['shared'] == 0
-        assert decoder['dense_equivalent'] == decoder['total']
+        assert decoder['stock_equivalent'] == decoder['total']
     text = run_report([path], monkeypatch, capsys)
     assert 'decoder (roi_head)' in text and 'stage 0 private' in text
-    assert ('dense equivalent' in text) == ('lors' in config)
+    assert ('stock equivalent' in text) == ('lors' in config)
 
 
 def test_param_report_cfg_options_change_the_model(monkeypatch, capsys):

@@ -375,7 +375,7 @@ def test_stages_of_other_mixing_sizes_cannot_share_the_generator():
                                   'LorsAdaMixerDecoderStage'])
 def test_former_lors_types_name_the_new_config(name):
     with pytest.raises(ValueError, match=f"'{name}' was removed: LORS-AdaMixer "
-                       'is the plain AdaMixer .* plus model.lors.decoder'):
+                       'is the stock AdaMixer .* plus model.lors.decoder'):
         MODELS.build(dict(type=name, core_sizes=4))
 
 

@@ -61,7 +61,7 @@ def test_full_rank_from_dense_gpt2_computes_the_stock_model_and_merges_back():
         for path in PATHS:
             assert isinstance(block.get_submodule(path), LorsLinear)
     assert stack.shared_linear(0, 'mlp.c_fc').weight.shape == (128, 32)
-    assert count_parameters(model).dense_equivalent == stock_count
+    assert count_parameters(model).stock_equivalent == stock_count
     with torch.no_grad():
         lors_logits = model(ids).logits
     torch.testing.assert_close(lors_logits, expected, rtol=0, atol=1e-9)

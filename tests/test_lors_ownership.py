@@ -139,7 +139,7 @@ def test_count_parameters():
     assert count.shared == shared
     assert count.private == lors_only + plain_private
     assert count.total == sum(p.numel() for p in model.parameters())
-    assert count.dense_equivalent == 3 * shared + plain_private
+    assert count.stock_equivalent == 3 * shared + plain_private
     assert 0 < count.saving < 1
     # A single stage counts the shared modules it uses, once each.
     stage = count_parameters(model.stages[2])

@@ -214,7 +214,7 @@ def test_per_layer_ranks_and_groups_give_the_formula_counts():
     count = count_parameters(model)
     assert count.shared == 2 * shared_per_group
     assert count.total == total
-    assert count.dense_equivalent == stock
+    assert count.stock_equivalent == stock
 
 
 @pytest.mark.parametrize('kind', MODELS)

@@ -333,7 +333,7 @@ def test_each_shared_tensor_once_and_honest_counts(kind, declared):
         for k, r in zip(terms, rows))
     count = count_parameters(model)
     assert count.shared == generator_size
-    assert count.dense_equivalent == stock_total
+    assert count.stock_equivalent == stock_total
     assert count.total == stock_total - 3 * generator_size + private
 
 

@@ -134,7 +134,7 @@ def test_param_report_prints_an_increase_as_such(terms, monkeypatch, capsys):
                                    monkeypatch, capsys))
     text = run_report([TOY_LORS, *options], monkeypatch, capsys)
     for counts in (report['decoder'], report['total']):
-        change = 100 * (counts['total'] / counts['dense_equivalent'] - 1)
+        change = 100 * (counts['total'] / counts['stock_equivalent'] - 1)
         expected = (f'LORS adds {change:.1f}%' if change > 0 else
                     f'LORS saves {-change:.1f}%')
         assert expected in text

@@ -148,7 +148,7 @@ def test_get_flops_counts_the_parameters_of_param_report(options):
     report = json.loads(run(['tools/analysis/param_report.py', CONFIG, '--json']).stdout)
     assert params == _format_size(report['total']['total'])
     # a count that saw every layer's copy of the shared weights would not match
-    assert params != _format_size(report['total']['dense_equivalent'])
+    assert params != _format_size(report['total']['stock_equivalent'])
 
 
 def test_browse_dataset_writes_a_picture_per_training_image(tmp_path, data_root, options):

@@ -80,7 +80,7 @@ def test_coco_numbers_are_references_with_their_source(models):
     for model in with_results:
         assert model['Results Source'].startswith(NOT_TRAINED_HERE + ': ')
         assert model['Results'][0]['Dataset'] == 'COCO'
-    baselines = {m['Name']: m['Dense Baseline'] for m in models if 'Dense Baseline' in m}
+    baselines = {m['Name']: m['Stock Baseline'] for m in models if 'Stock Baseline' in m}
     assert 'lors-dino-4scale_r50_8xb2-12e_coco' in baselines
     assert 'lors-deformable-detr_r50_16xb2-50e_coco' in baselines
     for name, baseline in baselines.items():

@@ -5,7 +5,7 @@
 # ratio to the c=32 group channels and P_in=16 points is the paper's) with
 # K_i=[1, 1, 2, 2, 3, 3] terms, static factors per mixing group, rank-2
 # output residuals (COCO: 8), the published init. Everything else is the
-# plain toy's.
+# stock toy's.
 _base_ = '../adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
 
 model = dict(

@@ -3,7 +3,7 @@
 # decoder: shared mixing generator and output projection, private adaptive
 # cores k=8 with K_i=[1, 2, 3] terms (static factors per mixing group, as
 # published), rank-4 output residuals, the published init. The mixing
-# shapes stay the toy AdaMixer's (G=4, P_in=16), so that plain and LORS differ
+# shapes stay the toy AdaMixer's (G=4, P_in=16), so that stock and LORS differ
 # only in what the stages share; the COCO configs use the paper's G=2, P_in=64.
 _base_ = '../adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py'
 

@@ -17,7 +17,7 @@ class ParameterCount(NamedTuple):
         shared: elements of the shared LORS tensors (registered once).
         private: every other element.
         total: ``shared + private``.
-        dense_equivalent: what the same network with N independent plain
+        stock_equivalent: what the same network with N independent stock
             layers would hold: each shared tensor ``num_layers`` times, without
             the LORS-only factors (``lors_A``/``lors_B``, core generators,
             ``lors_L``/``lors_R``).
@@ -25,14 +25,14 @@ class ParameterCount(NamedTuple):
     shared: int
     private: int
     total: int
-    dense_equivalent: int
+    stock_equivalent: int
 
     @property
     def saving(self) -> float:
-        """Fraction of ``dense_equivalent`` that LORS does not need."""
-        if self.dense_equivalent == 0:
+        """Fraction of ``stock_equivalent`` that LORS does not need."""
+        if self.stock_equivalent == 0:
             return 0.0
-        return 1.0 - self.total / self.dense_equivalent
+        return 1.0 - self.total / self.stock_equivalent
 
 
 def count_parameters(module: nn.Module) -> ParameterCount:
@@ -58,11 +58,11 @@ def count_parameters(module: nn.Module) -> ParameterCount:
         seen.add(id(tensor))
         return tensor.numel()
 
-    shared = dense = 0
+    shared = stock = 0
     for shared_module in shared_modules.values():
         count = sum(numel_once(p) for p in shared_module.parameters())
         shared += count
-        dense += count * shared_module.num_layers
+        stock += count * shared_module.num_layers
     lors_only = set()
     for sub in module.modules():
         if isinstance(sub, LorsLinear):
@@ -74,8 +74,8 @@ def count_parameters(module: nn.Module) -> ParameterCount:
         count = numel_once(param)
         private += count
         if id(param) not in lors_only:
-            dense += count
-    return ParameterCount(shared, private, shared + private, dense)
+            stock += count
+    return ParameterCount(shared, private, shared + private, stock)
 
 
 def reset_lors_parameters(module: nn.Module) -> None:

@@ -1,7 +1,7 @@
 """Conversions between a static LORS stack and N dense weights.
 
 - :func:`merge_linears`: LORS -> dense, for deployment (a merged model runs
-  as a plain stack, at its speed).
+  as a stock stack, at its speed).
 - :func:`lors_from_dense`: dense -> LORS, e.g. from a trained stock decoder:
   shared = mean of the weights, private = truncated SVD of each residual.
 """

@@ -185,18 +185,18 @@ class LorsStack(nn.Module):
         for layer in self.layers:
             for path in self.plans:
                 lors = layer.get_submodule(path)
-                dense = build_linear(self.stock_types[path], lors.weight,
+                stock = build_linear(self.stock_types[path], lors.weight,
                                      lors.bias)
-                _replace(layer, path, dense.train(lors.training))
+                _replace(layer, path, stock.train(lors.training))
             for path in self.attentions:
                 attention = layer.get_submodule(path)
                 _replace(layer, path, attention.to_multihead_attention())
             for path in self.adaptive_plans:
                 lors = layer.get_submodule(path)
                 folded = _to_linear_in_float64(lors)
-                dense = build_linear(self.stock_types[path], folded.weight,
+                stock = build_linear(self.stock_types[path], folded.weight,
                                      folded.bias)
-                _replace(layer, path, dense.train(lors.training))
+                _replace(layer, path, stock.train(lors.training))
 
     def extra_repr(self) -> str:
         return (f'layers={len(self.layers)}, layers_path={self.layers_path!r}'
@@ -531,16 +531,16 @@ def apply_lors(owner: nn.Module,
                       stock_types, adaptive_plans)
     for group_index, group in enumerate(layer_groups):
         for path, plan in plans.items():
-            denses = [layers[i].get_submodule(path) for i in group]
+            stocks = [layers[i].get_submodule(path) for i in group]
             ranks = [plan.ranks[i] for i in group]
             terms = [plan.num_terms[i] for i in group]
-            has_bias = denses[0].bias is not None
+            has_bias = stocks[0].bias is not None
             if config.init == 'dense':
                 shared, new_layers, _ = lors_from_dense(
-                    [linear_weight(d) for d in denses], ranks, terms,
-                    [d.bias for d in denses] if has_bias else None)
+                    [linear_weight(d) for d in stocks], ranks, terms,
+                    [d.bias for d in stocks] if has_bias else None)
             else:
-                weight = linear_weight(denses[0])
+                weight = linear_weight(stocks[0])
                 shared = SharedLinear(weight.shape[1], weight.shape[0],
                                       len(group)).to(weight)
                 shared.weight.copy_(weight)
@@ -548,12 +548,12 @@ def apply_lors(owner: nn.Module,
                     LorsLinear(shared, r, k, has_bias, config.factor_init)
                     for r, k in zip(ranks, terms)
                 ]
-                for dense, new in zip(denses, new_layers):
+                for stock, new in zip(stocks, new_layers):
                     if has_bias:
-                        new.bias.copy_(dense.bias)
+                        new.bias.copy_(stock.bias)
             stack.add_shared(group_index, path, shared)
-            for i, dense, new in zip(group, denses, new_layers):
-                _replace(layers[i], path, new.train(dense.training))
+            for i, stock, new in zip(group, stocks, new_layers):
+                _replace(layers[i], path, new.train(stock.training))
         for path, plan in adaptive_plans.items():
             _share_generator(stack, group_index, path, plan)
     if isinstance(owner, nn.TransformerEncoder) and attentions:
@@ -572,19 +572,19 @@ def _share_generator(stack: LorsStack, group_index: int, path: str,
     :class:`LorsGeneratedLinear` in place of its generator."""
     group = stack.layer_groups[group_index]
     adaptive = stack.config.adaptive
-    denses = [stack.layers[i].get_submodule(path) for i in group]
-    weights = [linear_weight(d) for d in denses]
+    stocks = [stack.layers[i].get_submodule(path) for i in group]
+    weights = [linear_weight(d) for d in stocks]
     shared = SharedGenerator(weights[0].shape[1], plan.groups, plan.shapes,
                              len(group)).to(weights[0])
     if stack.config.init == 'dense':
         shared.generator.weight.copy_(torch.stack(weights).mean(0))
         shared.generator.bias.copy_(
-            torch.stack([d.bias for d in denses]).mean(0))
+            torch.stack([d.bias for d in stocks]).mean(0))
     else:
         shared.generator.weight.copy_(weights[0])
-        shared.generator.bias.copy_(denses[0].bias)
+        shared.generator.bias.copy_(stocks[0].bias)
     stack.add_shared(group_index, path, shared)
-    for i, dense in zip(group, denses):
+    for i, stock in zip(group, stocks):
         new = LorsGeneratedLinear(
             shared,
             plan.core_sizes[i],
@@ -592,7 +592,7 @@ def _share_generator(stack: LorsStack, group_index: int, path: str,
             recompute=False,
             per_group_factors=adaptive.per_group_factors,
             factor_init=adaptive.factor_init)
-        _replace(stack.layers[i], path, new.train(dense.training))
+        _replace(stack.layers[i], path, new.train(stock.training))
 
 
 def find_lors_stacks(module: nn.Module) -> List[Tuple[str, LorsStack]]:

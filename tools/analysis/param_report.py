@@ -4,8 +4,8 @@ Counts every tensor once (``lors_mmdet.lors.count_parameters``): the whole
 model, each top-level part (backbone, neck, query generator / encoder /
 heads, decoder), the decoder split into the shared LORS tensors registered on
 the stack owner and the private tensors of each stage / layer, and for LORS
-models the dense equivalent: the same architecture with every layer owning a
-plain copy of each shared weight (and no LORS factors).
+models the stock equivalent: the same architecture with every layer owning a
+copy of each shared weight (and no LORS factors).
 
 Works for any config whose model has a ``roi_head`` (AdaMixer family: stages
 in ``roi_head.bbox_head``) or a ``decoder`` (DETR family: layers in
@@ -52,9 +52,9 @@ def _millions(value: int) -> str:
     return f'{value / 1e6:9.3f}M {value:>13,}'
 
 
-def saving_text(lors: int, dense: int) -> str:
-    """'LORS saves X%' of ``dense``, or 'LORS adds X%' when LORS is larger."""
-    change = 100 * (lors - dense) / dense
+def saving_text(lors: int, stock: int) -> str:
+    """'LORS saves X%' of ``stock``, or 'LORS adds X%' when LORS is larger."""
+    change = 100 * (lors - stock) / stock
     if change > 0:
         return f'LORS adds {change:.1f}%'
     return f'LORS saves {-change:.1f}%'
@@ -86,12 +86,12 @@ def format_report(config: str, report: dict) -> str:
     if report['lors']:
         lines += [
             '',
-            'dense equivalent (same architecture, every stage with its own '
-            'plain copy of the shared weights, no LORS factors):',
-            f'  {"decoder":<32}{_millions(dec["dense_equivalent"])}'
-            f'  ({saving_text(dec["total"], dec["dense_equivalent"])})',
-            f'  {"whole model":<32}{_millions(total["dense_equivalent"])}'
-            f'  ({saving_text(total["total"], total["dense_equivalent"])})',
+            'stock equivalent (same architecture, every stage with its own '
+            'copy of the shared weights, no LORS factors):',
+            f'  {"decoder":<32}{_millions(dec["stock_equivalent"])}'
+            f'  ({saving_text(dec["total"], dec["stock_equivalent"])})',
+            f'  {"whole model":<32}{_millions(total["stock_equivalent"])}'
+            f'  ({saving_text(total["total"], total["stock_equivalent"])})',
         ]
     return '\n'.join(lines)
 
@@ -99,7 +99,7 @@ def format_report(config: str, report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description='Parameter report of a detector config (total, parts, '
-        'decoder shared / private, per stage, dense equivalent).')
+        'decoder shared / private, per stage, stock equivalent).')
     parser.add_argument('config', nargs='?', help='config file')
     parser.add_argument('--detr-table', action='store_true',
                         help='the DETR-family table, stock vs LORS, instead')

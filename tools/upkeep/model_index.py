@@ -138,7 +138,7 @@ def model_entry(root: str, config: str, collection: str, report: dict,
     metadata['Decoder Parameters'] = decoder['total']
     if report['lors']:
         metadata['Decoder Shared Parameters'] = decoder['shared']
-        metadata['Dense Decoder Parameters'] = decoder['dense_equivalent']
+        metadata['Stock Decoder Parameters'] = decoder['stock_equivalent']
     entry = {'Name': name, 'In Collection': collection, 'Config': config,
              'Metadata': metadata}
     reference = REFERENCE_RESULTS.get(name)
@@ -148,7 +148,7 @@ def model_entry(root: str, config: str, collection: str, report: dict,
         entry['Results Source'] = f'{NOT_TRAINED_HERE}: {reference["source"]}'
     stock = stock_results.get(name[len('lors-'):]) if name.startswith('lors-') else None
     if stock is not None:
-        entry['Dense Baseline'] = {
+        entry['Stock Baseline'] = {
             'Name': name[len('lors-'):], 'Dataset': 'COCO', 'box AP': stock['box AP'],
             'Source': f'{NOT_TRAINED_HERE}: mmdet model zoo ({stock["metafile"]} of the '
             'installed mmdet)'}

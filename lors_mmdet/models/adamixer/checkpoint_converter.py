@@ -250,7 +250,7 @@ def settings_mismatches(settings: Mapping, model_cfg: Mapping) -> List[str]:
     expected = settings.get('lors')
     if (lors is None) != (expected is None):
         lines.append('model.lors.decoder: checkpoint '
-                     f'{"a LORS-AdaMixer" if expected else "a plain AdaMixer"}'
+                     f'{"a LORS-AdaMixer" if expected else "a stock AdaMixer"}'
                      f', config {"with" if lors else "without"} it')
         return lines
     for key, value in (expected or {}).items():

@@ -15,7 +15,7 @@ from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from .mixing import check_mixing_dims
 
 REMOVED_LORS_TYPES = (
-    '{type!r} was removed: LORS-AdaMixer is the plain AdaMixer (roi_head '
+    '{type!r} was removed: LORS-AdaMixer is the stock AdaMixer (roi_head '
     "type='AdaMixerDecoder' with n_groups, in_points, out_points; stages "
     "type='AdaMixerDecoderStage') plus model.lors.decoder = dict(include="
     "['adaptive_mixing.out_proj'], rank=<out_proj_ranks>, factor_init="

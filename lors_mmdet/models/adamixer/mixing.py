@@ -1,4 +1,4 @@
-"""AdaMixer's adaptive channel + spatial mixing, plain and LORS.
+"""AdaMixer's adaptive channel + spatial mixing, stock and LORS.
 
 For each query q and mixing group g the sampled features x (P_in points by c
 channels) are mixed twice with matrices generated from q:

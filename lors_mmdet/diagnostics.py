@@ -103,6 +103,42 @@ def private_residual_sizes(decoder: nn.Module,
     return sizes
 
 
+def stack_residual_sizes(model: nn.Module) -> Dict[str, List[float]]:
+    """For every LORS stack of any model, each layer's static private residual next
+    to the shared weight: the mean over the stack's projections of
+    ``||B_i A_i|| / ||W_shared||`` (Frobenius).
+
+    Args:
+        model: a model with LORS stacks (``lors_mmdet.lors.find_lors_stacks``).
+
+    Returns:
+        ``{stack path: [ratio of layer 0, layer 1, ...]}``.
+    """
+    from lors_mmdet.lors import find_lors_stacks
+    sizes = {}
+    with torch.no_grad():
+        for path, stack in find_lors_stacks(model):
+            per_layer = [[] for _ in stack.layers]
+            for projection in stack.plans:
+                for i, lors in enumerate(stack.lors_linears(projection)):
+                    residual = (lors.lors_B @ lors.lors_A).norm()
+                    per_layer[i].append(float(residual / lors.shared.weight.norm()))
+            sizes[path] = [sum(r) / len(r) if r else 0.0 for r in per_layer]
+    return sizes
+
+
+def run_residual_sizes(run_dir: str) -> Dict[str, Dict[str, List[float]]]:
+    """:func:`stack_residual_sizes` at every checkpoint of a run, by file name."""
+    from lors_mmdet.apis.steps import build_model, load_strictly
+    cfg = run_config(run_dir)
+    model = build_model(cfg.model)
+    result = {}
+    for path in run_checkpoints(run_dir):
+        load_strictly(model, read_checkpoint(path)[0], path)
+        result[osp.basename(path)] = stack_residual_sizes(model)
+    return result
+
+
 def _mixing_queries(decoder: nn.Module):
     """Forward pre-hooks that record each stage's mixing query; returns (list, handles)."""
     queries: List[Optional[Tensor]] = [None] * len(decoder.bbox_head)

@@ -176,3 +176,26 @@ def test_format_diagnostics_averages_the_seeds():
     assert '| shared mixing | 4 | 4 |' in text  # mean gradient norm, both checkpoints
     assert '| iter_400.pth | 0.100 / 0.200 / 0.300 |' in text
     assert '| s0 mixing | 0.25 |' in text
+
+
+def test_stack_residual_sizes_of_any_lors_model():
+    """Zero with B = 0; after setting one layer's B, that layer's ratio is the mean over
+    the stack's projections of |B A| / |W_shared|, computed here directly."""
+    from lors_mmdet.diagnostics import stack_residual_sizes
+    from lors_mmdet.lors import apply_lors
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 8))
+        for _ in range(3))
+    stack = apply_lors(model, 'layers', dict(rank=2))
+    assert stack_residual_sizes(model) == {'lors_layers': [0.0, 0.0, 0.0]}
+    with torch.no_grad():
+        for lors in (model.layers[1][0], model.layers[1][2]):
+            lors.lors_B.normal_()
+    expected = sum(float((m.lors_B @ m.lors_A).norm() / m.shared.weight.norm())
+                   for m in (model.layers[1][0], model.layers[1][2])) / 2
+    sizes = stack_residual_sizes(model)['lors_layers']
+    assert sizes[0] == sizes[2] == 0.0
+    assert sizes[1] == pytest.approx(expected) and expected > 0
+    assert len(stack.plans) == 2

@@ -9,6 +9,10 @@ each stage's own predictions at the last checkpoint. Written to ``diagnostics.js
 the run dir; a run that has one is skipped (``--force`` recomputes). ``--summary FILE``
 writes markdown tables of all the given runs, mean over the seeds of each model.
 See lors_mmdet/diagnostics.py for the definitions.
+
+``--residuals`` (any detector with LORS stacks, e.g. LORS-DINO) prints instead, for every
+checkpoint, each LORS stack's per-layer static private residual ``|B A| / |W_shared|``
+(mean over the stack's projections): whether the layers grew apart from the shared weight.
 """
 import argparse
 import os.path as osp
@@ -16,7 +20,8 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
-from lors_mmdet.diagnostics import diagnose_run, format_diagnostics  # noqa: E402
+from lors_mmdet.diagnostics import (diagnose_run, format_diagnostics,  # noqa: E402
+                                    run_residual_sizes)
 
 
 def main() -> None:
@@ -25,10 +30,22 @@ def main() -> None:
     parser.add_argument('--stage-ap', action='store_true',
                         help='evaluate every stage at the last checkpoint')
     parser.add_argument('--force', action='store_true', help='recompute')
+    parser.add_argument('--residuals', action='store_true',
+                        help='only print the per-layer private residual sizes of every '
+                        'LORS stack at every checkpoint (any LORS detector)')
     parser.add_argument('--summary', metavar='FILE',
                         help='also write markdown tables of all the runs (grouped by '
                         'the name of the folder above each seed folder) to FILE')
     args = parser.parse_args()
+    if args.residuals:
+        print('| run | checkpoint | stack | |B A| / |W_shared| per layer |')
+        print('|---|---|---|---|')
+        for run_dir in args.run_dirs:
+            for checkpoint, stacks in run_residual_sizes(run_dir).items():
+                for stack, sizes in stacks.items():
+                    print(f'| {run_dir} | {checkpoint} | {stack} | '
+                          + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
+        return
     runs = {}
     for run_dir in args.run_dirs:
         result = diagnose_run(run_dir, stage_ap=args.stage_ap, force=args.force)

@@ -38,7 +38,7 @@ def main() -> None:
                         'the name of the folder above each seed folder) to FILE')
     args = parser.parse_args()
     if args.residuals:
-        print('| run | checkpoint | stack | |B A| / |W_shared| per layer |')
+        print('| run | checkpoint | stack | norm(B A) / norm(W_shared), per layer |')
         print('|---|---|---|---|')
         for run_dir in args.run_dirs:
             for checkpoint, stacks in run_residual_sizes(run_dir).items():

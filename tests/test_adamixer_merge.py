@@ -160,8 +160,13 @@ def test_merge_tool_output_runs_with_mmdets_own_test_script(
     assert merged['meta']['lors_conversion']['direction'] == 'to-stock'
     assert merged['meta']['lors_conversion']['model_type'] == 'AdaMixer'
     assert merged['meta']['epoch'] == 3
+    assert {key.split('.')[2] for key in merged['state_dict']
+            if key.startswith('roi_head.bbox_head.')} == {'0', '1', '2'}
     plain_cfg = Config.fromfile(str(out_config))
     assert plain_cfg.model.type == 'AdaMixer' and 'lors' not in plain_cfg.model
+    roi_head = plain_cfg.model.roi_head
+    assert (roi_head.n_groups, roi_head.in_points, roi_head.out_points,
+            roi_head.num_stages) == (4, 16, 32, 3)
     mmdet_test = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
                           'test.py')
     out = run([mmdet_test, str(out_config), str(out_checkpoint),

@@ -1,11 +1,11 @@
-"""Plain vs LORS detectors, measured side by side in ONE run, reported as ratios.
+"""Stock vs LORS detectors, measured side by side in ONE run, reported as ratios.
 
 For each family (AdaMixer, DINO, Deformable-DETR): total and decoder parameters,
 checkpoint size, training-step time and memory, inference latency of the LORS model
-as trained and merged for deployment (every LORS linear map folded into a plain one;
-LORS-AdaMixer merges exactly into a plain AdaMixer of its own geometry, which is
+as trained and merged for deployment (every LORS linear map folded into a stock one;
+LORS-AdaMixer merges exactly into a stock AdaMixer of its own geometry, which is
 timed as well).
-Timings are medians over repeats, plain and LORS interleaved (machines are noisy).
+Timings are medians over repeats, stock and LORS interleaved (machines are noisy).
 
     python tools/analysis/benchmark.py                    # CPU: toy configs, 128 px
     python tools/analysis/benchmark.py --device cuda      # R-50 COCO configs, 800x1333, batch 2
@@ -186,13 +186,13 @@ def interleaved_medians(runs: Dict[str, Callable[[], Dict[str, float]]], repeats
 
 
 def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
-    plain_config, lors_config = PAIRS[args.device][family]
+    stock_config, lors_config = PAIRS[args.device][family]
     height, width = IMAGE[args.device]
-    models = {'plain': build_detector(plain_config, args.device),
+    models = {'stock': build_detector(stock_config, args.device),
               'LORS': build_detector(lors_config, args.device)}
-    num_classes = models['plain'].bbox_head.num_classes if hasattr(
-        models['plain'], 'bbox_head') else models['plain'].roi_head.bbox_head[0].num_classes
-    batch = synthetic_batch(models['plain'], args.batch_size, height, width,
+    num_classes = models['stock'].bbox_head.num_classes if hasattr(
+        models['stock'], 'bbox_head') else models['stock'].roi_head.bbox_head[0].num_classes
+    batch = synthetic_batch(models['stock'], args.batch_size, height, width,
                             num_classes=num_classes)
     rows = {}
     for name, model in models.items():
@@ -208,42 +208,42 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
          for name in models}, args.repeats, args.warmup)
     models['LORS merged'] = merged_for_deployment(models['LORS'])
     stock_cfg = lors_and_stock_model_cfgs(load_config(lors_config))[1]
-    if stock_cfg != load_config(plain_config).model:
+    if stock_cfg != load_config(stock_config).model:
         # the stock model of the LORS model's geometry (LORS-AdaMixer's G and
-        # P_in differ from plain AdaMixer's), its own weights
-        models['plain, LORS geometry'] = build_model(stock_cfg, device=args.device)
+        # P_in differ from stock AdaMixer's), its own weights
+        models['stock, LORS geometry'] = build_model(stock_cfg, device=args.device)
     for model in models.values():
         model.eval()
     infer = interleaved_medians(
         {name: (lambda n=name: predict(models[n], batch, args.device)) for name in models},
         args.repeats, args.warmup)
 
-    plain, lors = rows['plain'], rows['LORS']
+    stock, lors = rows['stock'], rows['LORS']
     memory_key = 'peak_mb' if args.device == 'cuda' else 'saved_mb'
     lines = [
-        f'| {family} | total params | {plain["total"] / 1e6:.2f} M | '
-        f'{lors["total"] / 1e6:.2f} M | {lors["total"] / plain["total"]:.3f} |',
-        f'| {family} | decoder params | {plain["decoder"] / 1e6:.3f} M | '
-        f'{lors["decoder"] / 1e6:.3f} M | {lors["decoder"] / plain["decoder"]:.3f} |',
-        f'| {family} | checkpoint size | {plain["checkpoint"]:.1f} MiB | '
-        f'{lors["checkpoint"]:.1f} MiB | {lors["checkpoint"] / plain["checkpoint"]:.3f} |',
-        f'| {family} | train step time | {train["plain"]["seconds"] * 1e3:.0f} ms | '
+        f'| {family} | total params | {stock["total"] / 1e6:.2f} M | '
+        f'{lors["total"] / 1e6:.2f} M | {lors["total"] / stock["total"]:.3f} |',
+        f'| {family} | decoder params | {stock["decoder"] / 1e6:.3f} M | '
+        f'{lors["decoder"] / 1e6:.3f} M | {lors["decoder"] / stock["decoder"]:.3f} |',
+        f'| {family} | checkpoint size | {stock["checkpoint"]:.1f} MiB | '
+        f'{lors["checkpoint"]:.1f} MiB | {lors["checkpoint"] / stock["checkpoint"]:.3f} |',
+        f'| {family} | train step time | {train["stock"]["seconds"] * 1e3:.0f} ms | '
         f'{train["LORS"]["seconds"] * 1e3:.0f} ms | '
-        f'{train["LORS"]["seconds"] / train["plain"]["seconds"]:.3f} |',
+        f'{train["LORS"]["seconds"] / train["stock"]["seconds"]:.3f} |',
         f'| {family} | train throughput | '
-        f'{args.batch_size / train["plain"]["seconds"]:.2f} img/s | '
+        f'{args.batch_size / train["stock"]["seconds"]:.2f} img/s | '
         f'{args.batch_size / train["LORS"]["seconds"]:.2f} img/s | '
-        f'{train["plain"]["seconds"] / train["LORS"]["seconds"]:.3f} |',
-        f'| {family} | train memory ({memory_key}) | {train["plain"][memory_key]:.0f} MiB | '
+        f'{train["stock"]["seconds"] / train["LORS"]["seconds"]:.3f} |',
+        f'| {family} | train memory ({memory_key}) | {train["stock"][memory_key]:.0f} MiB | '
         f'{train["LORS"][memory_key]:.0f} MiB | '
-        f'{train["LORS"][memory_key] / train["plain"][memory_key]:.3f} |',
+        f'{train["LORS"][memory_key] / train["stock"][memory_key]:.3f} |',
         f'| {family} | inference latency (LORS as trained) | '
-        f'{infer["plain"]["seconds"] * 1e3:.1f} ms | {infer["LORS"]["seconds"] * 1e3:.1f} ms | '
-        f'{infer["LORS"]["seconds"] / infer["plain"]["seconds"]:.3f} |',
+        f'{infer["stock"]["seconds"] * 1e3:.1f} ms | {infer["LORS"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["LORS"]["seconds"] / infer["stock"]["seconds"]:.3f} |',
         f'| {family} | inference latency (LORS merged) | '
-        f'{infer["plain"]["seconds"] * 1e3:.1f} ms | '
+        f'{infer["stock"]["seconds"] * 1e3:.1f} ms | '
         f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
-        f'{infer["LORS merged"]["seconds"] / infer["plain"]["seconds"]:.3f} |',
+        f'{infer["LORS merged"]["seconds"] / infer["stock"]["seconds"]:.3f} |',
         f'| {family} | inference latency, LORS merged / as trained | '
         f'{infer["LORS"]["seconds"] * 1e3:.1f} ms | '
         f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
@@ -252,13 +252,13 @@ def benchmark_family(family: str, args: argparse.Namespace) -> List[str]:
     if args.device == 'cuda':
         lines += [
             f'| {family} | inference memory (peak_mb, {name}) | '
-            f'{infer["plain"]["peak_mb"]:.0f} MiB | {infer[name]["peak_mb"]:.0f} MiB | '
-            f'{infer[name]["peak_mb"] / infer["plain"]["peak_mb"]:.3f} |'
+            f'{infer["stock"]["peak_mb"]:.0f} MiB | {infer[name]["peak_mb"]:.0f} MiB | '
+            f'{infer[name]["peak_mb"] / infer["stock"]["peak_mb"]:.3f} |'
             for name in ('LORS', 'LORS merged')]
-    if 'plain, LORS geometry' in infer:
-        same = infer['plain, LORS geometry']['seconds']
+    if 'stock, LORS geometry' in infer:
+        same = infer['stock, LORS geometry']['seconds']
         lines.append(
-            f'| {family} | inference latency, LORS merged / plain of the same '
+            f'| {family} | inference latency, LORS merged / stock of the same '
             f'geometry | {same * 1e3:.1f} ms | '
             f'{infer["LORS merged"]["seconds"] * 1e3:.1f} ms | '
             f'{infer["LORS merged"]["seconds"] / same:.3f} |')
@@ -284,10 +284,10 @@ def main() -> None:
 
     report(f'# `python tools/analysis/benchmark.py {" ".join(sys.argv[1:])}`')
     report(f'{device_description(args.device)}, batch {args.batch_size} x {height}x{width}, '
-           f'median of {args.repeats} (after {args.warmup} warm-up), plain and LORS '
+           f'median of {args.repeats} (after {args.warmup} warm-up), stock and LORS '
            'interleaved. CPU memory = bytes autograd saves for backward; '
            'CUDA memory = peak of the step as if the model were alone on the device.\n')
-    report('| family | measure | plain | LORS | LORS / plain |')
+    report('| family | measure | stock | LORS | LORS / stock |')
     report('|---|---|---|---|---|')
     for family in args.families:
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Bar chart of decoder parameters, plain vs LORS, for the R-50 COCO config pairs.
+"""Bar chart of decoder parameters, stock vs LORS, for the R-50 COCO config pairs.
 
     python tools/analysis/decoder_params_chart.py [--out docs/experiments/decoder_params.png]
 
@@ -21,24 +21,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rows = []
-    for family, (plain, lors) in benchmark.PAIRS['cuda'].items():
+    for family, (stock, lors) in benchmark.PAIRS['cuda'].items():
         counts = [report.parameter_report(report.build_model(config))['decoder']['total']
-                  for config in (plain, lors)]
+                  for config in (stock, lors)]
         rows.append((family, *counts))
-    print('| family (R-50 COCO config) | plain decoder | LORS decoder | LORS / plain |')
+    print('| family (R-50 COCO config) | stock decoder | LORS decoder | LORS / stock |')
     print('|---|---|---|---|')
-    for family, plain, lors in rows:
-        print(f'| {family} | {plain / 1e6:.3f}M | {lors / 1e6:.3f}M | {lors / plain:.3f} |')
+    for family, stock, lors in rows:
+        print(f'| {family} | {stock / 1e6:.3f}M | {lors / 1e6:.3f}M | {lors / stock:.3f} |')
 
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(6.5, 3.8))
     positions = range(len(rows))
-    axes.bar([p - 0.2 for p in positions], [r[1] / 1e6 for r in rows], 0.4, label='plain')
+    axes.bar([p - 0.2 for p in positions], [r[1] / 1e6 for r in rows], 0.4, label='stock')
     axes.bar([p + 0.2 for p in positions], [r[2] / 1e6 for r in rows], 0.4, label='LORS')
-    for p, (_, plain, lors) in zip(positions, rows):
-        axes.text(p + 0.2, lors / 1e6, f'{lors / plain:.0%}', ha='center', va='bottom')
+    for p, (_, stock, lors) in zip(positions, rows):
+        axes.text(p + 0.2, lors / 1e6, f'{lors / stock:.0%}', ha='center', va='bottom')
     axes.set_xticks(list(positions), [r[0] for r in rows])
     axes.set(ylabel='decoder parameters (M)', title='Decoder parameters, R-50 COCO configs')
     axes.legend()

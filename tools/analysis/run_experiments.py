@@ -1,4 +1,4 @@
-"""Controlled experiments on the synthetic data set: plain vs LORS, several seeds.
+"""Controlled experiments on the synthetic data set: stock vs LORS, several seeds.
 
 Every run is ``tools/train.py CONFIG --resume --cfg-options randomness.seed=S ...`` in
 its own work dir; finished runs are skipped and a stopped run resumes from its last

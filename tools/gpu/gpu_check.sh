@@ -6,7 +6,7 @@
 #      built with CUDA ops within MMCV_CUDA_BUILD_S, else with CPU ops only (then
 #      lors_mmdet.compat routes deformable attention and focal loss to PyTorch on CUDA),
 #   2. the CUDA tests (pytest -m cuda),
-#   3. tools/analysis/benchmark.py --device cuda: plain vs LORS R-50 COCO configs of every
+#   3. tools/analysis/benchmark.py --device cuda: stock vs LORS R-50 COCO configs of every
 #      family at 800x1333, batch 2 (train step -> images/s, peak memory, inference latency
 #      as trained and merged, ratios).
 #
@@ -70,7 +70,7 @@ status=$?
 tail -15 "$OUT/tests.log"
 done_step tests "exit $status"
 
-step "benchmark, plain vs LORS, R-50 COCO configs, 800x1333, batch 2"
+step "benchmark, stock vs LORS, R-50 COCO configs, 800x1333, batch 2"
 timeout 300 "$PYTHON" tools/analysis/benchmark.py --device cuda --repeats "$REPEATS" \
   --warmup "$WARMUP" --out "$OUT/benchmark_cuda.md"
 done_step benchmark "exit $?"

@@ -201,7 +201,7 @@ def choose_stack_ranks(owner: nn.Module,
         owner: the module holding the stack (e.g. an encoder).
         layers: owner-relative path of the ``ModuleList`` of the layers.
         config: the stack's :class:`LorsStackConfig` (or dict): which
-            projections (``include`` / ``exclude``), ``groups``, and the
+            projections (``include`` / ``exclude``), ``layer_groups``, and the
             ranks of a fixed-rank report.
         energy: an energy target in (0, 1]: the projections that no
             ``config.ranks`` pattern names get :func:`rank_for_energy`'s

@@ -9,7 +9,7 @@ A detector with :class:`LorsStacksMixin` takes::
             encoder=dict(rank=32)))      # the parts the detector has
 
 Each part is a :class:`~lors_mmdet.lors.LorsStackConfig` dict (``rank``,
-``num_terms``, ``ranks``, ``include``, ``exclude``, ``groups``, ``init``),
+``num_terms``, ``ranks``, ``include``, ``exclude``, ``layer_groups``, ``init``),
 validated by :func:`parse_lors_cfg` and applied by
 :func:`~lors_mmdet.lors.apply_lors` to the stack the detector class names in
 ``lors_stack_paths`` (DETR family: ``encoder.layers`` / ``decoder.layers``;

@@ -19,7 +19,7 @@ encoder / decoder. One config key::
 
 Each of ``encoder`` / ``decoder`` is a
 :class:`~lors_mmdet.lors.LorsStackConfig` (``rank``, ``num_terms``,
-``ranks``, ``include``, ``exclude``, ``groups``, ``init``); a part left out
+``ranks``, ``include``, ``exclude``, ``layer_groups``, ``init``); a part left out
 stays stock.
 """
 from mmdet.models.detectors import (DABDETR, DDQDETR, DETR, DINO,

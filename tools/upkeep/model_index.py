@@ -61,6 +61,12 @@ COLLECTIONS: Dict[str, dict] = {
                             ('lors_conditional_detr', 'LORS-Conditional-DETR'),
                             ('lors_dab_detr', 'LORS-DAB-DETR'),
                             ('lors_ddq_detr', 'LORS-DDQ-DETR'))},
+    'lors_sparse_rcnn': dict(
+        Name='LORS-Sparse-R-CNN', Architecture=['ResNet', 'Sparse R-CNN stages', 'LORS'],
+        Paper=LORS_PAPER, README='docs/sparse_rcnn.md', Code='lors_mmdet/models/sparse_rcnn.py'),
+    'lors_queryinst': dict(
+        Name='LORS-QueryInst', Architecture=['ResNet', 'QueryInst stages', 'LORS'],
+        Paper=LORS_PAPER, README='docs/sparse_rcnn.md', Code='lors_mmdet/models/sparse_rcnn.py'),
 }
 
 ADAMIXER_README = 'https://github.com/MCG-NJU/AdaMixer'

@@ -276,6 +276,15 @@ COCO_CONFIGS = [c for c in COCO_CONFIGS if 'adamixer' not in c]
 DECODER = dict(decoder=dict(rank=16, num_terms=1))
 ENCODER_DECODER = dict(encoder=dict(rank=16, num_terms=1),
                        decoder=dict(rank=16, num_terms=1))
+# Sparse R-CNN / QueryInst (configs/_base_/models/lors-sparse-rcnn_stages.py)
+DYNAMIC_STAGES_ADAPTIVE = dict(core_size=16, adaptive_terms=[1, 1, 2, 2, 3, 3])
+SPARSE_RCNN = dict(decoder=dict(
+    include=['attention', 'instance_interactive_conv.fc_layer', 'ffn'],
+    rank=16, adaptive=DYNAMIC_STAGES_ADAPTIVE))
+QUERYINST = dict(SPARSE_RCNN, mask_decoder=dict(
+    exclude=['*'], adaptive=DYNAMIC_STAGES_ADAPTIVE))
+# variables of the shared _base_ file, not settings of the model
+BASE_VARIABLES = ('lors_sparse_rcnn_stages', 'lors_queryinst_mask_stages')
 # LORS config -> (mmdet's config it inherits, lors=)
 MMDET_BASES = {
     'lors-dino-4scale_r50_8xb2-12e_coco.py':
@@ -319,6 +328,17 @@ MMDET_BASES = {
     ('ddq/ddq-detr-4scale_r50_8xb2-12e_coco.py', DECODER),
     'lors-encdec-ddq-detr-4scale_r50_8xb2-12e_coco.py':
     ('ddq/ddq-detr-4scale_r50_8xb2-12e_coco.py', ENCODER_DECODER),
+    'lors-sparse-rcnn_r50_fpn_1x_coco.py':
+    ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', SPARSE_RCNN),
+    'lors-sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco.py':
+    ('sparse_rcnn/'
+     'sparse-rcnn_r50_fpn_300-proposals_crop-ms-480-800-3x_coco.py',
+     SPARSE_RCNN),
+    'lors-queryinst_r50_fpn_1x_coco.py':
+    ('queryinst/queryinst_r50_fpn_1x_coco.py', QUERYINST),
+    'lors-queryinst_r50_fpn_300-proposals_crop-ms-480-800-3x_coco.py':
+    ('queryinst/queryinst_r50_fpn_300-proposals_crop-ms-480-800-3x_coco.py',
+     QUERYINST),
 }
 
 
@@ -345,6 +365,8 @@ def test_coco_config_is_mmdets_plus_lors_and_builds(config):
         osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', base))
     lors_dict = without_scope(cfg.to_dict())
     lors_dict.pop('custom_imports')
+    for name in BASE_VARIABLES:
+        lors_dict.pop(name, None)
     model = lors_dict['model']
     assert model.pop('type') == 'Lors' + stock.model.type
     assert model.pop('lors') == expected_lors

@@ -145,6 +145,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--jobs', type=int, default=1,
                         help='runs trained at the same time (each gets cpu_count // jobs '
                         'threads)')
+    parser.add_argument('--threads', type=int,
+                        help='torch threads of each run (default cpu_count // jobs): '
+                        'e.g. 1 for one run beside other work, as in runs with --jobs 2')
     return parser.parse_args()
 
 
@@ -366,7 +369,7 @@ def main() -> None:
     marker = 'experiments:' + '_'.join(plan_names)
     check_doc_markers(args.doc, marker)
     if not args.report_only:
-        threads = threads_per_job(args.jobs)
+        threads = args.threads or threads_per_job(args.jobs)
         commit = source_commit()
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()

@@ -46,6 +46,9 @@ TOY = {
     'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
     'lors-deformable-detr':
     'configs/lors_deformable_detr/lors-deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
+    'sparse-rcnn': 'configs/sparse_rcnn/sparse-rcnn_r18-tiny_1xb8-toy_synthetic.py',
+    'lors-sparse-rcnn':
+    'configs/lors_sparse_rcnn/lors-sparse-rcnn_r18-tiny_1xb8-toy_synthetic.py',
 }
 # Ablation of LORS-AdaMixer: which private parts sit on top of the shared ones.
 # A branch is switched off by never updating the factor that starts at zero (lr_mult 0):
@@ -115,13 +118,14 @@ DETR_RANK = {
            (' rank full', ['model.lors.encoder.rank=full', 'model.lors.decoder.rank=full']))},
 }
 PLANS = {
-    'families': {name: (TOY[name], []) for name in TOY},
+    'families': {name: (TOY[name], []) for name in TOY if 'sparse-rcnn' not in name},
     'detr-stacks': DETR_STACKS,
     'ablation': {name: (TOY['lors-adamixer'], options) for name, options in ABLATION.items()},
     'adamixer-6stage': ADAMIXER_6STAGE,
     'adamixer-6stage-lr': ADAMIXER_6STAGE_LR,
     'adamixer-6stage-ablation': ADAMIXER_6STAGE_ABLATION,
     'detr-rank': DETR_RANK,
+    'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
 # the run each run is paired with in the report; by default the first run of its plan
 PAIRED_WITH = {f'lors-adamixer 6-stage lr {lr}': f'adamixer 6-stage lr {lr}'

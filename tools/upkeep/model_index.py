@@ -61,6 +61,13 @@ COLLECTIONS: Dict[str, dict] = {
                             ('lors_conditional_detr', 'LORS-Conditional-DETR'),
                             ('lors_dab_detr', 'LORS-DAB-DETR'),
                             ('lors_ddq_detr', 'LORS-DDQ-DETR'))},
+    'sparse_rcnn': dict(
+        Name='Sparse R-CNN (toy)', Architecture=['ResNet', 'FPN', 'Sparse R-CNN stages'],
+        Paper=dict(URL='https://arxiv.org/abs/2011.12450',
+                   Title='Sparse R-CNN: End-to-End Object Detection with Learnable '
+                   'Proposals'),
+        README='docs/sparse_rcnn.md',
+        Code=MMDET_CODE + 'mmdet/models/detectors/sparse_rcnn.py'),
     'lors_sparse_rcnn': dict(
         Name='LORS-Sparse-R-CNN', Architecture=['ResNet', 'Sparse R-CNN stages', 'LORS'],
         Paper=LORS_PAPER, README='docs/sparse_rcnn.md', Code='lors_mmdet/models/sparse_rcnn.py'),

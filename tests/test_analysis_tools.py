@@ -229,3 +229,11 @@ def test_compress_experiments_report(tmp_path):
     assert 'encoder+decoder r4' not in table  # variants without runs are left out
     assert table in doc.read_text()
     assert (tmp_path / 'out' / 'ap_vs_params.png').exists()
+
+
+def test_run_experiments_refuses_fewer_than_one_thread(monkeypatch):
+    experiments = load_tool('run_experiments')
+    monkeypatch.setattr('sys.argv', ['run_experiments.py', '--plan', 'sparse-rcnn',
+                                     '--threads', '0', '--work-dir', '/nonexistent'])
+    with pytest.raises(SystemExit, match='--threads must be at least 1, got 0'):
+        experiments.main()

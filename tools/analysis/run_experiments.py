@@ -373,6 +373,8 @@ def main() -> None:
     marker = 'experiments:' + '_'.join(plan_names)
     check_doc_markers(args.doc, marker)
     if not args.report_only:
+        if args.threads is not None and args.threads < 1:
+            raise SystemExit(f'--threads must be at least 1, got {args.threads}')
         threads = args.threads or threads_per_job(args.jobs)
         commit = source_commit()
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))

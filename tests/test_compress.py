@@ -23,8 +23,8 @@ from mmengine.config import Config
 import lors_mmdet  # noqa: F401
 from lors_mmdet.apis import build_model, read_checkpoint
 from lors_mmdet.apis import compress, parse_rank_overrides
-from lors_mmdet.apis.compression import calibration_loader, lors_type_for
-from lors_mmdet.models.detr.compression import (choose_ranks, compress_model,
+from lors_mmdet.apis.compression import calibration_loader, lors_class_for
+from lors_mmdet.models.compression import (choose_ranks, compress_model,
                                                 input_statistics,
                                                 lors_stack_dict)
 from lors_mmdet.engine.lors_settings import recorded_settings
@@ -152,7 +152,7 @@ def test_other_families_compress_to_their_registered_lors_variant(family):
     computes what the compressed model computes; at full rank, what the stock
     model computes."""
     from test_detr_stacks import batch, build, flat, randomise, tiny_cfg
-    assert lors_type_for(family) == 'Lors' + family
+    assert lors_class_for(dict(type=family)).__name__ == 'Lors' + family
     for rank, energy in ((None, 0.7), ('full', None)):
         stock = build(tiny_cfg(family)).eval()
         randomise(stock)
@@ -178,7 +178,7 @@ def test_other_families_compress_to_their_registered_lors_variant(family):
 
 def test_families_without_a_stack_variant_are_named():
     with pytest.raises(ValueError, match='no LORS variant of RetinaNet'):
-        lors_type_for('RetinaNet')
+        lors_class_for(dict(type='RetinaNet'))
 
 
 def test_energy_target_keeps_the_target(trained, tmp_path):
@@ -236,7 +236,7 @@ def test_refuses_to_overwrite_without_force(trained, tmp_path):
     (dict(rank=2, ranks={None: {'nope.*': 3}}), ValueError,
      r'--ranks pattern\(s\) match no projection'),
     (dict(rank=100), ValueError, r'exceeds min\(in_features, out_features\)'),
-    (dict(rank=2, parts=['neck']), ValueError, 'stacks must be some of'),
+    (dict(rank=2, parts=['neck']), ValueError, r'--stacks\) of LorsDETR must be some of'),
 ])
 def test_bad_requests_are_named(trained, tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -490,9 +490,39 @@ def test_budget_keeps_the_parameters_and_builds_per_layer_ranks(trained, data_ro
     assert len({r for per_layer in ranks.values() for r in per_layer}) > 1
 
 
+def test_budget_without_calibration_truncates_in_weight_space(trained, tmp_path):
+    """--budget without --calibrate: per-layer ranks by the weight-space error, and
+    each layer's residual the truncated SVD of its difference from the mean."""
+    budget = 0.8
+    result = compress(CONFIG, trained, str(tmp_path), parts=['decoder', 'encoder'],
+                      budget=budget)
+    assert result.output_errors is None
+    assert result.params_after['transformer'] <= budget * result.params_before[
+        'transformer']
+    stock = build_model(Config.fromfile(CONFIG).model)
+    stock.load_state_dict(read_checkpoint(trained)[0])
+    lors = build_model(Config.fromfile(result.config).model)
+    lors.load_state_dict(read_checkpoint(result.checkpoint)[0])
+    stacks = dict(lors.lors_stacks())
+    per_layer_ranks = set()
+    for part in ('encoder', 'decoder'):
+        stack = stacks[f'{part}.lors_layers']
+        for path, plan in stack.plans.items():
+            per_layer_ranks.update(plan.ranks)
+            weights = [dense_weight(layer, path).double()
+                       for layer in getattr(stock, part).layers]
+            mean = torch.stack(weights).mean(0)
+            for weight, layer, rank in zip(weights, stack.lors_linears(path),
+                                           plan.ranks):
+                u, s, vh = torch.linalg.svd(weight - mean, full_matrices=False)
+                best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+                got = (layer.lors_B @ layer.lors_A).double()
+                torch.testing.assert_close(got, best, rtol=0, atol=1e-5)
+    assert len(per_layer_ranks) > 1
+
+
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(budget=0.5), 'need --calibrate'),
-    (dict(refit_shared=2, rank=2), 'need --calibrate'),
+    (dict(refit_shared=2, rank=2), 'needs --calibrate'),
     (dict(calibrate=0, rank=2), 'positive int'),
     (dict(calibrate=1, budget=1.5), r'fraction in \(0, 1\)'),
     (dict(calibrate=1, budget=0.5, rank=2), 'not both'),

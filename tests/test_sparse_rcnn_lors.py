@@ -72,7 +72,8 @@ def batch(model, seed: int = 0) -> dict:
 
 def stage_outputs(model, data) -> list:
     """Every stage's class scores, boxes and object features (the refinement the
-    stages compute), from the same proposals."""
+    stages compute) and, for QueryInst, its mask predictions, from the same
+    proposals."""
     from mmdet.structures.bbox import bbox2roi
     outputs = []
     metas = [s.metainfo for s in data['data_samples']]
@@ -84,9 +85,13 @@ def stage_outputs(model, data) -> list:
         for stage in range(model.roi_head.num_stages):
             results = model.roi_head._bbox_forward(stage, feats, bbox2roi(boxes),
                                                    object_feats, metas)
+            rois = bbox2roi(boxes)  # the boxes this stage refined
             object_feats = results['object_feats']
             boxes = results['detached_proposals']
             outputs.append((results['cls_score'], torch.cat(boxes), object_feats))
+            if model.roi_head.with_mask:
+                outputs.append((model.roi_head._mask_forward(
+                    stage, feats, rois, results['attn_feats'])['mask_preds'], ))
     return outputs
 
 
@@ -194,3 +199,103 @@ def test_errors_name_the_key():
         build_model(tiny(SPARSE, dict(encoder=dict(rank=4))))
     with pytest.raises(ValueError, match=r'lors\.mask_decoder'):
         build_model(tiny(QUERYINST, dict(mask_decoder=dict(rank=4))))
+
+
+# --------------------------------------------------------------------------
+# Compression of trained Sparse R-CNN / QueryInst (tools/compress.py's model side)
+# --------------------------------------------------------------------------
+def test_compressing_sparse_rcnn_shares_every_projection_and_is_exact_at_full_rank():
+    """The stages' projections, the dynamic convolutions' generators included, become
+    shared + private residuals from the trained weights: exact at full rank; at an
+    energy target LorsSparseRCNN built from the written lors dict loads the state
+    strictly and computes what the compressed model computes."""
+    from lors_mmdet.models.compression import (compress_model, parameter_counts,
+                                              stacks_key)
+    stock = build(SPARSE)
+    randomise_(stock)
+    stock.double().eval()
+    assert stacks_key(stock) == 'roi_head'
+    before = parameter_counts(stock)
+    assert list(before) == ['roi_head', 'total']
+    assert before['roi_head'] == count(stock.roi_head)
+    data = batch(stock)
+    expected = stage_outputs(stock, data)
+
+    full = copy.deepcopy(stock)
+    lors, choices, _ = compress_model(full, ['decoder'], 'full')
+    assert lors['decoder']['include'] == ['*']
+    assert {'instance_interactive_conv.dynamic_layer', 'instance_interactive_conv.fc_layer',
+            'attention.attn.q_proj', 'ffn.layers.1', 'fc_cls'} <= set(choices['decoder'])
+    worst = max_difference(expected, stage_outputs(full, data))
+    print(f'compressed at full rank: max relative diff {worst:.2e}')
+    assert worst < 1e-9
+
+    small = copy.deepcopy(stock)
+    lors, choices, _ = compress_model(small, ['decoder'], energy=0.7)
+    assert min(c.min_kept_energy for c in choices['decoder'].values()) >= 0.7
+    got = stage_outputs(small, data)
+    assert max_difference(expected, got) > 1e-4  # truncated: not the stock model
+    rebuilt = build(SPARSE, lors).double().eval()
+    rebuilt.load_state_dict(small.state_dict())  # strict
+    assert max_difference(got, stage_outputs(rebuilt, data)) == 0
+    after = parameter_counts(rebuilt)
+    assert after['roi_head'] < before['roi_head']
+    assert after['total'] - after['roi_head'] == before['total'] - before['roi_head']
+
+
+def test_compressing_queryinst_box_and_mask_stages_is_exact_at_full_rank():
+    from lors_mmdet.models.compression import compress_model, stack_location
+    stock = build(QUERYINST)
+    randomise_(stock)
+    stock.double().eval()
+    data = batch(stock)
+
+    expected = stage_outputs(stock, data)
+    assert len(expected) == 12  # boxes and masks of 6 stages
+    lors, choices, _ = compress_model(stock, ['decoder', 'mask_decoder'], 'full')
+    assert list(choices['mask_decoder']) == ['instance_interactive_conv.dynamic_layer']
+    assert lors['mask_decoder'].get('exclude') == []  # QueryInst's default excludes all
+    worst = max_difference(expected, stage_outputs(stock, data))
+    print(f'QueryInst compressed at full rank: max relative diff {worst:.2e}')
+    assert worst < 1e-9
+    rebuilt = build(QUERYINST, lors).double().eval()
+    rebuilt.load_state_dict(stock.state_dict())  # strict
+    with pytest.raises(ValueError, match='QueryInst has no encoder stack'):
+        stack_location(stock, 'encoder')
+
+
+def test_compress_command_on_the_toy_sparse_rcnn(synthetic_coco_factory, tmp_path):
+    """compress() from a stock checkpoint of the toy Sparse R-CNN config, calibrated
+    on its own train dataloader, under a budget of its RoI head: the written config
+    builds LorsSparseRCNN, loads the written checkpoint strictly, and the report
+    names the RoI head."""
+    from lors_mmdet.apis import (compress, format_compression, read_checkpoint,
+                                 save_checkpoint)
+    root = synthetic_coco_factory(num_train=16, num_val=4, img_size=64)
+    config = 'configs/sparse_rcnn/sparse-rcnn_r18-tiny_1xb8-toy_synthetic.py'
+    torch.manual_seed(0)
+    stock = build_model(load_config(config).model)
+    stock.init_weights()  # mmdet's init (the proposals' boxes); stages differ
+    checkpoint = str(tmp_path / 'stock.pth')
+    save_checkpoint(stock.state_dict(), {}, checkpoint)
+    result = compress(config, checkpoint, str(tmp_path / 'out'), parts=['decoder'],
+                      calibrate=2, budget=0.5,
+                      cfg_options={'train_dataloader.dataset.data_root': root,
+                                   'train_dataloader.batch_size': 2})
+    assert result.lors_type == 'LorsSparseRCNN' and result.stacks_key == 'roi_head'
+    assert result.params_after['roi_head'] <= 0.5 * result.params_before['roi_head']
+    errors = result.output_errors['decoder']['instance_interactive_conv.dynamic_layer']
+    assert len(errors) == 6 and all(0 <= e < 1 for e in errors)
+    report = format_compression(result)
+    assert 'roi_head' in report and 'transformer' not in report
+    cfg = load_config(result.config)
+    assert cfg.model.type == 'LorsSparseRCNN'
+    model = build_model(cfg.model)
+    state, _ = read_checkpoint(result.checkpoint)
+    model.load_state_dict(state)  # strict
+    with pytest.raises(ValueError, match='distillation .* DETR family'):
+        compress(config, checkpoint, str(tmp_path / 'kd'), rank=4,
+                 distill=dict(weight=1.0))
+    with pytest.raises(ValueError, match=r"--stacks\) of LorsSparseRCNN must be some "
+                       r"of \['decoder'\]"):
+        compress(config, checkpoint, str(tmp_path / 'enc'), parts=['encoder'], rank=4)

@@ -1,8 +1,10 @@
-"""Compress a trained DETR-family detector to LORS, ready for a short fine-tune.
+"""Compress a trained detector (DETR family, Sparse R-CNN, QueryInst, AdaMixer)
+to LORS, ready for a short fine-tune.
 
     python tools/compress.py CONFIG CHECKPOINT --out DIR \
-        [--stacks decoder encoder] [--rank R | --energy 0.9] \
-        [--ranks [PART:]PATTERN=R ...] [--name NAME] [--distill [WEIGHT]] [--force]
+        [--stacks decoder encoder mask_decoder] [--rank R | --energy 0.9] \
+        [--ranks [PART:]PATTERN=R ...] [--name NAME] [--distill [WEIGHT]] \
+        [--freeze-shared F] [--force]
 
 CHECKPOINT is a file or a URL (mmdet's model zoo), loaded safely. Writes
 DIR/NAME.pth (the LORS checkpoint) and DIR/NAME.py (a config inheriting
@@ -21,8 +23,8 @@ import sys
 from mmengine.config import DictAction
 
 import lors_mmdet  # noqa: F401  (safe checkpoint loaders, registers models)
-from lors_mmdet.apis import (compress, format_compression, parse_rank,
-                             parse_rank_overrides)
+from lors_mmdet.apis import (STACK_PARTS, compress, format_compression,
+                             parse_rank, parse_rank_overrides)
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,8 +36,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--name', help='output file name stem (default '
                         'lors-compressed_<config name>)')
     parser.add_argument('--stacks', nargs='+', default=['decoder'],
-                        choices=['decoder', 'encoder'],
-                        help='stacks to compress (default: decoder)')
+                        choices=STACK_PARTS,
+                        help='stacks to compress (default: decoder; a DETR\'s '
+                        'decoder / encoder, the RoI-head stages of Sparse R-CNN, '
+                        'QueryInst and AdaMixer as decoder, QueryInst\'s mask '
+                        'stages as mask_decoder)')
     how = parser.add_mutually_exclusive_group()
     how.add_argument('--rank', type=parse_rank,
                      help="one rank for every projection (int or 'full')")
@@ -44,9 +49,10 @@ def parse_args() -> argparse.Namespace:
                      'this fraction of every layer\'s residual energy '
                      '(default 0.9)')
     how.add_argument('--budget', type=float, metavar='F',
-                     help='keep this fraction of the stock transformer\'s '
-                     'parameters, per-layer ranks chosen by the measured output '
-                     'error (needs --calibrate)')
+                     help='keep this fraction of the stock parameters of the '
+                     'modules holding the stacks (a DETR\'s transformer, the RoI '
+                     'head), per-layer ranks chosen by the measured output '
+                     'error with --calibrate, else by the weight-space error')
     parser.add_argument('--calibrate', type=int, metavar='N',
                         help='fit the LORS factors to the inputs of N batches of '
                         'the config\'s train dataloader (data-aware init)')
@@ -61,6 +67,10 @@ def parse_args() -> argparse.Namespace:
                         help='fine-tune length / original length (0.2)')
     parser.add_argument('--lr-factor', type=float, default=0.1,
                         help='fine-tune lr / original lr (0.1)')
+    parser.add_argument('--freeze-shared', type=float, default=0.0, metavar='F',
+                        help='hold the shared weights fixed for this first fraction '
+                        'of the fine-tune (the private residuals learn first; '
+                        'default 0: everything trains from the start)')
     parser.add_argument('--distill', nargs='?', type=float, const=1.0,
                         metavar='WEIGHT', help='distil from the stock model '
                         'during the fine-tune (prediction loss weight, 1.0)')
@@ -86,6 +96,7 @@ def main() -> None:
         distill=None if args.distill is None else dict(weight=args.distill),
         force=args.force, calibrate=args.calibrate, budget=args.budget,
         refit_shared=args.refit_shared, cfg_options=args.cfg_options,
+        freeze_shared=args.freeze_shared,
         command=' '.join(map(shlex.quote, ['python', 'tools/compress.py',
                                            *sys.argv[1:]])))
     print(format_compression(result))

@@ -4,12 +4,12 @@
 without downloads, read a checkpoint safely, load strictly, save atomically);
 the workflows compose them: :func:`convert_checkpoint` (stock <-> LORS for
 every detector with ``model.lors``; to-stock is also the merge for
-deployment), :func:`compress` (a trained DETR-family detector -> LORS config
+deployment), :func:`compress` (a trained detector -> LORS config
 and checkpoint, ready to fine-tune) and :func:`import_adamixer_release` (the
 authors' AdaMixer / LORS-AdaMixer checkpoints).
 """
 from .adamixer_release import import_adamixer_release
-from .arguments import parse_rank, parse_rank_overrides
+from .arguments import STACK_PARTS, parse_rank, parse_rank_overrides
 from .compression import Compression, compress, format_compression
 from .conversion import Conversion, convert_checkpoint, format_conversion
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
@@ -19,4 +19,4 @@ __all__ = ['build_model', 'load_config', 'load_strictly', 'read_checkpoint',
            'resolve_config_path', 'save_checkpoint', 'strip_pretrained',
            'Conversion', 'convert_checkpoint', 'format_conversion',
            'Compression', 'compress', 'format_compression', 'parse_rank',
-           'parse_rank_overrides', 'import_adamixer_release']
+           'parse_rank_overrides', 'STACK_PARTS', 'import_adamixer_release']

@@ -3,7 +3,7 @@ workflows take (``tools/compress.py``, ``tools/convert_checkpoint.py``)."""
 import argparse
 from typing import Dict, Optional, Sequence, Union
 
-from lors_mmdet.models.detr.compression import PARTS
+from lors_mmdet.models.compression import STACK_PARTS
 
 
 def _positive_int(text: str) -> Optional[int]:
@@ -50,8 +50,8 @@ def parse_rank_overrides(items: Sequence[str]) -> Dict[Optional[str],
             part, glob = None, pattern
         rank = _positive_int(value)
         if not sep or not glob or rank is None or (part is not None
-                                                   and part not in PARTS):
+                                                   and part not in STACK_PARTS):
             raise ValueError(f'--ranks takes [PART:]PATTERN=RANK (PART in '
-                             f'{PARTS}, RANK a positive int), got {item!r}')
+                             f'{STACK_PARTS}, RANK a positive int), got {item!r}')
         found.setdefault(part, {})[glob] = rank
     return found

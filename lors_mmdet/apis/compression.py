@@ -1,9 +1,9 @@
-"""Compress a trained DETR-family detector into a LORS one, ready to fine-tune.
+"""Compress a trained detector into a LORS one, ready to fine-tune.
 
 The workflow (:func:`compress`): the stock model is built from its config and
 loaded strictly from its checkpoint (a file or a URL, through the safe loader:
 nothing in it runs; :mod:`.steps`). Then
-:func:`~lors_mmdet.models.detr.compression.compress_model` turns the chosen
+:func:`~lors_mmdet.models.compression.compress_model` turns the chosen
 stacks (decoder, encoder) into LORS stacks initialised from the trained weights
 (shared = mean of the layers, private = truncated SVD of each layer's
 residual), at one rank per projection kind: given, or the smallest that keeps a
@@ -22,8 +22,9 @@ Both files are checked (the config loads, builds the LORS model, and that
 model loads the checkpoint strictly) before they are moved into place; an
 existing file is only replaced with ``force=True``.
 
-Works for every detector whose LORS variant takes ``lors=dict(encoder=...,
-decoder=...)`` (:class:`~lors_mmdet.models.detr.LorsDetrStacksMixin`).
+Works for every detector a LORS detector class knows
+(:func:`~lors_mmdet.models.lors_stacks.lors_class_of`): the DETR family, Sparse
+R-CNN, QueryInst, AdaMixer; distillation for the DETR family.
 """
 import contextlib
 import copy
@@ -44,11 +45,11 @@ from lors_mmdet.engine.config_source import assignment, comment, one_line
 from lors_mmdet.engine.lors_settings import (GENERATED_HEADER, META_KEY,
                                              differences, plain)
 from lors_mmdet.lors import RankChoice
-from lors_mmdet.models.detr.compression import (PARTS, RankSpec, compress_model,
-                                                input_statistics, is_number,
-                                                parameter_counts)
-from lors_mmdet.models.detr.stacks import LorsDetrStacksMixin
-from lors_mmdet.models.distill import parse_distill_cfg
+from lors_mmdet.models.compression import (RankSpec, compress_model,
+                                          input_statistics, is_number,
+                                          parameter_counts, stacks_key)
+from lors_mmdet.models.distill import PredictionDistillMixin, parse_distill_cfg
+from lors_mmdet.models.lors_stacks import LorsStacksMixin
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
                     save_checkpoint)
 
@@ -61,36 +62,37 @@ NAME_PATTERN = re.compile(r'[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}')
 # --------------------------------------------------------------------------
 # The LORS variant of the stock detector
 # --------------------------------------------------------------------------
-def lors_type_for(stock_type: str) -> str:
-    """The registered LORS variant of a stock detector type.
+def lors_class_for(model_cfg: Mapping) -> type:
+    """The LORS detector class of a stock detector config (``DINO`` ->
+    ``LorsDINO``; ``AdaMixer`` is its own).
 
     Raises:
-        ValueError: there is none, or it does not take
-            ``lors=dict(encoder=..., decoder=...)`` (yet).
+        ValueError: the config is a LORS one already, or no LORS class knows
+            its type.
     """
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
-    if not isinstance(stock_type, str) or stock_type.startswith('Lors'):
-        raise ValueError(f'model.type must be a stock mmdet detector (the '
-                         f'config to compress), got {stock_type!r}')
-    lors_type = 'Lors' + stock_type
-    cls = MODELS.get(lors_type)
-    if cls is None or not issubclass(cls, LorsDetrStacksMixin):
-        raise ValueError(
-            f'no LORS variant of {stock_type} takes lors=dict(encoder=..., '
-            f'decoder=...): {lors_type} is '
-            f'{"not registered" if cls is None else "of the older kind"}; '
-            f'supported: {sorted(supported_types())}')
-    return lors_type
+    stock_type = model_cfg.get('type')
+    if not isinstance(stock_type, str) or stock_type.startswith('Lors') \
+            or model_cfg.get('lors'):
+        raise ValueError(f'model must be a stock mmdet detector without lors (the '
+                         f'config to compress), got type {stock_type!r}'
+                         + (' with model.lors' if model_cfg.get('lors') else ''))
+    for cls in MODELS.module_dict.values():
+        if isinstance(cls, type) and issubclass(cls, LorsStacksMixin) and \
+                cls.lors_stack_paths and cls.stock_type() == stock_type:
+            return cls
+    raise ValueError(f'no LORS variant of {stock_type} is registered; supported: '
+                     f'{sorted(supported_types())}')
 
 
 def supported_types() -> List[str]:
-    """Stock types whose ``Lors<Type>`` takes ``lors=dict(...)``."""
+    """Stock types a registered LORS detector class makes LORS."""
     from mmdet.registry import MODELS
-    return [name[4:] for name, cls in MODELS.module_dict.items()
-            if name.startswith('Lors') and isinstance(cls, type)
-            and issubclass(cls, LorsDetrStacksMixin)]
+    return [cls.stock_type() for cls in MODELS.module_dict.values()
+            if isinstance(cls, type) and issubclass(cls, LorsStacksMixin)
+            and cls.lors_stack_paths]
 
 
 # --------------------------------------------------------------------------
@@ -110,7 +112,8 @@ def calibration_loader(cfg: Config, seed: int = 0):
 # Fine-tune schedule
 # --------------------------------------------------------------------------
 def finetune_schedule(cfg: Config, fraction: float = 0.2,
-                      lr_factor: float = 0.1) -> Tuple[dict, List[str]]:
+                      lr_factor: float = 0.1,
+                      freeze_shared: float = 0.0) -> Tuple[dict, List[str]]:
     """The schedule overrides of a short fine-tune, and why.
 
     ``fraction`` of the original length (epochs or iterations, at least 1)
@@ -118,7 +121,10 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
     at its lr x 0.1 (mmdet's DETR recipes step once by 0.1 near the end), and
     the compressed model starts near that converged point, so the fine-tune
     continues at the rate the training finished with; no warm-up (at that
-    rate AdamW's first, sign-like steps are small) and no decay.
+    rate AdamW's first, sign-like steps are small) and no decay. With ``freeze_shared`` (a fraction in
+    (0, 1)) the shared weights are held fixed for that first part of the
+    fine-tune (:class:`~lors_mmdet.engine.FreezeLorsSharedHook`, appended to the
+    config's ``custom_hooks``).
 
     Returns:
         ``({config key: value}, header lines)``.
@@ -156,6 +162,22 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
     lr = float(optimizer['lr']) * lr_factor
     overrides['optim_wrapper'] = dict(optimizer=dict(lr=lr))
     overrides['param_scheduler'] = []
+    frozen_lines = []
+    if freeze_shared:
+        if not (is_number(freeze_shared) and 0 < freeze_shared < 1):
+            raise ValueError(f'the frozen part of the fine-tune (--freeze-shared) '
+                             f'must be a fraction in (0, 1), got {freeze_shared!r}')
+        frozen = max(1, round(freeze_shared * new))
+        if frozen >= new:
+            raise ValueError(f'--freeze-shared {freeze_shared:g} of a fine-tune of '
+                             f'{new} {unit} leaves none to train the shared weights '
+                             f'in; lower it or lengthen --finetune-fraction')
+        hook = dict(type='FreezeLorsSharedHook',
+                    **{'iters' if unit == 'iterations' else 'epochs': frozen})
+        overrides['custom_hooks'] = [*plain(list(cfg.get('custom_hooks') or [])),
+                                     hook]
+        frozen_lines = [f'The shared weights are held fixed for the first {frozen} '
+                        f'{unit} (the private residuals learn first), then train too.']
     header = [
         f'Fine-tune: {new} {unit} (~{fraction:.0%} of the original {length})'
         f' at lr {lr:g} (x{lr_factor:g} the original {optimizer["lr"]:g}),',
@@ -164,6 +186,7 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
         'continues at that final rate; no warm-up (AdamW steps at this rate',
         'are small) and no further decay. Batch size, augmentation,',
         'gradient clipping and paramwise lr multipliers are inherited.',
+        *frozen_lines,
     ]
     return overrides, header
 
@@ -180,7 +203,9 @@ class Compression:
         lors_type: the LORS model type; lors: the ``lors`` dict.
         choices: ``{part: {path: RankChoice}}``.
         params_before / params_after: see
-            :func:`~lors_mmdet.models.detr.compression.parameter_counts`.
+            :func:`~lors_mmdet.models.compression.parameter_counts`.
+        stacks_key: the row of those counts that holds the stacks
+            (``'transformer'``, ``'roi_head'``).
         schedule: the fine-tune overrides in the config.
         output_errors: with calibration, ``{part: {path: [relative output error
             |(W_i - W'_i) C_i^{1/2}| / |W_i C_i^{1/2}| per layer]}}``.
@@ -193,6 +218,7 @@ class Compression:
     params_before: Dict[str, int]
     params_after: Dict[str, int]
     schedule: dict = field(default_factory=dict)
+    stacks_key: str = 'transformer'
     output_errors: Optional[Dict[str, Dict[str, List[float]]]] = None
 
 
@@ -295,7 +321,8 @@ def compress(config: str,
              calibrate: Optional[int] = None,
              budget: Optional[float] = None,
              refit_shared: int = 0,
-             cfg_options: Optional[Mapping] = None) -> Compression:
+             cfg_options: Optional[Mapping] = None,
+             freeze_shared: float = 0.0) -> Compression:
     """Compress ``checkpoint`` (of ``config``) and write the LORS config and
     checkpoint to ``out_dir``.
 
@@ -306,8 +333,8 @@ def compress(config: str,
         name: file name stem (default ``lors-compressed_<config stem>``).
         parts: the stacks to compress.
         rank / energy / ranks: see
-            :func:`~lors_mmdet.models.detr.compression.choose_ranks`.
-        fraction / lr_factor: see :func:`finetune_schedule`.
+            :func:`~lors_mmdet.models.compression.choose_ranks`.
+        fraction / lr_factor / freeze_shared: see :func:`finetune_schedule`.
         distill: ``dict(weight=...)`` to distil from the stock model during
             the fine-tune (teacher = ``config`` + ``checkpoint``), or None.
         force: replace existing output files.
@@ -315,28 +342,36 @@ def compress(config: str,
         calibrate: run this many batches of the config's train dataloader through
             the stock model and fit the LORS factors to the inputs each projection
             receives (``input_statistics`` and ``fit_to_inputs_`` of
-            :mod:`lors_mmdet.models.detr.compression`); None: the weight-space
+            :mod:`lors_mmdet.models.compression`); None: the weight-space
             init.
-        budget: instead of ranks, a fraction of the stock transformer's parameters
-            to keep; per-layer ranks chosen by measured error (``budget_choices``
-            of the same module; needs ``calibrate``).
+        budget: instead of ranks, a fraction of the stock parameters of the
+            modules holding the stacks (a DETR's transformer, Sparse R-CNN's RoI
+            head) to keep; per-layer ranks chosen by the measured output error
+            with ``calibrate``, else by the weight-space error (``budget_choices``
+            of the same module).
         refit_shared: alternations of the shared-weight refit (with ``calibrate``).
         cfg_options: overrides of the stock config for this command only (e.g. the
             calibration data's root), as ``--cfg-options``; not written into the
             output config.
     """
     parts = list(dict.fromkeys(parts))
-    if not parts or any(p not in PARTS for p in parts):
-        raise ValueError(f'stacks must be some of {PARTS}, got {parts}')
     name = name or default_name(config)
     ckpt_path, cfg_path = output_paths(
         out_dir, name, force, inputs=dict(config=config, checkpoint=checkpoint))
     cfg = load_config(config)
     if cfg_options:
         cfg.merge_from_dict(dict(cfg_options))
-    lors_type = lors_type_for(cfg.model.get('type'))
-    schedule, header = finetune_schedule(cfg, fraction, lr_factor)
+    lors_class = lors_class_for(cfg.model)
+    lors_type = lors_class.__name__
+    if not parts or any(p not in lors_class.lors_stack_paths for p in parts):
+        raise ValueError(f'the stacks to compress (--stacks) of {lors_type} must '
+                         f'be some of {list(lors_class.lors_stack_paths)}, got '
+                         f'{parts}')
+    schedule, header = finetune_schedule(cfg, fraction, lr_factor, freeze_shared)
     if distill is not None:
+        if not issubclass(lors_class, PredictionDistillMixin):
+            raise ValueError(f'distillation (--distill) is available for the DETR '
+                             f'family; {lors_type} does not take model.distill')
         distill = dict(distill, teacher_config=_teacher_path(config),
                        teacher_checkpoint=_teacher_path(checkpoint))
         parse_distill_cfg(distill, 'distill (--distill)')
@@ -352,9 +387,9 @@ def compress(config: str,
             raise ValueError(f'--refit-shared must be a non-negative int, got '
                              f'{refit_shared!r}')
         stats = input_statistics(stock, parts, calibration_loader(cfg), calibrate)
-    elif budget is not None or refit_shared:
-        raise ValueError('--budget and --refit-shared fit the model to measured '
-                         'inputs: they need --calibrate N')
+    elif refit_shared:
+        raise ValueError('--refit-shared fits the shared weights to measured '
+                         'inputs: it needs --calibrate N')
     lors, choices, errors = compress_model(stock, parts, rank, energy, ranks, stats,
                                            budget, refit_shared)
     converted = stock.state_dict()
@@ -390,7 +425,8 @@ def compress(config: str,
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_cfg)
     return Compression(cfg_path, ckpt_path, lors_type, lors, choices,
-                       params_before, params_after, schedule, errors)
+                       params_before, params_after, schedule, stacks_key(stock),
+                       errors)
 
 
 def _teacher_path(path: str) -> str:
@@ -427,8 +463,8 @@ def format_compression(result: Compression) -> str:
         after = result.params_after[key]
         ratio = after / before if before else float('nan')
         lines.append(f'  {key:12} {before:12,d} {after:12,d} {ratio:12.1%}')
-    if result.params_after['transformer'] >= result.params_before[
-            'transformer']:
+    if result.params_after[result.stacks_key] >= result.params_before[
+            result.stacks_key]:
         lines.append('note: no saving - at these ranks the residuals cost '
                      'more than the layers they replace (a projection of '
                      'shape out x in in N layers saves only below rank '

@@ -4,7 +4,7 @@ from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend,
                                 checkpoint_problem, find_resumable_checkpoint,
                                 save_checkpoint_file, select_resume_checkpoint)
 from .data_checks import CocoAudit, audit_coco_file, check_coco_annotations
-from .hooks import RNGStateHook
+from .hooks import FreezeLorsSharedHook, RNGStateHook
 from .load_checks import (CheckpointMismatchError, LorsCheckpointCheckHook,
                           add_lors_checkpoint_check, check_lors_checkpoint,
                           check_lors_state_dict)
@@ -17,7 +17,7 @@ from .runtime import (adapt_cfg_to_machine, check_data_paths, check_pretrained_p
 from .visualization import ReadableDetVisualizer, place_labels
 
 __all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'checkpoint_problem',
-           'find_resumable_checkpoint', 'select_resume_checkpoint', 'save_checkpoint_file', 'RNGStateHook',
+           'find_resumable_checkpoint', 'select_resume_checkpoint', 'save_checkpoint_file', 'RNGStateHook', 'FreezeLorsSharedHook',
            'LorsCheckpointCheckHook', 'CheckpointMismatchError',
            'add_lors_checkpoint_check', 'check_lors_checkpoint', 'check_lors_state_dict',
            'ConfigFit',

@@ -1,5 +1,5 @@
 import random
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -48,3 +48,76 @@ class RNGStateHook(Hook):
         torch.set_rng_state(state['torch'])
         np.random.set_state(state['numpy'])
         random.setstate(state['python'])
+
+
+@HOOKS.register_module()
+class FreezeLorsSharedHook(Hook):
+    """Hold the shared weights of every LORS stack fixed for the first part of a
+    run: the private residuals (and everything outside the stacks) learn first,
+    then all of it. For a fine-tune after compression, where the shared weights
+    are a fitted starting point the residuals are measured against.
+
+    While frozen, the shared weights' gradients are zero (so gradient clipping and
+    the optimizer's moments see none) and their values are put back after each
+    step (so weight decay does not move them either). It works alike in
+    distributed runs (every rank does the same) and on resume (decided by the
+    current iteration / epoch).
+
+    Args:
+        iters: freeze during the run's iterations ``[0, iters)``.
+        epochs: instead, during its first ``epochs`` epochs.
+    """
+
+    priority = 'NORMAL'  # before the checkpoint hooks (VERY_LOW) save the weights
+
+    def __init__(self, iters: Optional[int] = None, epochs: Optional[int] = None) -> None:
+        if (iters is None) == (epochs is None):
+            raise ValueError('FreezeLorsSharedHook takes exactly one of iters and '
+                             f'epochs, got iters={iters!r}, epochs={epochs!r}')
+        length = iters if iters is not None else epochs
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ValueError(f'FreezeLorsSharedHook: {"iters" if iters is not None else "epochs"} '
+                             f'must be a positive int, got {length!r}')
+        self.iters, self.epochs = iters, epochs
+        self._params: List[torch.nn.Parameter] = []
+        self._saved: Optional[List[torch.Tensor]] = None
+        self._handles: list = []
+
+    def _frozen(self, runner) -> bool:
+        return runner.iter < self.iters if self.iters is not None \
+            else runner.epoch < self.epochs
+
+    def before_train(self, runner) -> None:
+        from mmengine.model import is_model_wrapper
+
+        from lors_mmdet.lors import find_lors_stacks
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self._params = [p for _, stack in find_lors_stacks(model)
+                        for p in stack.parameters()]
+        if not self._params:
+            raise ValueError('FreezeLorsSharedHook: the model has no LORS stack '
+                             '(no model.lors), so it has no shared weights to freeze')
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._frozen(runner):
+            if self._saved is None:
+                self._saved = [p.detach().clone() for p in self._params]
+                self._handles = [p.register_hook(torch.zeros_like)
+                                 for p in self._params]
+        else:
+            self._release()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if self._saved is not None:
+            with torch.no_grad():
+                for param, value in zip(self._params, self._saved):
+                    param.copy_(value)
+
+    def after_train(self, runner) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._saved = [], None

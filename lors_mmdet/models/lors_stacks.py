@@ -187,24 +187,36 @@ def stack_owner_and_layers(model: nn.Module, stack_path: str
     return (model.get_submodule(owner) if owner else model), layers
 
 
-def lors_stack_paths_of(model: nn.Module) -> Dict[str, str]:
-    """``{part: path of the stack's layers}`` of a LORS detector or of the
-    stock detector a registered LORS class makes LORS (stock ``DINO`` ->
-    ``LorsDINO``'s paths; ``AdaMixer`` is both).
+def lors_class_of(model: nn.Module) -> type:
+    """The LORS detector class of a LORS detector, or the one that makes a
+    stock detector LORS (stock ``DINO`` -> ``LorsDINO``; ``AdaMixer`` is its
+    own).
 
     Raises:
         TypeError: no LORS detector class knows the model's type.
     """
     if isinstance(model, LorsStacksMixin):
-        return dict(model.lors_stack_paths)
+        return type(model)
     from mmdet.registry import MODELS
     name = type(model).__name__
     for cls in MODELS.module_dict.values():
         if isinstance(cls, type) and issubclass(cls, LorsStacksMixin) and \
                 cls.lors_stack_paths and cls.stock_type() == name:
-            return dict(cls.lors_stack_paths)
+            return cls
     raise TypeError(f'no LORS detector class makes {name} LORS (classes with '
-                    f'model.lors: the DETR family, AdaMixer)')
+                    f'model.lors: the DETR family, AdaMixer, Sparse R-CNN, '
+                    f'QueryInst)')
+
+
+def lors_stack_paths_of(model: nn.Module) -> Dict[str, str]:
+    """``{part: path of the stack's layers}`` of a LORS detector or of the
+    stock detector a registered LORS class makes LORS (see
+    :func:`lors_class_of`).
+
+    Raises:
+        TypeError: no LORS detector class knows the model's type.
+    """
+    return dict(lors_class_of(model).lors_stack_paths)
 
 
 def part_parameters(model: nn.Module,

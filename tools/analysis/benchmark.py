@@ -1,6 +1,6 @@
 """Stock vs LORS detectors, measured side by side in ONE run, reported as ratios.
 
-For each family (AdaMixer, DINO, Deformable-DETR): total and decoder parameters,
+For each family (AdaMixer, DINO, Deformable-DETR, Sparse R-CNN): total and decoder parameters,
 checkpoint size, training-step time and memory, inference latency of the LORS model
 as trained and merged for deployment (every LORS linear map folded into a stock one;
 LORS-AdaMixer merges exactly into a stock AdaMixer of its own geometry, which is
@@ -49,6 +49,9 @@ PAIRS = {
             'configs/deformable_detr/deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py',
             'configs/lors_deformable_detr/'
             'lors-deformable-detr-refine_r18-tiny_1xb8-toy_synthetic.py'),
+        'Sparse-R-CNN': (
+            'configs/sparse_rcnn/sparse-rcnn_r18-tiny_1xb8-toy_synthetic.py',
+            'configs/lors_sparse_rcnn/lors-sparse-rcnn_r18-tiny_1xb8-toy_synthetic.py'),
     },
     'cuda': {
         'AdaMixer': ('configs/adamixer/adamixer_r50_8xb2-1x-100q_coco.py',
@@ -58,6 +61,8 @@ PAIRS = {
         'Deformable-DETR': (
             'mmdet::deformable_detr/deformable-detr-refine_r50_16xb2-50e_coco.py',
             'configs/lors_deformable_detr/lors-deformable-detr-refine_r50_16xb2-50e_coco.py'),
+        'Sparse-R-CNN': ('mmdet::sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py',
+                         'configs/lors_sparse_rcnn/lors-sparse-rcnn_r50_fpn_1x_coco.py'),
     },
 }
 IMAGE = {'cpu': (128, 128), 'cuda': (800, 1333)}

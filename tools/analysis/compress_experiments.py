@@ -1,10 +1,15 @@
 """Compression on the CPU toys: trained stock DINO -> LORS -> short fine-tune, several seeds.
 
 For every seed it takes the stock toy DINO that ``run_experiments.py --plan detr-stacks``
-trained (``work_dirs/experiments/dino/seed<S>/iter_500.pth``) and, for each variant
-(stacks, rank, distillation):
+trained (``work_dirs/experiments/dino/seed<S>/iter_500.pth``) and, for each variant of
+the study (``--study``):
 
-1. ``tools/compress.py`` (mean + truncated SVD of each layer's difference);
+- ``ranks``: stacks, one rank everywhere, distillation (weight-space init);
+- ``budget``: a parameter budget of the transformer with per-layer ranks, the
+  weight-space init against the data-aware one (``--calibrate``) at the same budget,
+  and the fine-tune with the shared weights held fixed for its first half;
+
+1. ``tools/compress.py`` with the variant's options;
 2. ``tools/test.py`` on the compressed checkpoint: AP before any training;
 3. ``tools/train.py`` on the written config: the fine-tune of 20% of the original
    iterations (100 of 500) at a tenth of its lr; AP after it.
@@ -16,6 +21,7 @@ trained from scratch with the same seed) and a plot of AP against transformer pa
     python tools/analysis/compress_experiments.py --seeds 0 1 2 --jobs 2
     python tools/analysis/compress_experiments.py --seeds 0 1 2 --report-only \
         --doc docs/experiments/log.md   # the table also between its markers there
+    python tools/analysis/compress_experiments.py --study budget --seeds 0 1 2 --jobs 2
 
 Finished steps are skipped, so the script can be stopped and started again.
 """
@@ -41,8 +47,9 @@ from tools.analysis.run_experiments import (DETR_STACKS, check_doc_markers,  # n
 from tools.upkeep.docs_tables import write_generated  # noqa: E402
 
 # name -> compress.py options; 'scratch' names the LORS toy trained from scratch
-# (a run of the detr-stacks plan) with the same stacks and rank, if there is one.
-VARIANTS = {
+# (a run of the detr-stacks plan) with the same stacks and rank, if there is one;
+# 'against' the variant it is compared with, paired by seed.
+RANKS = {
     'decoder r16': dict(options=['--stacks', 'decoder', '--rank', '16'],
                         scratch='lors-dino decoder'),
     'encoder+decoder r16': dict(options=['--stacks', 'decoder', 'encoder', '--rank', '16'],
@@ -53,31 +60,58 @@ VARIANTS = {
         options=['--stacks', 'decoder', 'encoder', '--rank', '4', '--distill', '1.0'],
         scratch=None),
 }
-MARKER = 'experiments:compress'
+ENCDEC = ['--stacks', 'decoder', 'encoder']
+CALIBRATE = ['--calibrate', '32']  # 256 training images (batches of 8)
+# The toy's 2 encoder and 3 decoder layers keep >= 42.9% of the transformer at rank 1
+# everywhere (the shared copies): 0.45 is the smallest budget round number above it.
+BUDGET = {
+    'budget 0.5': dict(options=[*ENCDEC, '--budget', '0.5'], scratch=None),
+    'budget 0.5 calibrated': dict(options=[*ENCDEC, '--budget', '0.5', *CALIBRATE],
+                                  scratch=None, against='budget 0.5'),
+    'budget 0.45': dict(options=[*ENCDEC, '--budget', '0.45'], scratch=None),
+    'budget 0.45 calibrated': dict(options=[*ENCDEC, '--budget', '0.45', *CALIBRATE],
+                                   scratch=None, against='budget 0.45'),
+    'budget 0.45 calibrated freeze-shared': dict(
+        options=[*ENCDEC, '--budget', '0.45', *CALIBRATE, '--freeze-shared', '0.5'],
+        scratch=None, against='budget 0.45 calibrated'),
+}
+STUDIES = {'ranks': RANKS, 'budget': BUDGET}
+MARKERS = {'ranks': 'experiments:compress', 'budget': 'experiments:compress-budget'}
+OUTS = {'ranks': 'docs/experiments/compress', 'budget': 'docs/experiments/compress-budget'}
 STOCK = 'dino'
 STOCK_CONFIG = DETR_STACKS[STOCK][0]  # the stock runs of plan detr-stacks
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--study', choices=sorted(STUDIES), default='ranks',
+                        help='which variants (default: ranks)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--only', nargs='+', choices=sorted(VARIANTS),
-                        help='run only these variants')
+    parser.add_argument('--only', nargs='+',
+                        choices=sorted(n for v in STUDIES.values() for n in v),
+                        help='run only these variants of the study')
     parser.add_argument('--val-interval', type=int, default=50,
                         help='fine-tune iterations between validations')
     parser.add_argument('--stock-work-dir', default='work_dirs/experiments',
                         help='the work dir of run_experiments.py (stock and from-scratch '
                         'runs)')
     parser.add_argument('--work-dir', default='work_dirs/experiments_compress')
-    parser.add_argument('--out', default='docs/experiments/compress')
+    parser.add_argument('--out', help='where the report goes (default '
+                        f'per study: {OUTS})')
     parser.add_argument('--report-only', action='store_true')
     parser.add_argument('--doc', metavar='PATH',
-                        help=f'also write the table between the <!-- {MARKER}:start --> '
-                        'and <!-- ...:end --> markers of this file')
+                        help='also write the table between the <!-- MARKER:start --> '
+                        f'and <!-- ...:end --> markers of this file ({MARKERS})')
     parser.add_argument('--jobs', type=int, default=1,
                         help='variants run at the same time (each gets cpu_count // jobs '
                         'threads)')
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.variants = STUDIES[args.study]
+    args.out = args.out or OUTS[args.study]
+    unknown = sorted(set(args.only or []) - set(args.variants))
+    if unknown:
+        parser.error(f'--only {unknown}: not variants of --study {args.study}')
+    return args
 
 
 def stock_checkpoint(stock_work_dir: str, seed: int) -> str:
@@ -107,7 +141,7 @@ def run_variant(name: str, seed: int, args: argparse.Namespace, threads: int) ->
     if not osp.exists(checkpoint):
         run_logged([python, 'tools/compress.py', STOCK_CONFIG,
                     stock_checkpoint(args.stock_work_dir, seed), '--out', directory,
-                    '--name', 'lors', '--force', *VARIANTS[name]['options']],
+                    '--name', 'lors', '--force', *args.variants[name]['options']],
                    osp.join(directory, 'compress.log'), threads)
     if not glob.glob(osp.join(directory, 'test', '*', '*.json')):
         run_logged([python, 'tools/test.py', config, checkpoint, '--work-dir',
@@ -153,7 +187,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Dict[str, List[float]]]:
     results: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
     for seed in args.seeds:
         stock = final_ap(run_dir(args.stock_work_dir, STOCK, seed))
-        for name, variant in VARIANTS.items():
+        for name, variant in args.variants.items():
             directory = run_dir(args.work_dir, name, seed)
             if stock is None or not osp.exists(
                     osp.join(directory, 'finetune', 'finished.json')):
@@ -173,6 +207,33 @@ def collect(args: argparse.Namespace) -> Dict[str, Dict[str, List[float]]]:
     return results
 
 
+def paired_rows(variants: Dict[str, dict], results) -> List[str]:
+    """Each variant against the one it names in 'against', paired by seed: the mean
+    difference of the AP right after compression and after the fine-tune, with
+    95% intervals."""
+    from lors_mmdet.diagnostics import paired_difference
+    rows = []
+    for name, variant in variants.items():
+        other = variant.get('against')
+        if other not in results or name not in results:
+            continue
+        seeds = sorted(set(results[name]['seeds']) & set(results[other]['seeds']))
+        cells = []
+        for key in ('compressed', 'finetuned'):
+            ours = [results[name][key][results[name]['seeds'].index(s)] for s in seeds]
+            theirs = [results[other][key][results[other]['seeds'].index(s)]
+                      for s in seeds]
+            d = paired_difference(ours, theirs)
+            interval = f' [{d["low"]:+.3f}, {d["high"]:+.3f}]' if d['n'] > 1 else ''
+            cells.append(f'{d["mean"]:+.3f}{interval}')
+        rows.append(f'| {name} | {other} | {len(seeds)} | {cells[0]} | {cells[1]} |')
+    if not rows:
+        return []
+    return ['', 'Paired by seed: mean difference of AP and its 95% Student-t interval.',
+            '', '| variant | against | seeds | right after compression | after the '
+            'fine-tune |', '|---|---|---|---|---|', *rows]
+
+
 def report(args: argparse.Namespace, command: str) -> str:
     import matplotlib
     matplotlib.use('Agg')
@@ -190,7 +251,8 @@ def report(args: argparse.Namespace, command: str) -> str:
         f'Produced by `{command}`.', '',
         '| compressed toy DINO | seeds | transformer params vs stock | AP right after '
         'compression | AP after fine-tune (100 it.) | stock AP (500 it.) | fine-tuned - '
-        'stock | LORS from scratch (500 it.) |', '|---|---|---|---|---|---|---|---|', *rows])
+        'stock | LORS from scratch (500 it.) |', '|---|---|---|---|---|---|---|---|', *rows,
+        *paired_rows(args.variants, results)])
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(table + '\n')
@@ -218,10 +280,11 @@ def main() -> None:
     args = parse_args()
     command = ('python tools/analysis/compress_experiments.py ' +
                shlex.join(sys.argv[1:]))
-    check_doc_markers(args.doc, MARKER)
+    marker = MARKERS[args.study]
+    check_doc_markers(args.doc, marker)
     if not args.report_only:
         threads = threads_per_job(args.jobs)
-        names = args.only or list(VARIANTS)
+        names = args.only or list(args.variants)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_variant, name, seed, args, threads)
                        for seed in args.seeds for name in names]
@@ -229,8 +292,8 @@ def main() -> None:
                 future.result()
     table = report(args, command)
     if args.doc:
-        write_generated(args.doc, MARKER, table)
-        print(f'wrote the table into {args.doc} ({MARKER})')
+        write_generated(args.doc, marker, table)
+        print(f'wrote the table into {args.doc} ({marker})')
 
 
 if __name__ == '__main__':

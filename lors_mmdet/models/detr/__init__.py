@@ -1,8 +1,8 @@
 """LORS for mmdet's DETR family (DETR, Conditional-DETR, DAB-DETR,
 Deformable-DETR, DINO, DDQ-DETR): encoder / decoder stacks by stack surgery
-(:mod:`.stacks`), a trained detector compressed at chosen ranks
-(:mod:`.compression`); the files: :mod:`lors_mmdet.apis.conversion` (stock <->
-LORS checkpoints) and :mod:`lors_mmdet.apis.compression`.
+(:mod:`.stacks`); a trained detector compressed at chosen ranks:
+:mod:`lors_mmdet.models.compression`; the files: :mod:`lors_mmdet.apis.conversion`
+(stock <-> LORS checkpoints) and :mod:`lors_mmdet.apis.compression`.
 """
 from .stacks import (LorsConditionalDETR, LorsDABDETR, LorsDDQDETR, LorsDETR,
                      LorsDeformableDETR, LorsDetrStacksMixin, LorsDINO,

@@ -1,4 +1,4 @@
-"""Compress a trained DETR-family detector's stacks into LORS, from its own weights.
+"""Compress a trained detector's stacks into LORS, from its own weights.
 
 The model side of :mod:`lors_mmdet.apis.compression` (which reads the config and
 checkpoint, runs the calibration data and writes the LORS config and
@@ -6,13 +6,17 @@ checkpoint): the ranks of each projection (given, by residual energy, or by a
 parameter budget against measured output error), the surgery with
 ``init='dense'`` (shared = mean of the layers, private = truncated SVD of each
 residual), and optionally factors fitted to the inputs each projection
-receives (:mod:`lors_mmdet.lors.calibrated`). Functions of an ``nn.Module``
-with ``encoder`` / ``decoder`` stacks of ``layers``; no file I/O.
+receives (:mod:`lors_mmdet.lors.calibrated`). Functions of a detector that a
+LORS detector class knows (:func:`~lors_mmdet.models.lors_stacks.lors_class_of`:
+the DETR family's encoder / decoder, Sparse R-CNN's and AdaMixer's RoI-head
+stages as ``decoder``, QueryInst's mask stages as ``mask_decoder``); every
+projection of a layer is shared (the generators of Sparse R-CNN's dynamic
+convolutions included, as ordinary projections); no file I/O.
 """
 import collections
 import copy
 import heapq
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -22,7 +26,8 @@ from lors_mmdet.lors import (InputSecondMoment, RankChoice, apply_lors,
                              count_parameters, dense_weight, find_lors_stacks)
 from lors_mmdet.lors.calibrated import whitened_residual_spectrum
 from lors_mmdet.lors.stack_config import matches
-from lors_mmdet.models.lors_stacks import LORS_PARTS as PARTS
+from lors_mmdet.models.lors_stacks import (lors_class_of, lors_stack_paths_of,
+                                           stack_owner_and_layers)
 from lors_mmdet.progress import progress_bar
 
 # {part: {projection path: [E[x x^T] of each layer's inputs]}}
@@ -30,13 +35,61 @@ Statistics = Dict[str, Dict[str, List[torch.Tensor]]]
 RankSpec = Union[int, str]
 
 
+# the parts a detector's LORS stacks may be (each detector has some of them)
+STACK_PARTS = ('decoder', 'encoder', 'mask_decoder')
+
+
+def stack_location(model: nn.Module, part: str) -> Tuple[nn.Module, str]:
+    """The module owning ``part``'s stack and the name of its layers in it
+    (DINO's decoder: ``(model.decoder, 'layers')``; Sparse R-CNN's:
+    ``(model.roi_head, 'bbox_head')``).
+
+    Raises:
+        ValueError: the detector has no such stack.
+    """
+    paths = lors_stack_paths_of(model)
+    if part not in paths:
+        raise ValueError(f'{type(model).__name__} has no {part} stack to compress '
+                         f'(its stacks: {sorted(paths)})')
+    owner, layers = stack_owner_and_layers(model, paths[part])
+    if not isinstance(owner.get_submodule(layers), nn.ModuleList):
+        raise ValueError(f'{type(model).__name__}.{paths[part]} is no stack of '
+                         f'layers (nn.ModuleList)')
+    return owner, layers
+
+
+def stack_selection(model: nn.Module, part: str) -> dict:
+    """The ``include`` / ``exclude`` of a compressed stack: every projection of a
+    layer, stated only where the LORS class's defaults select fewer (Sparse
+    R-CNN's stages: its defaults leave the dynamic convolutions' generators to the
+    adaptive branch)."""
+    defaults = lors_class_of(model).lors_stack_defaults.get(part, {})
+    return {key: value for key, value in dict(include=['*'], exclude=[]).items()
+            if key in defaults}
+
+
+def stacks_key(model: nn.Module) -> str:
+    """The name of the modules holding the LORS stacks, as one row of
+    :func:`parameter_counts`: ``'transformer'`` for a DETR's encoder + decoder,
+    else the owner's path (``'roi_head'``)."""
+    owners = _owner_paths(model)
+    return 'transformer' if owners == ['encoder', 'decoder'] else ' + '.join(owners)
+
+
+def _owner_paths(model: nn.Module) -> List[str]:
+    owners = (stack_owner_and_layers(model, path)[0]
+              for path in lors_stack_paths_of(model).values())
+    names = {id(module): name for name, module in model.named_modules()}
+    return list(dict.fromkeys(names[id(owner)] for owner in owners))
+
+
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
-    """Parameters of the encoder, decoder, transformer (= encoder +
-    decoder) and whole model, each tensor once."""
-    counts = {part: count_parameters(getattr(model, part)).total
-              for part in PARTS if isinstance(getattr(model, part, None),
-                                              nn.Module)}
-    counts['transformer'] = sum(counts.values())
+    """Parameters of the modules holding the LORS stacks (DETR: encoder,
+    decoder and their sum ``transformer``; Sparse R-CNN: ``roi_head``) and of the
+    whole model (``total``), each tensor once."""
+    counts = {owner: count_parameters(model.get_submodule(owner)).total
+              for owner in _owner_paths(model)}
+    counts.setdefault(stacks_key(model), sum(counts.values()))
     counts['total'] = count_parameters(model).total
     return counts
 
@@ -52,7 +105,7 @@ def choose_ranks(model: nn.Module,
 
     Args:
         model: the stock model (trained weights).
-        parts: stacks to compress, of ``('encoder', 'decoder')``.
+        parts: stacks to compress, of :data:`STACK_PARTS`.
         rank: one rank for all projections (int or ``'full'``).
         energy: the energy target instead (exactly one of the two).
         ranks: ``{part or None (all parts): {pattern: rank}}`` overrides.
@@ -63,19 +116,18 @@ def choose_ranks(model: nn.Module,
     unused = {(p, g) for p, patterns in ranks.items() for g in patterns}
     choices = {}
     for part in parts:
-        owner = getattr(model, part, None)
-        if not isinstance(getattr(owner, 'layers', None), nn.ModuleList):
-            raise ValueError(f'model.{part} has no stack of layers '
-                             f'({type(model).__name__})')
-        paths = list(choose_stack_ranks(owner, 'layers', dict(rank=1)))
+        owner, layers = stack_location(model, part)
+        selection = stack_selection(model, part)
+        paths = _projection_paths(model, part)
         overrides = {}
         for scope in (part, None):  # the part's own patterns first
             for pattern, value in (ranks.get(scope) or {}).items():
                 if any(matches(path, pattern) for path in paths):
                     overrides.setdefault(pattern, value)
                     unused.discard((scope, pattern))
-        config = dict(rank=rank if rank is not None else 1, ranks=overrides)
-        choices[part] = choose_stack_ranks(owner, 'layers', config, energy,
+        config = dict(rank=rank if rank is not None else 1, ranks=overrides,
+                      **selection)
+        choices[part] = choose_stack_ranks(owner, layers, config, energy,
                                            key=f'--rank/--ranks ({part})')
     if unused:
         raise ValueError(f'--ranks pattern(s) match no projection: '
@@ -95,10 +147,11 @@ def compress_model(model: nn.Module,
     initialised from its weights, in place.
 
     Without ``stats``: weight-space init (shared = mean, truncated SVD of each
-    residual) at the ranks of :func:`choose_ranks`. With ``stats``
-    (:func:`input_statistics`): the same ranks, or with ``budget`` those of
-    :func:`budget_choices`, and factors fitted to the measured inputs
-    (:func:`fit_to_inputs_`, ``iterations`` shared-weight refits).
+    residual) at the ranks of :func:`choose_ranks`, or with ``budget`` those of
+    :func:`budget_choices` by weight-space error. With ``stats``
+    (:func:`input_statistics`): the same ranks (``budget``: by measured output
+    error), and factors fitted to the measured inputs (:func:`fit_to_inputs_`,
+    ``iterations`` shared-weight refits).
 
     Returns:
         ``(lors dict of the LORS variant's config, choices, output errors)``; the
@@ -106,9 +159,6 @@ def compress_model(model: nn.Module,
         ``stats``, else None.
     """
     if budget is not None:
-        if stats is None:
-            raise ValueError('a parameter budget (--budget) allocates ranks by the '
-                             'measured output error: it needs --calibrate N')
         if rank is not None or energy is not None or ranks:
             raise ValueError('give a parameter budget (--budget) or ranks (--rank, '
                              '--energy, --ranks), not both')
@@ -117,10 +167,11 @@ def compress_model(model: nn.Module,
         choices = choose_ranks(model, parts, rank, energy, ranks)
     stock = ({part: _stock_weights(model, part, list(choices[part])) for part in parts}
              if stats is not None else None)
-    lors = {part: lors_stack_dict(choices[part]) for part in parts}
+    lors = {part: dict(lors_stack_dict(choices[part]), **stack_selection(model, part))
+            for part in parts}
     for part in parts:
-        apply_lors(getattr(model, part), 'layers',
-                   dict(lors[part], init='dense'), key=f'lors.{part}')
+        apply_lors(*stack_location(model, part), dict(lors[part], init='dense'),
+                   key=f'lors.{part}')
     errors = None
     if stats is not None:
         errors = fit_to_inputs_(model, parts, stock, stats, iterations)
@@ -128,11 +179,13 @@ def compress_model(model: nn.Module,
 
 
 def _stack_of(model: nn.Module, part: str):
-    """The one LORS stack of ``model.<part>``."""
-    stacks = find_lors_stacks(getattr(model, part))
+    """The LORS stack of ``part``."""
+    owner, layers = stack_location(model, part)
+    stacks = [stack for _, stack in find_lors_stacks(owner)
+              if stack.layers_path == layers]
     if len(stacks) != 1:
-        raise ValueError(f'model.{part} holds {len(stacks)} LORS stacks, expected 1')
-    return stacks[0][1]
+        raise ValueError(f'{part} has {len(stacks)} LORS stacks, expected 1')
+    return stacks[0]
 
 
 @torch.no_grad()
@@ -165,7 +218,8 @@ def input_statistics(model: nn.Module, parts: Sequence[str], batches,
     moments: Dict[str, Dict[str, List[InputSecondMoment]]] = {}
     handles = []
     for part in parts:
-        apply_lors(getattr(probe, part), 'layers', dict(rank='full', init='dense'),
+        apply_lors(*stack_location(probe, part),
+                   dict(rank='full', init='dense', **stack_selection(probe, part)),
                    key=f'lors.{part}')
         stack = _stack_of(probe, part)
         moments[part] = {}
@@ -199,17 +253,26 @@ def input_statistics(model: nn.Module, parts: Sequence[str], batches,
             for part, paths in moments.items()}
 
 
+def _projection_paths(model: nn.Module, part: str) -> List[str]:
+    """The paths of the projections a compressed stack shares."""
+    owner, layers = stack_location(model, part)
+    return list(choose_stack_ranks(owner, layers,
+                                   dict(rank=1, **stack_selection(model, part))))
+
+
 def _stock_weights(model: nn.Module, part: str,
                    paths: Sequence[str]) -> Dict[str, List[torch.Tensor]]:
-    layers = getattr(model, part).layers
+    owner, name = stack_location(model, part)
+    layers = owner.get_submodule(name)
     return {path: [dense_weight(layer, path).detach().clone() for layer in layers]
             for path in paths}
 
 
-def budget_choices(model: nn.Module, parts: Sequence[str], stats: Statistics,
+def budget_choices(model: nn.Module, parts: Sequence[str], stats: Optional[Statistics],
                    budget: float) -> Dict[str, Dict[str, RankChoice]]:
-    """Per-layer ranks that keep the transformer (encoder + decoder) within ``budget``
-    x its stock parameters while removing the most measured output error.
+    """Per-layer ranks that keep the modules holding the stacks (a DETR's
+    transformer, Sparse R-CNN's RoI head: :func:`stacks_key`) within ``budget`` x
+    their stock parameters while removing the most measured output error.
 
     Every layer's residual starts at rank 1 (the smallest the surgery builds); then,
     greedily, the (projection, layer) whose next rank removes the most relative
@@ -217,39 +280,49 @@ def budget_choices(model: nn.Module, parts: Sequence[str], stats: Statistics,
     layer at rank ``r`` is what the whitened residual's singular values beyond ``r``
     hold, relative to the layer's output energy ``|W_i C_i^{1/2}|_F^2``, with the
     mean of the layers as the shared weight (:mod:`lors_mmdet.lors.calibrated`).
+    Without statistics every ``C_i`` is the identity: the weight-space error
+    ``|W_i - W'_i|_F^2 / |W_i|_F^2`` (what the weight-space init truncates).
 
     Args:
         model: the stock detector.
         parts: stacks to compress.
-        stats: :func:`input_statistics` of those parts.
-        budget: fraction in (0, 1) of the stock transformer's parameters.
+        stats: :func:`input_statistics` of those parts, or None (weight space).
+        budget: fraction in (0, 1) of those modules' stock parameters.
 
     Returns:
         ``{part: {path: RankChoice}}`` with per-layer ``layer_ranks`` (``rank`` their
         maximum), ``kept_energy`` the fraction of each whitened residual's energy
         kept and ``target`` the budget.
     """
+    key = stacks_key(model)
     if not (is_number(budget) and 0 < budget < 1):
         raise ValueError(f'the parameter budget (--budget) must be a fraction in '
-                         f'(0, 1) of the stock transformer, got {budget!r}')
-    total = parameter_counts(model)['transformer']
+                         f'(0, 1) of the stock {key}, got {budget!r}')
+    total = parameter_counts(model)[key]
     allowed = budget * total
     spent = total
     items = []  # [part, path, layer, out + in, tail energies, output energy]
+    paths = {part: list(stats[part]) if stats is not None
+             else _projection_paths(model, part) for part in parts}
     for part in parts:
-        weights = _stock_weights(model, part, list(stats[part]))
+        weights = _stock_weights(model, part, paths[part])
         for path, layer_weights in weights.items():
             out_features, in_features = layer_weights[0].shape
             spent -= (len(layer_weights) - 1) * out_features * in_features
             mean = torch.stack([w.double() for w in layer_weights]).mean(0)
-            for i, (w, cov) in enumerate(zip(layer_weights, stats[part][path])):
-                spectrum, energy = whitened_residual_spectrum(w, mean, cov)
+            for i, w in enumerate(layer_weights):
+                if stats is not None:
+                    spectrum, energy = whitened_residual_spectrum(
+                        w, mean, stats[part][path][i])
+                else:
+                    spectrum = torch.linalg.svdvals(w.double() - mean)**2
+                    energy = float(w.double().pow(2).sum())
                 items.append([part, path, i, out_features + in_features, spectrum,
                               energy])
     spent += sum(item[3] for item in items)  # rank 1 everywhere
     if spent > allowed:
         raise ValueError(f'--budget {budget}: even rank 1 everywhere keeps '
-                         f'{spent / total:.1%} of the stock transformer\'s '
+                         f'{spent / total:.1%} of the stock {key}\'s '
                          f'{total:,d} parameters; the budget must be above that')
     ranks = [1] * len(items)
 
@@ -272,7 +345,7 @@ def budget_choices(model: nn.Module, parts: Sequence[str], stats: Statistics,
             heapq.heappush(heap, (-gain(k) / items[k][3], k))
     choices: Dict[str, Dict[str, RankChoice]] = {part: {} for part in parts}
     for part in parts:
-        for path in stats[part]:
+        for path in paths[part]:
             chosen = [(k, ranks[k]) for k, item in enumerate(items)
                       if item[0] == part and item[1] == path]
             kept = []

@@ -534,3 +534,30 @@ def test_bad_calibration_requests_are_named(trained, data_root, tmp_path, kwargs
         compress(CONFIG, trained, str(tmp_path), parts=['decoder', 'encoder'],
                  cfg_options=_data_cfg_options(data_root), **kwargs)
     assert not os.listdir(tmp_path)
+
+
+def test_adamixer_compresses_to_itself_with_model_lors():
+    """AdaMixer is its own LORS variant: the compressed model is AdaMixer +
+    model.lors (every projection of a stage, the mixing generator included), and it
+    loads the compressed state strictly and computes the same."""
+    import copy
+
+    from lors_mmdet.apis import load_config
+    from lors_mmdet.apis.compression import lors_class_for
+    from lors_mmdet.models.compression import compress_model
+    cfg = load_config(osp.join(ROOT, 'configs', 'adamixer',
+                               'adamixer_r18-tiny_1xb16-toy_synthetic.py'))
+    assert lors_class_for(cfg.model).__name__ == 'AdaMixer'
+    with pytest.raises(ValueError, match='without lors'):
+        lors_class_for(dict(cfg.model, lors=dict(decoder=dict(rank=4))))
+    torch.manual_seed(0)
+    stock = build_model(cfg.model).eval()
+    lors, choices, _ = compress_model(stock, ['decoder'], rank=8)
+    assert lors['decoder']['include'] == ['*']
+    assert 'adaptive_mixing.parameter_generator' in choices['decoder']
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.lors = lors
+    rebuilt = build_model(model_cfg).eval()
+    rebuilt.load_state_dict(stock.state_dict())  # strict
+    for a, b in zip(rebuilt.state_dict().values(), stock.state_dict().values()):
+        assert torch.equal(a, b)

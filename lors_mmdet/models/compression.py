@@ -106,7 +106,9 @@ def choose_ranks(model: nn.Module,
     Args:
         model: the stock model (trained weights).
         parts: stacks to compress, of :data:`STACK_PARTS`.
-        rank: one rank for all projections (int or ``'full'``).
+        rank: one rank for all projections (int or ``'full'``); a projection
+            narrower than it keeps its full rank (a detector's class and box
+            outputs, e.g. 4 x 256), unless no projection is as wide as ``rank``.
         energy: the energy target instead (exactly one of the two).
         ranks: ``{part or None (all parts): {pattern: rank}}`` overrides.
     """
@@ -125,6 +127,15 @@ def choose_ranks(model: nn.Module,
                 if any(matches(path, pattern) for path in paths):
                     overrides.setdefault(pattern, value)
                     unused.discard((scope, pattern))
+        if isinstance(rank, int):
+            # a projection narrower than the rank keeps its full rank, unless
+            # none is as wide (then the rank is a mistake: the surgery says so)
+            first = owner.get_submodule(layers)[0]
+            widths = {path: min(dense_weight(first, path).shape) for path in paths}
+            if max(widths.values()) >= rank:
+                for path, full in widths.items():
+                    if full < rank and not any(matches(path, p) for p in overrides):
+                        overrides[path] = full
         config = dict(rank=rank if rank is not None else 1, ranks=overrides,
                       **selection)
         choices[part] = choose_stack_ranks(owner, layers, config, energy,

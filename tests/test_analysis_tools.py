@@ -237,3 +237,36 @@ def test_run_experiments_refuses_fewer_than_one_thread(monkeypatch):
                                      '--threads', '0', '--work-dir', '/nonexistent'])
     with pytest.raises(SystemExit, match='--threads must be at least 1, got 0'):
         experiments.main()
+
+
+def test_compress_experiments_budget_study_pairs_by_seed(tmp_path):
+    """--study budget: each variant against the one it names, paired by seed: the
+    mean differences right after compression and after the fine-tune."""
+    import json
+    import os
+    import subprocess
+    import sys
+    stock_dir, work_dir = tmp_path / 'stock', tmp_path / 'compress'
+    aps = {'budget 0.5': ([0.25, 0.5], [0.125, 0.25]),
+           'budget 0.5 calibrated': ([0.5, 0.75], [0.25, 0.375])}
+    for seed in (0, 1):
+        _finished_run(stock_dir, 'dino', seed, [0.25, 0.5])
+        for name, (compressed, finetuned) in aps.items():
+            variant = work_dir / name.replace(' ', '_') / f'seed{seed}'
+            _write_run(variant / 'finetune', name, [0.1, finetuned[seed]])
+            (variant / 'compress.log').write_text(
+                '  transformer    4,000,000    2,000,000        50.0%\n')
+            (variant / 'test' / '1').mkdir(parents=True)
+            (variant / 'test' / '1' / 'metrics.json').write_text(
+                json.dumps({'coco/bbox_mAP': compressed[seed]}))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    result = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'compress_experiments.py'),
+         '--study', 'budget', '--seeds', '0', '1', '--report-only', '--stock-work-dir',
+         str(stock_dir), '--work-dir', str(work_dir), '--out', str(tmp_path / 'out')],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / 'out' / 'results.md').read_text()
+    # differences +0.25 and +0.125 for both seeds: no spread, a zero-width interval
+    assert ('| budget 0.5 calibrated | budget 0.5 | 2 | +0.250 [+0.250, +0.250] | '
+            '+0.125 [+0.125, +0.125] |') in table

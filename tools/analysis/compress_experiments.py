@@ -105,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--jobs', type=int, default=1,
                         help='variants run at the same time (each gets cpu_count // jobs '
                         'threads)')
+    parser.add_argument('--threads', type=int,
+                        help='torch threads of each variant (default cpu_count // jobs)')
     args = parser.parse_args()
     args.variants = STUDIES[args.study]
     args.out = args.out or OUTS[args.study]
@@ -283,7 +285,7 @@ def main() -> None:
     marker = MARKERS[args.study]
     check_doc_markers(args.doc, marker)
     if not args.report_only:
-        threads = threads_per_job(args.jobs)
+        threads = threads_per_job(args.jobs, args.threads)
         names = args.only or list(args.variants)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_variant, name, seed, args, threads)

@@ -166,10 +166,15 @@ def check_doc_markers(doc: Optional[str], marker: str) -> None:
             raise SystemExit(f'--doc: {error}')
 
 
-def threads_per_job(jobs: int) -> int:
-    """Torch threads of each of ``jobs`` runs side by side."""
+def threads_per_job(jobs: int, threads: Optional[int] = None) -> int:
+    """Torch threads of each of ``jobs`` runs side by side: ``threads`` (``--threads``)
+    if given, else ``cpu_count // jobs``."""
     if jobs < 1:
         raise SystemExit(f'--jobs must be at least 1, got {jobs}')
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f'--threads must be at least 1, got {threads}')
+        return threads
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
@@ -373,9 +378,7 @@ def main() -> None:
     marker = 'experiments:' + '_'.join(plan_names)
     check_doc_markers(args.doc, marker)
     if not args.report_only:
-        if args.threads is not None and args.threads < 1:
-            raise SystemExit(f'--threads must be at least 1, got {args.threads}')
-        threads = args.threads or threads_per_job(args.jobs)
+        threads = threads_per_job(args.jobs, args.threads)
         commit = source_commit()
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()

@@ -117,6 +117,12 @@ DETR_RANK = {
            ('', []),
            (' rank full', ['model.lors.encoder.rank=full', 'model.lors.decoder.rank=full']))},
 }
+# LORS-DINO encoder + decoder vs stock at lower learning rates (the toys' AdamW 1e-3 is
+# 10x DINO's COCO lr): is the gap of the factored training the learning rate?
+DETR_LR = {
+    f'{name} lr {lr}': (DETR_STACKS[name][0], [f'optim_wrapper.optimizer.lr={lr}'])
+    for lr in ('2.5e-4', '5e-4') for name in ('dino', 'lors-dino encoder+decoder')
+}
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY if 'sparse-rcnn' not in name},
     'detr-stacks': DETR_STACKS,
@@ -125,11 +131,15 @@ PLANS = {
     'adamixer-6stage-lr': ADAMIXER_6STAGE_LR,
     'adamixer-6stage-ablation': ADAMIXER_6STAGE_ABLATION,
     'detr-rank': DETR_RANK,
+    'detr-lr': DETR_LR,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
 # the run each run is paired with in the report; by default the first run of its plan
-PAIRED_WITH = {f'lors-adamixer 6-stage lr {lr}': f'adamixer 6-stage lr {lr}'
-               for lr in ('5e-4', '2e-3')}
+PAIRED_WITH = {
+    **{f'lors-adamixer 6-stage lr {lr}': f'adamixer 6-stage lr {lr}'
+       for lr in ('5e-4', '2e-3')},
+    **{f'lors-dino encoder+decoder lr {lr}': f'dino lr {lr}' for lr in ('2.5e-4', '5e-4')},
+}
 
 
 def parse_args() -> argparse.Namespace:

@@ -68,7 +68,7 @@ def test_shared_weights_stay_fixed_then_train(tmp_path):
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.05, weight_decay=0.5),
                            clip_grad=dict(max_norm=0.1)),
         custom_hooks=[dict(type='FreezeLorsSharedHook', iters=3), record],
-        default_hooks=dict(checkpoint=None, logger=None), default_scope='mmengine')
+        default_hooks=dict(checkpoint=None, logger=None), default_scope='mmdet')
     # the default collate adds a batch axis: take it off again
     runner.model.forward = (lambda inputs, targets, mode='loss', f=model.forward:
                             f(inputs[0], targets[0], mode))

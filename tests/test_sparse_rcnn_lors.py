@@ -262,6 +262,19 @@ def test_compressing_queryinst_box_and_mask_stages_is_exact_at_full_rank():
     rebuilt.load_state_dict(stock.state_dict())  # strict
     with pytest.raises(ValueError, match='QueryInst has no encoder stack'):
         stack_location(stock, 'encoder')
+    # in inference only the last mask stage runs: calibration says which saw nothing
+    from lors_mmdet.models.compression import input_statistics
+    raw = dict(inputs=[x for x in torch.randint(0, 256, (1, 3, 64, 96),
+                                                dtype=torch.uint8)],
+               data_samples=data['data_samples'][:1])
+    fresh = build(QUERYINST).eval()
+    with torch.no_grad():  # boxes stay the proposals (the whole image): valid masks
+        for stage in fresh.roi_head.bbox_head:
+            stage.fc_reg.weight.zero_()
+            stage.fc_reg.bias.zero_()
+    with pytest.raises(ValueError, match=r'mask_decoder instance_interactive_conv'
+                       r'\.dynamic_layer layer 0, .*without --calibrate'):
+        input_statistics(fresh, ['mask_decoder'], [raw], 1, progress=False)
 
 
 def test_compress_command_on_the_toy_sparse_rcnn(synthetic_coco_factory, tmp_path):

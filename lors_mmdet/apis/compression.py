@@ -121,9 +121,9 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
     at its lr x 0.1 (mmdet's DETR recipes step once by 0.1 near the end), and
     the compressed model starts near that converged point, so the fine-tune
     continues at the rate the training finished with; no warm-up (at that
-    rate AdamW's first, sign-like steps are small) and no decay. With ``freeze_shared`` (a fraction in
-    (0, 1)) the shared weights are held fixed for that first part of the
-    fine-tune (:class:`~lors_mmdet.engine.FreezeLorsSharedHook`, appended to the
+    rate AdamW's first, sign-like steps are small) and no decay. With
+    ``freeze_shared`` (a fraction in (0, 1)) the shared weights are held fixed for
+    that first part of the fine-tune (:class:`~lors_mmdet.engine.FreezeLorsSharedHook`, appended to the
     config's ``custom_hooks``).
 
     Returns:
@@ -167,17 +167,12 @@ def finetune_schedule(cfg: Config, fraction: float = 0.2,
         if not (is_number(freeze_shared) and 0 < freeze_shared < 1):
             raise ValueError(f'the frozen part of the fine-tune (--freeze-shared) '
                              f'must be a fraction in (0, 1), got {freeze_shared!r}')
-        frozen = max(1, round(freeze_shared * new))
-        if frozen >= new:
-            raise ValueError(f'--freeze-shared {freeze_shared:g} of a fine-tune of '
-                             f'{new} {unit} leaves none to train the shared weights '
-                             f'in; lower it or lengthen --finetune-fraction')
-        hook = dict(type='FreezeLorsSharedHook',
-                    **{'iters' if unit == 'iterations' else 'epochs': frozen})
+        hook = dict(type='FreezeLorsSharedHook', fraction=float(freeze_shared))
         overrides['custom_hooks'] = [*plain(list(cfg.get('custom_hooks') or [])),
                                      hook]
-        frozen_lines = [f'The shared weights are held fixed for the first {frozen} '
-                        f'{unit} (the private residuals learn first), then train too.']
+        frozen_lines = [f'The shared weights are held fixed for the first '
+                        f'{freeze_shared:.0%} of its iterations (the private residuals '
+                        'learn first), then train too.']
     header = [
         f'Fine-tune: {new} {unit} (~{fraction:.0%} of the original {length})'
         f' at lr {lr:g} (x{lr_factor:g} the original {optimizer["lr"]:g}),',
@@ -359,6 +354,9 @@ def compress(config: str,
     ckpt_path, cfg_path = output_paths(
         out_dir, name, force, inputs=dict(config=config, checkpoint=checkpoint))
     cfg = load_config(config)
+    # the fine-tune written into the config derives from the config as it is,
+    # not from this command's --cfg-options
+    schedule, header = finetune_schedule(cfg, fraction, lr_factor, freeze_shared)
     if cfg_options:
         cfg.merge_from_dict(dict(cfg_options))
     lors_class = lors_class_for(cfg.model)
@@ -367,7 +365,6 @@ def compress(config: str,
         raise ValueError(f'the stacks to compress (--stacks) of {lors_type} must '
                          f'be some of {list(lors_class.lors_stack_paths)}, got '
                          f'{parts}')
-    schedule, header = finetune_schedule(cfg, fraction, lr_factor, freeze_shared)
     if distill is not None:
         if not issubclass(lors_class, PredictionDistillMixin):
             raise ValueError(f'distillation (--distill) is available for the DETR '

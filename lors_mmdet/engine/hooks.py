@@ -57,35 +57,46 @@ class FreezeLorsSharedHook(Hook):
     then all of it. For a fine-tune after compression, where the shared weights
     are a fitted starting point the residuals are measured against.
 
-    While frozen, the shared weights' gradients are zero (so gradient clipping and
-    the optimizer's moments see none) and their values are put back after each
-    step (so weight decay does not move them either). It works alike in
-    distributed runs (every rank does the same) and on resume (decided by the
-    current iteration / epoch).
+    While frozen, the shared weights' gradients are zero (gradient clipping sees
+    none) and their values are put back after each step (weight decay does not
+    move them either). When they are released, the optimizer's state of those
+    weights is dropped, so that their optimization starts as at the beginning of a
+    run (AdamW's first steps bias-corrected, not scaled up by moments that saw only
+    zeros). It works alike in distributed runs (every rank does the same), in
+    epoch- and iteration-based runs (decided by the run's iteration) and on resume.
 
     Args:
         iters: freeze during the run's iterations ``[0, iters)``.
-        epochs: instead, during its first ``epochs`` epochs.
+        fraction: instead, during that fraction in (0, 1) of the run's
+            iterations (``runner.max_iters``, which epoch-based runs have too).
     """
 
     priority = 'NORMAL'  # before the checkpoint hooks (VERY_LOW) save the weights
 
-    def __init__(self, iters: Optional[int] = None, epochs: Optional[int] = None) -> None:
-        if (iters is None) == (epochs is None):
+    def __init__(self, iters: Optional[int] = None,
+                 fraction: Optional[float] = None) -> None:
+        if (iters is None) == (fraction is None):
             raise ValueError('FreezeLorsSharedHook takes exactly one of iters and '
-                             f'epochs, got iters={iters!r}, epochs={epochs!r}')
-        length = iters if iters is not None else epochs
-        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-            raise ValueError(f'FreezeLorsSharedHook: {"iters" if iters is not None else "epochs"} '
-                             f'must be a positive int, got {length!r}')
-        self.iters, self.epochs = iters, epochs
+                             f'fraction, got iters={iters!r}, fraction={fraction!r}')
+        if iters is not None and (not isinstance(iters, int) or isinstance(iters, bool)
+                                  or iters < 1):
+            raise ValueError(f'FreezeLorsSharedHook: iters must be a positive int, '
+                             f'got {iters!r}')
+        if fraction is not None and not (isinstance(fraction, (int, float))
+                                         and not isinstance(fraction, bool)
+                                         and 0 < fraction < 1):
+            raise ValueError(f'FreezeLorsSharedHook: fraction must be in (0, 1), got '
+                             f'{fraction!r}')
+        self.iters, self.fraction = iters, fraction
         self._params: List[torch.nn.Parameter] = []
         self._saved: Optional[List[torch.Tensor]] = None
         self._handles: list = []
 
-    def _frozen(self, runner) -> bool:
-        return runner.iter < self.iters if self.iters is not None \
-            else runner.epoch < self.epochs
+    def frozen_iters(self, runner) -> int:
+        """The number of iterations the shared weights stay fixed."""
+        if self.iters is not None:
+            return self.iters
+        return max(1, round(self.fraction * runner.max_iters))
 
     def before_train(self, runner) -> None:
         from mmengine.model import is_model_wrapper
@@ -99,13 +110,16 @@ class FreezeLorsSharedHook(Hook):
                              '(no model.lors), so it has no shared weights to freeze')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if self._frozen(runner):
+        if runner.iter < self.frozen_iters(runner):
             if self._saved is None:
                 self._saved = [p.detach().clone() for p in self._params]
                 self._handles = [p.register_hook(torch.zeros_like)
                                  for p in self._params]
-        else:
+        elif self._saved is not None:
             self._release()
+            self._drop_optimizer_state(runner)
+            runner.logger.info(f'FreezeLorsSharedHook: the shared weights train from '
+                               f'iteration {runner.iter} on')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
@@ -121,3 +135,12 @@ class FreezeLorsSharedHook(Hook):
         for handle in self._handles:
             handle.remove()
         self._handles, self._saved = [], None
+
+    def _drop_optimizer_state(self, runner) -> None:
+        from mmengine.optim import OptimWrapperDict
+        wrappers = (runner.optim_wrapper.values()
+                    if isinstance(runner.optim_wrapper, OptimWrapperDict)
+                    else [runner.optim_wrapper])
+        for wrapper in wrappers:
+            for param in self._params:
+                wrapper.optimizer.state.pop(param, None)

@@ -259,6 +259,15 @@ def input_statistics(model: nn.Module, parts: Sequence[str], batches,
     if done < num_batches:
         raise ValueError(f'--calibrate {num_batches}: the train dataloader gave only '
                          f'{done} batches')
+    unseen = [f'{part} {path} layer {i}' for part, paths in moments.items()
+              for path, layer_moments in paths.items()
+              for i, moment in enumerate(layer_moments) if moment.count == 0]
+    if unseen:
+        raise ValueError(
+            f'--calibrate: these projections received no inputs while the detector '
+            f'predicted: {", ".join(unseen[:6])}{" ..." if len(unseen) > 6 else ""} '
+            f'(QueryInst predicts masks with its last mask stage only); compress '
+            f'that stack without --calibrate')
     return {part: {path: [m.value for m in layer_moments]
                    for path, layer_moments in paths.items()}
             for part, paths in moments.items()}

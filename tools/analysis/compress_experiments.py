@@ -220,6 +220,8 @@ def paired_rows(variants: Dict[str, dict], results) -> List[str]:
         if other not in results or name not in results:
             continue
         seeds = sorted(set(results[name]['seeds']) & set(results[other]['seeds']))
+        if not seeds:
+            continue
         cells = []
         for key in ('compressed', 'finetuned'):
             ours = [results[name][key][results[name]['seeds'].index(s)] for s in seeds]

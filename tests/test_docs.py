@@ -113,6 +113,23 @@ def test_relative_links_lead_to_files_and_headings(path):
 
 
 @pytest.mark.parametrize('path', DOCS, ids=_relative)
+def test_every_code_fence_is_closed(path):
+    """An unclosed fence turns the rest of the page into code (headings and links
+    included)."""
+    opened = None
+    for number, line in enumerate(_read(path).splitlines(), 1):
+        fence = re.match(r'^(```|~~~)', line)
+        if fence and opened is None:
+            opened = (number, fence.group(1))
+        elif fence and line.strip() == opened[1]:
+            opened = None
+        elif fence:  # "```bash" inside a block: the block before was not closed
+            raise AssertionError(f'{path}: the code fence opened on line {opened[0]} '
+                                 f'is still open where line {number} opens another')
+    assert opened is None, f'{path}: the code fence opened on line {opened[0]} never closes'
+
+
+@pytest.mark.parametrize('path', DOCS, ids=_relative)
 def test_docs_name_no_unpublished_reference(path):
     found = _forbidden_in(_read(path))
     assert not found, f'{_relative(path)} refers to what a reader cannot find: {found}'

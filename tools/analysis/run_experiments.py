@@ -198,11 +198,12 @@ def is_finished(directory: str) -> bool:
 
 def source_commit() -> str:
     """The commit the runs are trained from; a checkout with changes is refused, since
-    its runs could not be told apart from the commit's."""
+    its runs could not be told apart from the commit's. Changes under ``docs/`` do not
+    count: the reports (``--out docs/experiments``) are written there."""
     def git(*args: str) -> str:
         return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-    if git('status', '--porcelain', '--untracked-files=no'):
+    if git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)docs'):
         raise SystemExit(f'{ROOT} has uncommitted changes: commit them (or train from a '
                          'clean worktree of the commit) so that every run names its commit')
     return git('rev-parse', 'HEAD')

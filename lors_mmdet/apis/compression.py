@@ -49,7 +49,7 @@ from lors_mmdet.models.compression import (RankSpec, compress_model,
                                           input_statistics, is_number,
                                           parameter_counts, stacks_key)
 from lors_mmdet.models.distill import PredictionDistillMixin, parse_distill_cfg
-from lors_mmdet.models.lors_stacks import LorsStacksMixin
+from lors_mmdet.models.lors_stacks import lors_classes
 from .steps import (build_model, load_config, load_strictly, read_checkpoint,
                     save_checkpoint)
 
@@ -70,7 +70,6 @@ def lors_class_for(model_cfg: Mapping) -> type:
         ValueError: the config is a LORS one already, or no LORS class knows
             its type.
     """
-    from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     stock_type = model_cfg.get('type')
@@ -79,20 +78,11 @@ def lors_class_for(model_cfg: Mapping) -> type:
         raise ValueError(f'model must be a stock mmdet detector without lors (the '
                          f'config to compress), got type {stock_type!r}'
                          + (' with model.lors' if model_cfg.get('lors') else ''))
-    for cls in MODELS.module_dict.values():
-        if isinstance(cls, type) and issubclass(cls, LorsStacksMixin) and \
-                cls.lors_stack_paths and cls.stock_type() == stock_type:
-            return cls
-    raise ValueError(f'no LORS variant of {stock_type} is registered; supported: '
-                     f'{sorted(supported_types())}')
-
-
-def supported_types() -> List[str]:
-    """Stock types a registered LORS detector class makes LORS."""
-    from mmdet.registry import MODELS
-    return [cls.stock_type() for cls in MODELS.module_dict.values()
-            if isinstance(cls, type) and issubclass(cls, LorsStacksMixin)
-            and cls.lors_stack_paths]
+    classes = lors_classes()
+    if stock_type not in classes:
+        raise ValueError(f'no LORS variant of {stock_type} is registered; supported: '
+                         f'{sorted(classes)}')
+    return classes[stock_type]
 
 
 # --------------------------------------------------------------------------

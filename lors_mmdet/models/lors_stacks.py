@@ -197,15 +197,21 @@ def lors_class_of(model: nn.Module) -> type:
     """
     if isinstance(model, LorsStacksMixin):
         return type(model)
-    from mmdet.registry import MODELS
     name = type(model).__name__
-    for cls in MODELS.module_dict.values():
-        if isinstance(cls, type) and issubclass(cls, LorsStacksMixin) and \
-                cls.lors_stack_paths and cls.stock_type() == name:
-            return cls
-    raise TypeError(f'no LORS detector class makes {name} LORS (classes with '
-                    f'model.lors: the DETR family, AdaMixer, Sparse R-CNN, '
-                    f'QueryInst)')
+    cls = lors_classes().get(name)
+    if cls is None:
+        raise TypeError(f'no LORS detector class makes {name} LORS (classes with '
+                        f'model.lors: the DETR family, AdaMixer, Sparse R-CNN, '
+                        f'QueryInst)')
+    return cls
+
+
+def lors_classes() -> Dict[str, type]:
+    """``{stock type: the registered LORS detector class that makes it LORS}``."""
+    from mmdet.registry import MODELS
+    return {cls.stock_type(): cls for cls in MODELS.module_dict.values()
+            if isinstance(cls, type) and issubclass(cls, LorsStacksMixin)
+            and cls.lors_stack_paths}
 
 
 def lors_stack_paths_of(model: nn.Module) -> Dict[str, str]:

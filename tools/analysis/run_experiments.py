@@ -229,7 +229,10 @@ def train(name: str, config: str, options: List[str], seed: int, directory: str,
           val_interval: int, threads: int) -> None:
     command = [sys.executable, 'tools/train.py', config, '--work-dir', directory,
                '--resume', '--cfg-options', f'randomness.seed={seed}',
-               f'train_cfg.val_interval={val_interval}', *options]
+               f'train_cfg.val_interval={val_interval}',
+               # a checkpoint at every validation: a stopped run resumes from the last
+               # one, and diagnose_run.py reads the updates between them
+               f'default_hooks.checkpoint.interval={val_interval}', *options]
     print(f'[{time.strftime("%H:%M:%S")}] {name} seed {seed}: {" ".join(command)}',
           flush=True)
     start = time.time()

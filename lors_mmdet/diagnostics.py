@@ -139,6 +139,107 @@ def run_residual_sizes(run_dir: str) -> Dict[str, Dict[str, List[float]]]:
     return result
 
 
+def stack_containers(model: nn.Module) -> Dict[str, int]:
+    """``{container path: number of layers}`` of every LORS stack in ``model``
+    (the module list that holds the stack's layers, e.g. ``'encoder.layers'``).
+
+    Args:
+        model: a model with LORS stacks (``lors_mmdet.lors.find_lors_stacks``).
+    """
+    from lors_mmdet.lors import find_lors_stacks
+    containers = {}
+    for path, stack in find_lors_stacks(model):
+        if stack.layers_path is None:
+            raise ValueError(f'the LORS stack {path!r} has no layer container path')
+        owner = path.rpartition('.')[0]
+        containers['.'.join(p for p in (owner, stack.layers_path) if p)] = len(stack.layers)
+    return containers
+
+
+def stock_state(model: nn.Module) -> Dict[str, Tensor]:
+    """The model's state dict with stock keys, in float64: LORS stacks merged (on a
+    copy), so each layer's matrices are its effective weights ``W_shared + B A``."""
+    from lors_mmdet.lors import find_lors_stacks, merge_lors
+    if find_lors_stacks(model):
+        model = copy.deepcopy(model)
+        merge_lors(model)
+    return {k: v.detach().double() for k, v in model.state_dict().items()}
+
+
+def layer_updates(before: Dict[str, Tensor], after: Dict[str, Tensor],
+                  containers: Dict[str, int]) -> Dict[str, List[float]]:
+    """How far each layer's weight matrices moved between two states:
+    ``||W_i(after) - W_i(before)|| / ||W_i(before)||`` over all 2-D tensors of layer
+    ``i`` (Frobenius). The same for a stock model and a LORS one (effective
+    weights, :func:`stock_state`), so the two can be compared layer by layer.
+
+    Args:
+        before: :func:`stock_state` at the earlier checkpoint.
+        after: :func:`stock_state` at the later one.
+        containers: :func:`stack_containers` (``{container path: layers}``).
+    """
+    result = {}
+    for container, num_layers in containers.items():
+        per_layer = []
+        for i in range(num_layers):
+            prefix = f'{container}.{i}.'
+            keys = [k for k, v in before.items() if k.startswith(prefix) and v.dim() == 2]
+            if not keys:
+                raise KeyError(f'no weight matrix under {prefix!r} in the checkpoint')
+            change = sum(float((after[k] - before[k]).pow(2).sum()) for k in keys)
+            size = sum(float(before[k].pow(2).sum()) for k in keys)
+            per_layer.append((change / max(size, 1e-24))**0.5)
+        result[container] = per_layer
+    return result
+
+
+def run_layer_updates(run_dir: str, containers: Dict[str, int]
+                      ) -> Dict[str, Dict[str, List[float]]]:
+    """:func:`layer_updates` between consecutive checkpoints of a run (stock or
+    LORS), keyed ``'iter_A.pth -> iter_B.pth'``.
+
+    Args:
+        run_dir: the run's work dir.
+        containers: the layer containers to measure (:func:`stack_containers` of
+            the LORS model it is compared with).
+    """
+    from lors_mmdet.apis.steps import build_model, load_strictly
+    cfg = run_config(run_dir)
+    model = build_model(cfg.model)
+    result, previous = {}, None
+    for path in run_checkpoints(run_dir):
+        load_strictly(model, read_checkpoint(path)[0], path)
+        state = stock_state(model)
+        if previous is not None:
+            result[f'{previous[0]} -> {osp.basename(path)}'] = layer_updates(
+                previous[1], state, containers)
+        previous = (osp.basename(path), state)
+    return result
+
+
+def compared_layer_updates(run_dirs: List[str]
+                           ) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+    """:func:`run_layer_updates` of stock and LORS runs over the same layers: those
+    of the LORS stacks of the first run that has any.
+
+    Args:
+        run_dirs: work dirs of runs of one detector family, stock and LORS.
+
+    Returns:
+        ``{run dir: {checkpoint pair: {container: [relative update per layer]}}}``.
+    """
+    from lors_mmdet.apis.steps import build_model
+    containers = {}
+    for run_dir in run_dirs:
+        containers = stack_containers(build_model(run_config(run_dir).model))
+        if containers:
+            break
+    if not containers:
+        raise ValueError(f'none of {run_dirs} is a LORS run: its stacks name the layers '
+                         'to compare')
+    return {run_dir: run_layer_updates(run_dir, containers) for run_dir in run_dirs}
+
+
 def _mixing_queries(decoder: nn.Module):
     """Forward pre-hooks that record each stage's mixing query; returns (list, handles)."""
     queries: List[Optional[Tensor]] = [None] * len(decoder.bbox_head)

@@ -200,3 +200,52 @@ def test_stack_residual_sizes_of_any_lors_model():
     assert sizes[0] == sizes[2] == 0.0
     assert sizes[1] == pytest.approx(expected) and expected > 0
     assert len(stack.plans) == 2
+
+
+def test_layer_updates_compare_stock_and_lors_layers_alike():
+    """A LORS model's layers are read as their effective weights (stock keys): its
+    state equals the stock model it was derived from; moving the shared weight moves
+    every layer by |dW| / |W_i| (computed here from W_shared + B A by hand), moving one
+    stock layer moves that layer only."""
+    import copy
+
+    from lors_mmdet.diagnostics import layer_updates, stack_containers, stock_state
+    from lors_mmdet.lors import apply_lors
+    torch.manual_seed(0)
+    stock = torch.nn.Module()
+    stock.layers = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 8))
+        for _ in range(3))
+    lors = copy.deepcopy(stock)
+    apply_lors(lors, 'layers', dict(rank='full', init='dense'))
+    containers = stack_containers(lors)
+    assert containers == {'layers': 3} and stack_containers(stock) == {}
+
+    before = stock_state(lors)
+    reference = stock_state(stock)
+    assert before.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(before[key], reference[key], atol=1e-6, rtol=0)
+
+    delta = torch.randn(6, 8)
+    with torch.no_grad():
+        lors.layers[0][0].shared.weight += delta
+    moved = layer_updates(before, stock_state(lors), containers)['layers']
+    for i, layer in enumerate(lors.layers):
+        # the effective weights before the move, by hand: W_shared - delta + B A (first
+        # matrix, whose shared weight moved), W_shared + B A (second)
+        first, second = ((m.shared.weight.double() + m.lors_B.double() @ m.lors_A.double())
+                         .detach() for m in (layer[0], layer[2]))
+        size = float(torch.cat([(first - delta.double()).flatten(), second.flatten()]).norm())
+        assert moved[i] == pytest.approx(float(delta.double().norm()) / size, rel=1e-6)
+
+    with torch.no_grad():
+        stock.layers[1][2].weight += 0.5
+    moved = layer_updates(reference, stock_state(stock), containers)['layers']
+    assert moved[0] == moved[2] == 0.0
+    expected = 0.5 * 48**0.5 / float(torch.cat([
+        reference['layers.1.0.weight'].flatten(), reference['layers.1.2.weight'].flatten()
+    ]).norm())
+    assert moved[1] == pytest.approx(expected)
+    with pytest.raises(KeyError, match='layers.3.'):
+        layer_updates(reference, reference, {'layers': 4})

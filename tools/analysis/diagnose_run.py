@@ -13,6 +13,11 @@ See lors_mmdet/diagnostics.py for the definitions.
 ``--residuals`` (any detector with LORS stacks, e.g. LORS-DINO) prints instead, for every
 checkpoint, each LORS stack's per-layer static private residual ``|B A| / |W_shared|``
 (mean over the stack's projections): whether the layers grew apart from the shared weight.
+
+``--layer-updates`` (stock and LORS runs of one family) prints, between consecutive
+checkpoints, how far each layer's weight matrices moved, ``|W_i(B) - W_i(A)| / |W_i(A)|``
+(a LORS layer's effective weight ``W_shared + B A``), over the layers of the LORS stacks:
+how large a step the same optimizer makes each layer take in either parametrisation.
 """
 import argparse
 import os.path as osp
@@ -20,8 +25,8 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
-from lors_mmdet.diagnostics import (diagnose_run, format_diagnostics,  # noqa: E402
-                                    run_residual_sizes)
+from lors_mmdet.diagnostics import (compared_layer_updates, diagnose_run,  # noqa: E402
+                                    format_diagnostics, run_residual_sizes)
 
 
 def main() -> None:
@@ -33,6 +38,9 @@ def main() -> None:
     parser.add_argument('--residuals', action='store_true',
                         help='only print the per-layer private residual sizes of every '
                         'LORS stack at every checkpoint (any LORS detector)')
+    parser.add_argument('--layer-updates', action='store_true',
+                        help='only print how far each layer\'s weights moved between '
+                        'checkpoints, stock and LORS runs alike')
     parser.add_argument('--summary', metavar='FILE',
                         help='also write markdown tables of all the runs (grouped by '
                         'the name of the folder above each seed folder) to FILE')
@@ -44,6 +52,15 @@ def main() -> None:
             for checkpoint, stacks in run_residual_sizes(run_dir).items():
                 for stack, sizes in stacks.items():
                     print(f'| {run_dir} | {checkpoint} | {stack} | '
+                          + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
+        return
+    if args.layer_updates:
+        print('| run | checkpoints | layers | norm(W(B) - W(A)) / norm(W(A)), per layer |')
+        print('|---|---|---|---|')
+        for run_dir, pairs in compared_layer_updates(args.run_dirs).items():
+            for pair, containers in pairs.items():
+                for container, sizes in containers.items():
+                    print(f'| {run_dir} | {pair} | {container} | '
                           + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
         return
     runs = {}

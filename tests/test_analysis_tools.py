@@ -65,6 +65,38 @@ def test_ablation_options_switch_off_exactly_one_branch(name, frozen):
         assert not dict(model.named_parameters())[n].any(), n
 
 
+def test_private_lr_option_speeds_up_exactly_the_private_b():
+    """Plan detr-private-lr: its --cfg-options give every LORS B (and nothing else)
+    8x the base lr; the plain LORS run of the plan trains every parameter at the base
+    lr."""
+    import argparse
+
+    from mmengine.config import DictAction
+    from mmengine.optim import build_optim_wrapper
+
+    from lors_mmdet.analysis import build_detector
+    from lors_mmdet.apis import load_config
+    experiments = load_tool('run_experiments')
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    for name, mult in (('lors-dino encoder+decoder lr 1e-3 private-lr x8', 8),
+                       ('lors-dino encoder+decoder lr 1e-3', 1)):
+        config, options = experiments.PLANS['detr-private-lr'][name]
+        cfg = load_config(osp.join(ROOT, config))
+        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+        model = build_detector(cfg)
+        names = {id(p): n for n, p in model.named_parameters()}
+        lrs = {}
+        for group in build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups:
+            for p in group['params']:
+                lrs[names[id(p)]] = group['lr']
+        private_b = [n for n in lrs if n.endswith('.lors_B')]
+        assert len(private_b) > 10
+        assert [lrs[n] for n in private_b] == pytest.approx([1e-3 * mult] * len(private_b))
+        others = [lr for n, lr in lrs.items() if n not in private_b]
+        assert others == pytest.approx([1e-3] * len(others))
+
+
 def test_merged_for_deployment_equals_the_lors_model():
     """Folding every LorsLinear into nn.Linear keeps the function of the model."""
     import torch

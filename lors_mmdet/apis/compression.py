@@ -422,15 +422,16 @@ def _teacher_path(path: str) -> str:
 
 def format_compression(result: Compression) -> str:
     """The printed report: ranks, residual energy kept, parameter counts."""
+    width = max([8, *map(len, result.choices)])  # 'mask_decoder' is 12
     lines = ['rank and residual energy kept (|W_i - mean|_F^2), per '
              'projection kind:',
-             f'  {"stack":8} {"projection":34} {"rank":>9} {"target":>6} '
+             f'  {"stack":{width}} {"projection":34} {"rank":>9} {"target":>6} '
              f'{"min kept":>8}  kept per layer']
     for part, choices in result.choices.items():
         for path, choice in choices.items():
             target = '-' if choice.target is None else f'{choice.target:.2f}'
             kept = ' '.join(f'{k:.3f}' for k in choice.kept_energy)
-            lines.append(f'  {part:8} {path:34} '
+            lines.append(f'  {part:{width}} {path:34} '
                          f'{choice.rank:>4}/{choice.max_rank:<4} {target:>6} '
                          f'{choice.min_kept_energy:8.3f}  {kept}')
     if result.output_errors:
@@ -441,7 +442,7 @@ def format_compression(result: Compression) -> str:
                 ranks = result.choices[part][path].layer_ranks \
                     if result.choices[part][path].per_layer else None
                 text = ' '.join(f'{e:.3f}' for e in errors)
-                lines.append(f'  {part:8} {path:34} {text}'
+                lines.append(f'  {part:{width}} {path:34} {text}'
                              + (f'  (ranks {" ".join(map(str, ranks))})' if ranks
                                 else ''))
     lines.append('parameters (each tensor once):')

@@ -125,6 +125,18 @@ DETR_LR = {
     f'{name} lr {lr}': (DETR_STACKS[name][0], [f'optim_wrapper.optimizer.lr={lr}'])
     for lr in DETR_LR_GRID for name in ('dino', 'lors-dino encoder+decoder')
 }
+# The private factors B of the configs' fresh start (B = 0, A kaiming-uniform) move each
+# layer's weight by about sqrt(rank) * rms(A) = 4 * 0.036 ~ 1/7 of the step a stock layer's
+# weight takes at the same lr (rank 16, fan-in 256): B at 8x the lr lets the layers grow
+# apart at a stock layer's pace (an option, like LoRA+'s faster B; never a config default).
+DETR_PRIVATE_LR = {
+    'dino lr 1e-3': DETR_LR['dino lr 1e-3'],
+    'lors-dino encoder+decoder lr 1e-3': DETR_LR['lors-dino encoder+decoder lr 1e-3'],
+    'lors-dino encoder+decoder lr 1e-3 private-lr x8': (
+        DETR_STACKS['lors-dino encoder+decoder'][0],
+        ['optim_wrapper.optimizer.lr=1e-3',
+         'optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=8']),
+}
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY if 'sparse-rcnn' not in name},
     'detr-stacks': DETR_STACKS,
@@ -134,6 +146,7 @@ PLANS = {
     'adamixer-6stage-ablation': ADAMIXER_6STAGE_ABLATION,
     'detr-rank': DETR_RANK,
     'detr-lr': DETR_LR,
+    'detr-private-lr': DETR_PRIVATE_LR,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
 # the run each run is paired with in the report; by default the first run of its plan

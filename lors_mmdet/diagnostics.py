@@ -167,34 +167,55 @@ def stock_state(model: nn.Module) -> Dict[str, Tensor]:
 
 
 def layer_updates(before: Dict[str, Tensor], after: Dict[str, Tensor],
-                  containers: Dict[str, int]) -> Dict[str, List[float]]:
-    """How far each layer's weight matrices moved between two states:
-    ``||W_i(after) - W_i(before)|| / ||W_i(before)||`` over all 2-D tensors of layer
-    ``i`` (Frobenius). The same for a stock model and a LORS one (effective
-    weights, :func:`stock_state`), so the two can be compared layer by layer.
+                  containers: Dict[str, int]) -> Dict[str, Dict[str, List[float]]]:
+    """How far each layer's weight matrices moved between two states, and how much of
+    that move was the layer's own.
+
+    Over all 2-D tensors of layer ``i`` (Frobenius), with ``D_i = W_i(after) -
+    W_i(before)`` and ``mean D`` the mean over the container's layers:
+
+    - ``moved``: ``||D_i|| / ||W_i(before)||``;
+    - ``own``: ``||D_i - mean D|| / ||D_i||``, the part of the step not shared by all
+      layers (about ``sqrt(1 - 1/N)`` for steps independent across N layers, 0 when
+      the layers move together).
+
+    The same for a stock model and a LORS one (effective weights,
+    :func:`stock_state`), so the two can be compared layer by layer.
 
     Args:
         before: :func:`stock_state` at the earlier checkpoint.
         after: :func:`stock_state` at the later one.
         containers: :func:`stack_containers` (``{container path: layers}``).
     """
+    def squared(tensors) -> float:
+        return sum(float(t.pow(2).sum()) for t in tensors)
+
     result = {}
     for container, num_layers in containers.items():
-        per_layer = []
+        steps, sizes = [], []
         for i in range(num_layers):
             prefix = f'{container}.{i}.'
-            keys = [k for k, v in before.items() if k.startswith(prefix) and v.dim() == 2]
+            keys = {k[len(prefix):] for k, v in before.items()
+                    if k.startswith(prefix) and v.dim() == 2}
             if not keys:
                 raise KeyError(f'no weight matrix under {prefix!r} in the checkpoint')
-            change = sum(float((after[k] - before[k]).pow(2).sum()) for k in keys)
-            size = sum(float(before[k].pow(2).sum()) for k in keys)
-            per_layer.append((change / max(size, 1e-24))**0.5)
-        result[container] = per_layer
+            if steps and keys != steps[0].keys():
+                raise ValueError(f'layer {i} of {container!r} holds other matrices than '
+                                 f'layer 0: {sorted(keys ^ steps[0].keys())[:5]}')
+            steps.append({k: after[prefix + k] - before[prefix + k] for k in keys})
+            sizes.append(squared(before[prefix + k] for k in keys))
+        mean = {k: sum(step[k] for step in steps) / num_layers for k in steps[0]}
+        moved, own = [], []
+        for step, size in zip(steps, sizes):
+            change = squared(step.values())
+            moved.append((change / max(size, 1e-24))**0.5)
+            own.append((squared(step[k] - mean[k] for k in step) / max(change, 1e-24))**0.5)
+        result[container] = dict(moved=moved, own=own)
     return result
 
 
 def run_layer_updates(run_dir: str, containers: Dict[str, int]
-                      ) -> Dict[str, Dict[str, List[float]]]:
+                      ) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
     """:func:`layer_updates` between consecutive checkpoints of a run (stock or
     LORS), keyed ``'iter_A.pth -> iter_B.pth'``.
 
@@ -218,7 +239,7 @@ def run_layer_updates(run_dir: str, containers: Dict[str, int]
 
 
 def compared_layer_updates(run_dirs: List[str]
-                           ) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+                           ) -> Dict[str, Dict[str, Dict[str, Dict[str, List[float]]]]]:
     """:func:`run_layer_updates` of stock and LORS runs over the same layers: those
     of the LORS stacks of the first run that has any.
 
@@ -226,7 +247,8 @@ def compared_layer_updates(run_dirs: List[str]
         run_dirs: work dirs of runs of one detector family, stock and LORS.
 
     Returns:
-        ``{run dir: {checkpoint pair: {container: [relative update per layer]}}}``.
+        ``{run dir: {checkpoint pair: {container: {'moved': [per layer], 'own':
+        [per layer]}}}}`` (:func:`layer_updates`).
     """
     from lors_mmdet.apis.steps import build_model
     containers = {}

@@ -231,21 +231,25 @@ def test_layer_updates_compare_stock_and_lors_layers_alike():
     with torch.no_grad():
         lors.layers[0][0].shared.weight += delta
     moved = layer_updates(before, stock_state(lors), containers)['layers']
+    assert moved['own'] == pytest.approx([0.0] * 3, abs=1e-6)  # one step for all layers
     for i, layer in enumerate(lors.layers):
         # the effective weights before the move, by hand: W_shared - delta + B A (first
         # matrix, whose shared weight moved), W_shared + B A (second)
         first, second = ((m.shared.weight.double() + m.lors_B.double() @ m.lors_A.double())
                          .detach() for m in (layer[0], layer[2]))
         size = float(torch.cat([(first - delta.double()).flatten(), second.flatten()]).norm())
-        assert moved[i] == pytest.approx(float(delta.double().norm()) / size, rel=1e-6)
+        assert moved['moved'][i] == pytest.approx(float(delta.double().norm()) / size,
+                                                  rel=1e-6)
 
     with torch.no_grad():
         stock.layers[1][2].weight += 0.5
     moved = layer_updates(reference, stock_state(stock), containers)['layers']
-    assert moved[0] == moved[2] == 0.0
+    assert moved['moved'][0] == moved['moved'][2] == 0.0
+    # layer 1 alone moved by E: mean step E / 3, its own part 2/3 of E
+    assert moved['own'][1] == pytest.approx(2 / 3)
     expected = 0.5 * 48**0.5 / float(torch.cat([
         reference['layers.1.0.weight'].flatten(), reference['layers.1.2.weight'].flatten()
     ]).norm())
-    assert moved[1] == pytest.approx(expected)
+    assert moved['moved'][1] == pytest.approx(expected)
     with pytest.raises(KeyError, match='layers.3.'):
         layer_updates(reference, reference, {'layers': 4})

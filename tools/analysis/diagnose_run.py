@@ -15,9 +15,10 @@ checkpoint, each LORS stack's per-layer static private residual ``|B A| / |W_sha
 (mean over the stack's projections): whether the layers grew apart from the shared weight.
 
 ``--layer-updates`` (stock and LORS runs of one family) prints, between consecutive
-checkpoints, how far each layer's weight matrices moved, ``|W_i(B) - W_i(A)| / |W_i(A)|``
-(a LORS layer's effective weight ``W_shared + B A``), over the layers of the LORS stacks:
-how large a step the same optimizer makes each layer take in either parametrisation.
+checkpoints, how far each layer's weight matrices moved, ``|D_i| / |W_i|`` with ``D_i`` the
+change of layer ``i`` (a LORS layer's effective weight ``W_shared + B A``), and how much of
+that step was the layer's own, ``|D_i - mean D| / |D_i|`` (0: all layers moved together),
+over the layers of the LORS stacks.
 """
 import argparse
 import os.path as osp
@@ -55,13 +56,15 @@ def main() -> None:
                           + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
         return
     if args.layer_updates:
-        print('| run | checkpoints | layers | norm(W(B) - W(A)) / norm(W(A)), per layer |')
-        print('|---|---|---|---|')
+        print('| run | checkpoints | layers | moved: norm(D_i) / norm(W_i) | '
+              'own: norm(D_i - mean D) / norm(D_i) |')
+        print('|---|---|---|---|---|')
         for run_dir, pairs in compared_layer_updates(args.run_dirs).items():
             for pair, containers in pairs.items():
-                for container, sizes in containers.items():
+                for container, values in containers.items():
                     print(f'| {run_dir} | {pair} | {container} | '
-                          + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
+                          + ' | '.join(', '.join(f'{v:.3f}' for v in values[kind])
+                                       for kind in ('moved', 'own')) + ' |')
         return
     runs = {}
     for run_dir in args.run_dirs:

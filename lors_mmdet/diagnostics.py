@@ -262,6 +262,49 @@ def compared_layer_updates(run_dirs: List[str]
     return {run_dir: run_layer_updates(run_dir, containers) for run_dir in run_dirs}
 
 
+def _stage_order(key: str) -> tuple:
+    """Sort key of logged loss names: the encoder's first, then the stages / decoder
+    layers by index (``s0.``, ``d0.``), the last stage's bare name after them; the
+    denoising queries' (``dn_``) after the matching ones."""
+    import re
+    match = re.match(r'([sd])(\d+)\.', key)
+    position = -1 if key.startswith('enc') else (int(match.group(2)) if match else 1 << 30)
+    return ('dn_' in key, position, key)
+
+
+def logged_losses(run_dir: str, suffix: str = 'loss_cls',
+                  from_iter: Optional[int] = None) -> Dict[str, float]:
+    """Each logged loss ending with ``suffix`` (``d0.loss_cls``, ``s3.loss_cls``,
+    ``loss_cls``, ...), averaged over the logged training iterations from ``from_iter``
+    on: per stage, how far the run's training got.
+
+    Args:
+        run_dir: the run's work dir (mmengine's ``*/vis_data/scalars.json``).
+        suffix: which losses.
+        from_iter: first iteration averaged; default the last fifth of the
+            logged iterations.
+    """
+    import glob
+    import json
+    records = []
+    for path in sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            records += [r for r in map(json.loads, f) if 'loss' in r and 'iter' in r]
+    if not records:
+        raise FileNotFoundError(f'{run_dir}: no logged training losses '
+                                '(*/vis_data/scalars.json)')
+    last = max(r['iter'] for r in records)
+    start = from_iter if from_iter is not None else last - last // 5
+    kept = {r['iter']: r for r in records if r['iter'] >= start}  # a resume logs twice
+    if not kept:
+        raise ValueError(f'{run_dir}: no logged iteration at or after {start} '
+                         f'(the last is {last})')
+    keys = sorted({k for r in kept.values() for k in r if k.endswith(suffix)},
+                  key=_stage_order)
+    return {k: sum(r[k] for r in kept.values() if k in r)
+            / sum(1 for r in kept.values() if k in r) for k in keys}
+
+
 def _mixing_queries(decoder: nn.Module):
     """Forward pre-hooks that record each stage's mixing query; returns (list, handles)."""
     queries: List[Optional[Tensor]] = [None] * len(decoder.bbox_head)

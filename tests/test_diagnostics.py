@@ -253,3 +253,33 @@ def test_layer_updates_compare_stock_and_lors_layers_alike():
     assert moved['moved'][1] == pytest.approx(expected)
     with pytest.raises(KeyError, match='layers.3.'):
         layer_updates(reference, reference, {'layers': 4})
+
+
+def test_logged_losses_average_each_stage_over_the_last_iterations(tmp_path):
+    """mmengine's scalars.json of a run resumed once (two timestamped folders, the
+    resumed iteration logged twice): each stage's loss is the mean over the kept
+    iterations, each iteration once; the stages come in stage order."""
+    from lors_mmdet.diagnostics import logged_losses
+    first, second = tmp_path / '20261207_000000', tmp_path / '20261207_010000'
+    for folder, iters in ((first, range(10, 60, 10)), (second, range(50, 110, 10))):
+        (folder / 'vis_data').mkdir(parents=True)
+        with open(folder / 'vis_data' / 'scalars.json', 'w') as f:
+            for it in iters:
+                record = {'iter': it, 'loss': 1.0, 'lr': 1e-3, 'loss_cls': it / 100,
+                          'd1.loss_cls': it / 50, 'd0.loss_cls': 3.0,
+                          'd0.dn_loss_cls': 0.5, 'enc_loss_cls': 2.0, 'loss_bbox': 9.0}
+                f.write(json.dumps(record) + '\n')
+            f.write(json.dumps({'coco/bbox_mAP': 0.1, 'step': 0}) + '\n')
+    # default: the last fifth of 100 logged iterations, i.e. 80, 90, 100
+    assert list(logged_losses(str(tmp_path))) == [
+        'enc_loss_cls', 'd0.loss_cls', 'd1.loss_cls', 'loss_cls', 'd0.dn_loss_cls']
+    assert logged_losses(str(tmp_path))['loss_cls'] == pytest.approx(0.9)
+    # from 50 (logged by both attempts, counted once): 50..100
+    losses = logged_losses(str(tmp_path), from_iter=50)
+    assert losses['loss_cls'] == pytest.approx(0.75)
+    assert losses['d1.loss_cls'] == pytest.approx(1.5)
+    assert logged_losses(str(tmp_path), 'loss_bbox') == {'loss_bbox': 9.0}
+    with pytest.raises(ValueError, match='no logged iteration at or after 200'):
+        logged_losses(str(tmp_path), from_iter=200)
+    with pytest.raises(FileNotFoundError, match='no logged training losses'):
+        logged_losses(str(tmp_path / 'missing'))

@@ -19,6 +19,11 @@ checkpoints, how far each layer's weight matrices moved, ``|D_i| / |W_i|`` with 
 change of layer ``i`` (a LORS layer's effective weight ``W_shared + B A``), and how much of
 that step was the layer's own, ``|D_i - mean D| / |D_i|`` (0: all layers moved together),
 over the layers of the LORS stacks.
+
+``--logged-losses [SUFFIX]`` (any run) prints each logged per-stage loss ending with SUFFIX
+(default ``loss_cls``: ``enc_loss_cls``, ``d0.loss_cls``, ..., ``loss_cls`` of the last
+layer), averaged over the logged iterations from ``--from-iter`` on (default: the last
+fifth), mean over the seeds of each run name: does each stage improve on the one before?
 """
 import argparse
 import os.path as osp
@@ -27,7 +32,12 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
 from lors_mmdet.diagnostics import (compared_layer_updates, diagnose_run,  # noqa: E402
-                                    format_diagnostics, run_residual_sizes)
+                                    format_diagnostics, logged_losses, run_residual_sizes)
+
+
+def run_name(run_dir: str) -> str:
+    """The run's name: the folder above its seed folder, as run_experiments.py names it."""
+    return osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
 
 
 def main() -> None:
@@ -42,6 +52,12 @@ def main() -> None:
     parser.add_argument('--layer-updates', action='store_true',
                         help='only print how far each layer\'s weights moved between '
                         'checkpoints, stock and LORS runs alike')
+    parser.add_argument('--logged-losses', nargs='?', const='loss_cls', metavar='SUFFIX',
+                        help='only print the logged per-stage losses ending with SUFFIX '
+                        '(default loss_cls), mean over each run name\'s seeds')
+    parser.add_argument('--from-iter', type=int,
+                        help='with --logged-losses: first iteration averaged (default: '
+                        'the last fifth of the run)')
     parser.add_argument('--summary', metavar='FILE',
                         help='also write markdown tables of all the runs (grouped by '
                         'the name of the folder above each seed folder) to FILE')
@@ -54,6 +70,19 @@ def main() -> None:
                 for stack, sizes in stacks.items():
                     print(f'| {run_dir} | {checkpoint} | {stack} | '
                           + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
+        return
+    if args.logged_losses:
+        by_name = {}
+        for run_dir in args.run_dirs:
+            by_name.setdefault(run_name(run_dir), []).append(
+                logged_losses(run_dir, args.logged_losses, args.from_iter))
+        keys = list(next(iter(by_name.values()))[0])
+        print('| run | seeds | ' + ' | '.join(keys) + ' |')
+        print('|---|---|' + '---|' * len(keys))
+        for name, runs in by_name.items():
+            print(f'| {name} | {len(runs)} | ' + ' | '.join(
+                f'{sum(r[k] for r in runs) / len(runs):.3f}' if all(k in r for r in runs)
+                else '-' for k in keys) + ' |')
         return
     if args.layer_updates:
         print('| run | checkpoints | layers | moved: norm(D_i) / norm(W_i) | '
@@ -69,8 +98,7 @@ def main() -> None:
     runs = {}
     for run_dir in args.run_dirs:
         result = diagnose_run(run_dir, stage_ap=args.stage_ap, force=args.force)
-        name = osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
-        runs.setdefault(name, []).append(result)
+        runs.setdefault(run_name(run_dir), []).append(result)
     if args.summary:
         command = 'python tools/analysis/diagnose_run.py ' + ' '.join(sys.argv[1:])
         with open(args.summary, 'w') as f:

@@ -20,7 +20,7 @@ change of layer ``i`` (a LORS layer's effective weight ``W_shared + B A``), and 
 that step was the layer's own, ``|D_i - mean D| / |D_i|`` (0: all layers moved together),
 over the layers of the LORS stacks.
 
-``--logged-losses [SUFFIX]`` (any run) prints each logged per-stage loss ending with SUFFIX
+``--logged-losses`` (any run) prints each logged per-stage loss ending with ``--loss-suffix``
 (default ``loss_cls``: ``enc_loss_cls``, ``d0.loss_cls``, ..., ``loss_cls`` of the last
 layer), averaged over the logged iterations from ``--from-iter`` on (default: the last
 fifth), mean over the seeds of each run name: does each stage improve on the one before?
@@ -52,9 +52,11 @@ def main() -> None:
     parser.add_argument('--layer-updates', action='store_true',
                         help='only print how far each layer\'s weights moved between '
                         'checkpoints, stock and LORS runs alike')
-    parser.add_argument('--logged-losses', nargs='?', const='loss_cls', metavar='SUFFIX',
-                        help='only print the logged per-stage losses ending with SUFFIX '
-                        '(default loss_cls), mean over each run name\'s seeds')
+    parser.add_argument('--logged-losses', action='store_true',
+                        help='only print the logged per-stage losses ending with '
+                        '--loss-suffix, mean over each run name\'s seeds')
+    parser.add_argument('--loss-suffix', default='loss_cls',
+                        help='with --logged-losses: which losses (default loss_cls)')
     parser.add_argument('--from-iter', type=int,
                         help='with --logged-losses: first iteration averaged (default: '
                         'the last fifth of the run)')
@@ -75,7 +77,7 @@ def main() -> None:
         by_name = {}
         for run_dir in args.run_dirs:
             by_name.setdefault(run_name(run_dir), []).append(
-                logged_losses(run_dir, args.logged_losses, args.from_iter))
+                logged_losses(run_dir, args.loss_suffix, args.from_iter))
         keys = list(next(iter(by_name.values()))[0])
         print('| run | seeds | ' + ' | '.join(keys) + ' |')
         print('|---|---|' + '---|' * len(keys))

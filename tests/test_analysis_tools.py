@@ -97,6 +97,33 @@ def test_private_lr_option_speeds_up_exactly_the_private_b():
         assert others == pytest.approx([1e-3] * len(others))
 
 
+def test_which_stack_plan_shares_exactly_the_named_stacks():
+    """Plan detr-which-stack: each LORS run builds the LORS stacks its name says."""
+    import argparse
+
+    from mmengine.config import DictAction
+
+    from lors_mmdet.analysis import build_detector
+    from lors_mmdet.apis import load_config
+    from lors_mmdet.lors import find_lors_stacks
+    experiments = load_tool('run_experiments')
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    expected = {'dino lr 1e-3': [],
+                'lors-dino encoder+decoder lr 1e-3': ['decoder.lors_layers',
+                                                      'encoder.lors_layers'],
+                'lors-dino decoder lr 1e-3': ['decoder.lors_layers'],
+                'lors-dino encoder lr 1e-3': ['encoder.lors_layers']}
+    plan = experiments.PLANS['detr-which-stack']
+    assert sorted(plan) == sorted(expected)
+    for name, (config, options) in plan.items():
+        cfg = load_config(osp.join(ROOT, config))
+        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+        stacks = sorted(path for path, _ in find_lors_stacks(build_detector(cfg)))
+        assert stacks == expected[name], name
+        assert cfg.optim_wrapper.optimizer.lr == 1e-3
+
+
 def test_merged_for_deployment_equals_the_lors_model():
     """Folding every LorsLinear into nn.Linear keeps the function of the model."""
     import torch

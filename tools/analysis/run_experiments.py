@@ -137,6 +137,17 @@ DETR_PRIVATE_LR = {
         ['optim_wrapper.optimizer.lr=1e-3',
          'optim_wrapper.paramwise_cfg.custom_keys.lors_B.lr_mult=8']),
 }
+# Which stack costs LORS-DINO encoder + decoder its AP at the toy lr: each one alone, at
+# one commit with the stock and encoder + decoder runs.
+DETR_WHICH_STACK = {
+    name: DETR_PRIVATE_LR[name]
+    for name in ('dino lr 1e-3', 'lors-dino encoder+decoder lr 1e-3')
+}
+DETR_WHICH_STACK['lors-dino decoder lr 1e-3'] = (
+    DETR_STACKS['lors-dino decoder'][0], ['optim_wrapper.optimizer.lr=1e-3'])
+DETR_WHICH_STACK['lors-dino encoder lr 1e-3'] = (
+    DETR_STACKS['lors-dino encoder+decoder'][0],
+    ['optim_wrapper.optimizer.lr=1e-3', 'model.lors.decoder=None'])
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY if 'sparse-rcnn' not in name},
     'detr-stacks': DETR_STACKS,
@@ -147,6 +158,7 @@ PLANS = {
     'detr-rank': DETR_RANK,
     'detr-lr': DETR_LR,
     'detr-private-lr': DETR_PRIVATE_LR,
+    'detr-which-stack': DETR_WHICH_STACK,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
 # the run each run is paired with in the report; by default the first run of its plan

@@ -136,6 +136,27 @@ def test_report_pairs_the_runs_by_seed(tmp_path):
     assert '| lors-adamixer 6-stage | adamixer 6-stage | 200 | 3 |' in table
 
 
+def test_report_pairs_a_run_with_each_run_it_names(tmp_path):
+    """A run PAIRED_WITH names two runs gets a row against each (plan detr-private-lr:
+    LORS with the faster private B against stock and against plain LORS)."""
+    work_dir = tmp_path / 'runs'
+    aps = {'dino lr 1e-3': [0.36, 0.55], 'lors-dino encoder+decoder lr 1e-3': [0.26, 0.52],
+           'lors-dino encoder+decoder lr 1e-3 private-lr x8': [0.25, 0.48]}
+    for name, maps in aps.items():
+        for seed in (0, 1):
+            _run(work_dir, name, seed, [m + 0.01 * seed for m in maps])
+    result = _experiments('--plan', 'detr-private-lr', '--report-only', '--work-dir',
+                          str(work_dir), '--out', str(tmp_path / 'out'))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / 'out' / 'detr-private-lr' / 'results.md').read_text()
+    x8 = 'lors-dino encoder+decoder lr 1e-3 private-lr x8'
+    assert f'| {x8} | dino lr 1e-3 | 400 | 2 | 0.485 ± 0.007 | 0.555 ± 0.007 | -0.070 |' \
+        in table
+    assert (f'| {x8} | lors-dino encoder+decoder lr 1e-3 | 400 | 2 | 0.485 ± 0.007 | '
+            '0.525 ± 0.007 | -0.040 |') in table
+    assert '| lors-dino encoder+decoder lr 1e-3 | dino lr 1e-3 | 400 | 2 |' in table
+
+
 def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path):
     """A run dir records its commit; resuming it from another checkout is refused
     before anything trains (a resumed run would mix two versions of the code)."""

@@ -161,8 +161,10 @@ PLANS = {
     'detr-which-stack': DETR_WHICH_STACK,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
-# the run each run is paired with in the report; by default the first run of its plan
+# the run(s) each run is paired with in the report; by default the first run of its plan
 PAIRED_WITH = {
+    'lors-dino encoder+decoder lr 1e-3 private-lr x8': (
+        'dino lr 1e-3', 'lors-dino encoder+decoder lr 1e-3'),
     **{f'lors-adamixer 6-stage lr {lr}': f'adamixer 6-stage lr {lr}'
        for lr in ('5e-4', '2e-3')},
     **{f'lors-dino encoder+decoder lr {lr}': f'dino lr {lr}' for lr in DETR_LR_GRID},
@@ -314,30 +316,33 @@ def finished_aps(work_dir: str, name: str) -> Dict[int, Dict[int, float]]:
 
 
 def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
-    """Every run of the plan against its first (the baseline), paired by seed at every
+    """Every run of the plan against its first (the baseline) or the run(s)
+    ``PAIRED_WITH`` names, paired by seed at every
     validated iteration: mean +- std of both, the mean paired difference and its 95%
     interval. Empty when fewer than two runs of the plan have finished seeds."""
     from lors_mmdet.diagnostics import paired_difference
     names = list(plans)
     rows = []
     for name in names[1:]:
-        against = PAIRED_WITH.get(name, names[0])
-        if name == against or against not in plans:
-            continue
-        baseline = finished_aps(work_dir, against)
-        treated = finished_aps(work_dir, name)
-        seeds = sorted(set(baseline) & set(treated))
-        if not seeds:
-            continue
-        iterations = sorted(set.intersection(*(set(baseline[s]) & set(treated[s])
-                                               for s in seeds)))
-        for it in iterations:
-            ours = [treated[s][it] for s in seeds]
-            theirs = [baseline[s][it] for s in seeds]
-            d = paired_difference(ours, theirs)
-            interval = (f'[{d["low"]:+.3f}, {d["high"]:+.3f}]' if d['n'] > 1 else '-')
-            rows.append(f'| {name} | {against} | {it} | {len(seeds)} | {mean_std(ours)} | '
-                        f'{mean_std(theirs)} | {d["mean"]:+.3f} | {interval} |')
+        against_all = PAIRED_WITH.get(name, names[0])
+        for against in (against_all, ) if isinstance(against_all, str) else against_all:
+            if name == against or against not in plans:
+                continue
+            baseline = finished_aps(work_dir, against)
+            treated = finished_aps(work_dir, name)
+            seeds = sorted(set(baseline) & set(treated))
+            if not seeds:
+                continue
+            iterations = sorted(set.intersection(*(set(baseline[s]) & set(treated[s])
+                                                   for s in seeds)))
+            for it in iterations:
+                ours = [treated[s][it] for s in seeds]
+                theirs = [baseline[s][it] for s in seeds]
+                d = paired_difference(ours, theirs)
+                interval = (f'[{d["low"]:+.3f}, {d["high"]:+.3f}]' if d['n'] > 1 else '-')
+                rows.append(f'| {name} | {against} | {it} | {len(seeds)} | '
+                            f'{mean_std(ours)} | {mean_std(theirs)} | {d["mean"]:+.3f} | '
+                            f'{interval} |')
     if not rows:
         return ''
     return '\n'.join([

@@ -11,6 +11,23 @@ def load_tool(name: str):
     return importlib.import_module(f'tools.analysis.{name}')
 
 
+def plan_config(plan: str, name: str):
+    """The config of run ``name`` of plan ``plan`` with the run's --cfg-options applied,
+    parsed as tools/train.py parses them."""
+    import argparse
+
+    from mmengine.config import DictAction
+
+    from lors_mmdet.apis import load_config
+    config, options = load_tool('run_experiments').PLANS[plan][name]
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    cfg = load_config(osp.join(ROOT, config))
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options] if options else [])
+                        .cfg_options)
+    return cfg
+
+
 def test_benchmark_configs_exist():
     benchmark = load_tool('benchmark')
     for device, pairs in benchmark.PAIRS.items():
@@ -39,20 +56,10 @@ def test_experiment_configs_exist():
 def test_ablation_options_switch_off_exactly_one_branch(name, frozen):
     """Each ablation's --cfg-options build; a switched-off branch is the zero-initialised
     factor of every stage, never updated (lr 0), and nothing else."""
-    import argparse
-
-    from mmengine.config import DictAction
     from mmengine.optim import build_optim_wrapper
 
     from lors_mmdet.analysis import build_detector
-    from lors_mmdet.apis import load_config
-    experiments = load_tool('run_experiments')
-    config, options = experiments.PLANS['ablation'][name]
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
-    cfg = load_config(osp.join(ROOT, config))
-    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options] if options else [])
-                        .cfg_options)
+    cfg = plan_config('ablation', name)
     model = build_detector(cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
@@ -69,21 +76,12 @@ def test_private_lr_option_speeds_up_exactly_the_private_b():
     """Plan detr-private-lr: its --cfg-options give every LORS B (and nothing else)
     8x the base lr; the plain LORS run of the plan trains every parameter at the base
     lr."""
-    import argparse
-
-    from mmengine.config import DictAction
     from mmengine.optim import build_optim_wrapper
 
     from lors_mmdet.analysis import build_detector
-    from lors_mmdet.apis import load_config
-    experiments = load_tool('run_experiments')
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     for name, mult in (('lors-dino encoder+decoder lr 1e-3 private-lr x8', 8),
                        ('lors-dino encoder+decoder lr 1e-3', 1)):
-        config, options = experiments.PLANS['detr-private-lr'][name]
-        cfg = load_config(osp.join(ROOT, config))
-        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+        cfg = plan_config('detr-private-lr', name)
         model = build_detector(cfg)
         names = {id(p): n for n, p in model.named_parameters()}
         lrs = {}
@@ -99,26 +97,16 @@ def test_private_lr_option_speeds_up_exactly_the_private_b():
 
 def test_which_stack_plan_shares_exactly_the_named_stacks():
     """Plan detr-which-stack: each LORS run builds the LORS stacks its name says."""
-    import argparse
-
-    from mmengine.config import DictAction
-
     from lors_mmdet.analysis import build_detector
-    from lors_mmdet.apis import load_config
     from lors_mmdet.lors import find_lors_stacks
-    experiments = load_tool('run_experiments')
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     expected = {'dino lr 1e-3': [],
                 'lors-dino encoder+decoder lr 1e-3': ['decoder.lors_layers',
                                                       'encoder.lors_layers'],
                 'lors-dino decoder lr 1e-3': ['decoder.lors_layers'],
                 'lors-dino encoder lr 1e-3': ['encoder.lors_layers']}
-    plan = experiments.PLANS['detr-which-stack']
-    assert sorted(plan) == sorted(expected)
-    for name, (config, options) in plan.items():
-        cfg = load_config(osp.join(ROOT, config))
-        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+    assert sorted(load_tool('run_experiments').PLANS['detr-which-stack']) == sorted(expected)
+    for name in expected:
+        cfg = plan_config('detr-which-stack', name)
         stacks = sorted(path for path, _ in find_lors_stacks(build_detector(cfg)))
         assert stacks == expected[name], name
         assert cfg.optim_wrapper.optimizer.lr == 1e-3

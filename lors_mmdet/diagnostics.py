@@ -127,16 +127,19 @@ def stack_residual_sizes(model: nn.Module) -> Dict[str, List[float]]:
     return sizes
 
 
-def run_residual_sizes(run_dir: str) -> Dict[str, Dict[str, List[float]]]:
-    """:func:`stack_residual_sizes` at every checkpoint of a run, by file name."""
+def _checkpoint_models(run_dir: str):
+    """``(file name, model)`` at every checkpoint of a run: one model of the run's
+    config, loaded strictly with each checkpoint in turn."""
     from lors_mmdet.apis.steps import build_model, load_strictly
-    cfg = run_config(run_dir)
-    model = build_model(cfg.model)
-    result = {}
+    model = build_model(run_config(run_dir).model)
     for path in run_checkpoints(run_dir):
         load_strictly(model, read_checkpoint(path)[0], path)
-        result[osp.basename(path)] = stack_residual_sizes(model)
-    return result
+        yield osp.basename(path), model
+
+
+def run_residual_sizes(run_dir: str) -> Dict[str, Dict[str, List[float]]]:
+    """:func:`stack_residual_sizes` at every checkpoint of a run, by file name."""
+    return {name: stack_residual_sizes(model) for name, model in _checkpoint_models(run_dir)}
 
 
 def stack_containers(model: nn.Module) -> Dict[str, int]:
@@ -224,17 +227,13 @@ def run_layer_updates(run_dir: str, containers: Dict[str, int]
         containers: the layer containers to measure (:func:`stack_containers` of
             the LORS model it is compared with).
     """
-    from lors_mmdet.apis.steps import build_model, load_strictly
-    cfg = run_config(run_dir)
-    model = build_model(cfg.model)
     result, previous = {}, None
-    for path in run_checkpoints(run_dir):
-        load_strictly(model, read_checkpoint(path)[0], path)
+    for name, model in _checkpoint_models(run_dir):
         state = stock_state(model)
         if previous is not None:
-            result[f'{previous[0]} -> {osp.basename(path)}'] = layer_updates(
-                previous[1], state, containers)
-        previous = (osp.basename(path), state)
+            result[f'{previous[0]} -> {name}'] = layer_updates(previous[1], state,
+                                                                containers)
+        previous = (name, state)
     return result
 
 

@@ -16,8 +16,10 @@ Parameter groups of the decoder (``roi_head``):
 """
 import copy
 import os.path as osp
+import uuid
 from collections import defaultdict
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -315,6 +317,26 @@ def _mixing_queries(decoder: nn.Module):
     return queries, handles
 
 
+def _checkpoint_runner(cfg: Config, checkpoint: str, work_dir: str):
+    """An mmengine Runner of the run's config with ``checkpoint`` loaded, logging to
+    ``work_dir`` (not the run's own work dir)."""
+    from mmengine.runner import Runner
+
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = work_dir
+    # mmengine keeps one visualizer per name (mmdet's configs: 'visualizer'): a second
+    # runner in the process would write to the first one's (deleted) log dir
+    if cfg.get('visualizer') is not None:
+        cfg.visualizer.name = f'diagnose_{uuid.uuid4().hex[:8]}'
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    cfg.default_hooks.pop('visualization', None)
+    cfg.train_cfg = cfg.get('train_cfg')
+    runner = Runner.from_cfg(cfg)
+    runner.load_checkpoint(checkpoint, map_location='cpu')
+    return runner
+
+
 def diagnose_checkpoint(cfg: Config, checkpoint: str, work_dir: str,
                         stage_ap: bool = False) -> dict:
     """Diagnostics of one checkpoint of a (LORS-)AdaMixer run.
@@ -330,16 +352,7 @@ def diagnose_checkpoint(cfg: Config, checkpoint: str, work_dir: str,
         work_dir: where mmengine may write its logs (not the run's own work dir).
         stage_ap: also evaluate every stage (one val pass per stage).
     """
-    from mmengine.runner import Runner
-
-    cfg = copy.deepcopy(cfg)
-    cfg.work_dir = work_dir
-    cfg.load_from = checkpoint
-    cfg.resume = False
-    cfg.default_hooks.pop('visualization', None)
-    cfg.train_cfg = cfg.get('train_cfg')
-    runner = Runner.from_cfg(cfg)
-    runner.load_checkpoint(checkpoint, map_location='cpu')
+    runner = _checkpoint_runner(cfg, checkpoint, work_dir)
     model = runner.model
     decoder = model.roi_head
     result = dict(checkpoint=osp.basename(checkpoint),
@@ -436,6 +449,68 @@ def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> d
                 entry['update_norms'] = update_norms(previous, state)
             previous = state
             result['checkpoints'].append(entry)
+    AtomicLocalBackend().put_text(json.dumps(result, indent=1), out)
+    return result
+
+
+@contextmanager
+def decoder_cut(head: nn.Module, layers: int) -> Iterator[None]:
+    """Within the block, a DETR-family head (``model.bbox_head``) keeps only its first
+    ``layers`` decoder layers' outputs, so that the detector predicts from layer
+    ``layers - 1``: the decoder cut after that layer (a layer never sees the ones above it).
+
+    Args:
+        head: the head; its ``forward`` returns per-layer tensors stacked on the first dim.
+        layers: how many decoder layers to keep, 1 to the decoder's depth.
+    """
+    forward = head.forward
+
+    def cut(*args, **kwargs):
+        outputs = forward(*args, **kwargs)
+        if not 1 <= layers <= len(outputs[0]):
+            raise ValueError(f'decoder_cut: layers={layers}, the decoder has '
+                             f'{len(outputs[0])} layers')
+        return tuple(output[:layers] for output in outputs)
+
+    head.forward = cut
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def run_layer_ap(run_dir: str, force: bool = False) -> Dict[str, float]:
+    """COCO AP of each decoder layer's own predictions (:func:`decoder_cut`) of a
+    DETR-family run at its last checkpoint on the run's val set, ``{'d0': AP, ...}``;
+    kept in ``run_dir/layer_ap.json`` (``force`` recomputes).
+
+    Args:
+        run_dir: the run's work dir (its dumped config and ``iter_*.pth``).
+        force: recompute even if ``layer_ap.json`` exists.
+    """
+    import json
+    import tempfile
+
+    from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
+
+    out = osp.join(run_dir, 'layer_ap.json')
+    if osp.exists(out) and not force:
+        with open(out) as f:
+            return json.load(f)
+    checkpoints = run_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f'{run_dir}: no iter_*.pth checkpoint')
+    with tempfile.TemporaryDirectory() as scratch:
+        runner = _checkpoint_runner(run_config(run_dir), checkpoint=checkpoints[-1],
+                                    work_dir=scratch)
+        model = runner.model
+        if not hasattr(model, 'decoder') or not hasattr(model, 'bbox_head'):
+            raise TypeError(f'{run_dir}: {type(model).__name__} is not a DETR-family '
+                            'detector (no decoder and bbox_head)')
+        result = {}
+        for layer in range(model.decoder.num_layers):
+            with decoder_cut(model.bbox_head, layer + 1):
+                result[f'd{layer}'] = float(runner.test()['coco/bbox_mAP'])
     AtomicLocalBackend().put_text(json.dumps(result, indent=1), out)
     return result
 

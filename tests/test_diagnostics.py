@@ -304,3 +304,42 @@ def test_logged_losses_average_each_stage_over_the_last_iterations(tmp_path):
         logged_losses(str(tmp_path), from_iter=200)
     with pytest.raises(FileNotFoundError, match='no logged training losses'):
         logged_losses(str(tmp_path / 'missing'))
+
+
+def _truncated_dino(model, layers: int):
+    """A copy of a DINO whose decoder has only its first ``layers`` layers, its
+    encoder's branch (the head's last) kept last: an independent way to the
+    predictions of layer ``layers - 1``."""
+    import copy
+    truncated = copy.deepcopy(model)
+    truncated.decoder.layers = truncated.decoder.layers[:layers]
+    truncated.decoder.num_layers = layers
+    head = truncated.bbox_head
+    for name in ('cls_branches', 'reg_branches'):
+        branches = getattr(head, name)
+        setattr(head, name, torch.nn.ModuleList(list(branches[:layers]) + [branches[-1]]))
+    return truncated
+
+
+def test_decoder_cut_predicts_like_a_decoder_of_that_depth():
+    from test_detr_convert import assert_same_predictions, predictions
+    from test_detr_lors import build_model, randomize_, tiny_batch, tiny_model_cfg
+
+    from lors_mmdet.diagnostics import decoder_cut
+    model = build_model(tiny_model_cfg('DINO'))
+    randomize_(model.decoder)
+    randomize_(model.bbox_head, seed=1)
+    model.eval()
+    batch = tiny_batch(model, training=False)
+    full = predictions(model, batch)
+    for layers in (1, 2, 3):
+        with decoder_cut(model.bbox_head, layers):
+            cut = predictions(model, batch)
+        assert_same_predictions(cut, predictions(_truncated_dino(model, layers), batch))
+        if layers < 3:
+            assert not torch.allclose(cut[0].scores, full[0].scores)
+    assert 'forward' not in vars(model.bbox_head)
+    assert_same_predictions(predictions(model, batch), full)
+    with pytest.raises(ValueError, match='layers=4, the decoder has 3 layers'):
+        with decoder_cut(model.bbox_head, 4):
+            predictions(model, batch)

@@ -101,6 +101,23 @@ def test_test_py_gives_the_coco_metric_of_the_validation(trained, tested):
     assert coco_metrics(tested['log']) == coco_metrics(trained['log'])
 
 
+def test_layer_ap_of_runs_trained_by_train_py(tmp_path, trained, tested):
+    import shutil
+    runs = [str(tmp_path / name / 'seed0') for name in ('first', 'second')]
+    for run_dir in runs:  # two runs: two runners in one process
+        shutil.copytree(trained['work_dir'], run_dir)
+    result = run(['tools/analysis/diagnose_run.py', '--layer-ap', *runs])
+    rows = [line for line in result.stdout.splitlines() if line.startswith('| ')]
+    assert rows[0].startswith('| run | seeds | d0 | d1 | d2 |'), result.stdout
+    assert [row.split(' | ')[:2] for row in rows[1:]] == [['| first', '1'], ['| second', '1']]
+    for run_dir in runs:
+        with open(osp.join(run_dir, 'layer_ap.json')) as f:
+            layer_ap = json.load(f)
+        assert list(layer_ap) == ['d0', 'd1', 'd2']
+        # the last layer's own predictions are the detector's: test.py's metric
+        assert layer_ap['d2'] == pytest.approx(tested['metrics']['coco/bbox_mAP'])
+
+
 INFERENCE = '''
 import json, sys
 assert 'lors_mmdet' not in sys.modules

@@ -24,20 +24,51 @@ over the layers of the LORS stacks.
 (default ``loss_cls``: ``enc_loss_cls``, ``d0.loss_cls``, ..., ``loss_cls`` of the last
 layer), averaged over the logged iterations from ``--from-iter`` on (default: the last
 fifth), mean over the seeds of each run name: does each stage improve on the one before?
+
+``--layer-ap`` (DETR-family runs, stock or LORS) prints the COCO AP of each decoder layer's
+own predictions at the last checkpoint (the decoder cut after that layer), mean ± std over
+the seeds of each run name, and the last layer minus the one before, paired by seed with its
+95% interval; kept in ``layer_ap.json`` in each run dir (``--force`` recomputes).
 """
 import argparse
 import os.path as osp
 import sys
+from typing import Dict, List
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
 from lors_mmdet.diagnostics import (compared_layer_updates, diagnose_run,  # noqa: E402
-                                    format_diagnostics, logged_losses, run_residual_sizes)
+                                    format_diagnostics, logged_losses, mean_std,
+                                    paired_difference, run_layer_ap, run_residual_sizes)
 
 
 def run_name(run_dir: str) -> str:
     """The run's name: the folder above its seed folder, as run_experiments.py names it."""
     return osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
+
+
+def print_layer_ap(run_dirs: List[str], force: bool) -> None:
+    """The ``--layer-ap`` table.
+
+    Args:
+        run_dirs: finished DETR-family runs.
+        force: recompute each run's ``layer_ap.json``.
+    """
+    by_name: Dict[str, List[Dict[str, float]]] = {}
+    for run_dir in run_dirs:
+        by_name.setdefault(run_name(run_dir), []).append(run_layer_ap(run_dir, force))
+    layers = list(next(iter(by_name.values()))[0])
+    print('| run | seeds | ' + ' | '.join(layers) + ' | last - the one before, 95% CI |')
+    print('|---|---|' + '---|' * (len(layers) + 1))
+    for name, runs in by_name.items():
+        keys = list(runs[0])
+        if any(list(r) != keys for r in runs):
+            raise ValueError(f'{name}: the seeds\' decoders differ in depth')
+        diff = paired_difference([r[keys[-1]] for r in runs], [r[keys[-2]] for r in runs])
+        print(f'| {name} | {len(runs)} | '
+              + ' | '.join(mean_std([r[k] for r in runs]) if k in keys else '-'
+                           for k in layers)
+              + f' | {diff["mean"]:+.3f} [{diff["low"]:+.3f}, {diff["high"]:+.3f}] |')
 
 
 def main() -> None:
@@ -55,6 +86,9 @@ def main() -> None:
     parser.add_argument('--logged-losses', action='store_true',
                         help='only print the logged per-stage losses ending with '
                         '--loss-suffix, mean over each run name\'s seeds')
+    parser.add_argument('--layer-ap', action='store_true',
+                        help='only print the AP of each decoder layer\'s own predictions '
+                        '(DETR-family runs), mean over each run name\'s seeds')
     parser.add_argument('--loss-suffix', default='loss_cls',
                         help='with --logged-losses: which losses (default loss_cls)')
     parser.add_argument('--from-iter', type=int,
@@ -85,6 +119,9 @@ def main() -> None:
             print(f'| {name} | {len(runs)} | ' + ' | '.join(
                 f'{sum(r[k] for r in runs) / len(runs):.3f}' if all(k in r for r in runs)
                 else '-' for k in keys) + ' |')
+        return
+    if args.layer_ap:
+        print_layer_ap(args.run_dirs, args.force)
         return
     if args.layer_updates:
         print('| run | checkpoints | layers | moved: norm(D_i) / norm(W_i) | '

@@ -273,6 +273,22 @@ def _stage_order(key: str) -> tuple:
     return ('dn_' in key, position, key)
 
 
+def logged_records(run_dir: str) -> List[dict]:
+    """The records mmengine logged for a run (``*/vis_data/scalars.json``: one folder per
+    start or resume), in the order they were written.
+
+    Args:
+        run_dir: the run's work dir.
+    """
+    import glob
+    import json
+    records = []
+    for path in sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return records
+
+
 def logged_losses(run_dir: str, suffix: str = 'loss_cls',
                   from_iter: Optional[int] = None) -> Dict[str, float]:
     """Each logged loss ending with ``suffix`` (``d0.loss_cls``, ``s3.loss_cls``,
@@ -285,12 +301,7 @@ def logged_losses(run_dir: str, suffix: str = 'loss_cls',
         from_iter: first iteration averaged; default the last fifth of the
             logged iterations.
     """
-    import glob
-    import json
-    records = []
-    for path in sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json'))):
-        with open(path) as f:
-            records += [r for r in map(json.loads, f) if 'loss' in r and 'iter' in r]
+    records = [r for r in logged_records(run_dir) if 'loss' in r and 'iter' in r]
     if not records:
         raise FileNotFoundError(f'{run_dir}: no logged training losses '
                                 '(*/vis_data/scalars.json)')

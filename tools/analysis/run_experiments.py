@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
-from lors_mmdet.diagnostics import mean_std  # noqa: E402
+from lors_mmdet.diagnostics import logged_records, mean_std  # noqa: E402
 TOY = {
     'adamixer': 'configs/adamixer/adamixer_r18-tiny_1xb16-toy_synthetic.py',
     'lors-adamixer': 'configs/lors_adamixer/lors-adamixer_r18-tiny_1xb16-toy_synthetic.py',
@@ -289,19 +289,16 @@ def train(name: str, config: str, options: List[str], seed: int, directory: str,
 def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
     """(loss per logged iteration, COCO metrics per validated iteration)."""
     losses, metrics = {}, {}
-    for path in sorted(glob.glob(osp.join(directory, '*', 'vis_data', 'scalars.json'))):
-        last_iter = 0
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                if 'loss' in record:
-                    losses[record['iter']] = record['loss']
-                    last_iter = record['iter']
-                if 'coco/bbox_mAP' in record:
-                    # mmengine writes the epoch (0 for iteration-based loops) as the
-                    # step of a validation; the file is in time order, so the
-                    # validation belongs to the last training iteration logged
-                    metrics[last_iter] = record
+    last_iter = 0
+    for record in logged_records(directory):
+        if 'loss' in record:
+            losses[record['iter']] = record['loss']
+            last_iter = record['iter']
+        if 'coco/bbox_mAP' in record:
+            # mmengine writes the epoch (0 for iteration-based loops) as the step of a
+            # validation; the records are in time order, so the validation belongs to
+            # the last training iteration logged
+            metrics[last_iter] = record
     return losses, metrics
 
 

@@ -106,7 +106,9 @@ def test_layer_ap_of_runs_trained_by_train_py(tmp_path, trained, tested):
     runs = [str(tmp_path / name / 'seed0') for name in ('first', 'second')]
     for run_dir in runs:  # two runs: two runners in one process
         shutil.copytree(trained['work_dir'], run_dir)
-    result = run(['tools/analysis/diagnose_run.py', '--layer-ap', *runs])
+    picture = str(tmp_path / 'layer_ap.png')
+    result = run(['tools/analysis/diagnose_run.py', '--layer-ap', *runs, '--plot', picture])
+    assert osp.getsize(picture) > 0
     rows = [line for line in result.stdout.splitlines() if line.startswith('| ')]
     assert rows[0].startswith('| run | seeds | d0 | d1 | d2 |'), result.stdout
     assert [row.split(' | ')[:2] for row in rows[1:]] == [['| first', '1'], ['| second', '1']]

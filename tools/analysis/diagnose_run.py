@@ -28,12 +28,13 @@ fifth), mean over the seeds of each run name: does each stage improve on the one
 ``--layer-ap`` (DETR-family runs, stock or LORS) prints the COCO AP of each decoder layer's
 own predictions at the last checkpoint (the decoder cut after that layer), mean ± std over
 the seeds of each run name, and the last layer minus the one before, paired by seed with its
-95% interval; kept in ``layer_ap.json`` in each run dir (``--force`` recomputes).
+95% interval; kept in ``layer_ap.json`` in each run dir (``--force`` recomputes);
+``--plot PNG`` draws it.
 """
 import argparse
 import os.path as osp
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
@@ -47,12 +48,13 @@ def run_name(run_dir: str) -> str:
     return osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
 
 
-def print_layer_ap(run_dirs: List[str], force: bool) -> None:
-    """The ``--layer-ap`` table.
+def print_layer_ap(run_dirs: List[str], force: bool, plot: Optional[str] = None) -> None:
+    """The ``--layer-ap`` table, and with ``plot`` its picture.
 
     Args:
         run_dirs: finished DETR-family runs.
         force: recompute each run's ``layer_ap.json``.
+        plot: where to write the picture (AP by decoder layer, one line per run name).
     """
     by_name: Dict[str, List[Dict[str, float]]] = {}
     for run_dir in run_dirs:
@@ -69,6 +71,39 @@ def print_layer_ap(run_dirs: List[str], force: bool) -> None:
               + ' | '.join(mean_std([r[k] for r in runs]) if k in keys else '-'
                            for k in layers)
               + f' | {diff["mean"]:+.3f} [{diff["low"]:+.3f}, {diff["high"]:+.3f}] |')
+    if plot:
+        plot_layer_ap(by_name, plot)
+
+
+def plot_layer_ap(by_name: Dict[str, List[Dict[str, float]]], path: str) -> None:
+    """AP by decoder layer: each run name's mean over its seeds (a line; stock solid, LORS
+    dashed) and every seed (dots), written to ``path``.
+
+    Args:
+        by_name: per run name, one ``{layer: AP}`` per seed.
+        path: the picture file.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for colour, (name, runs) in enumerate(by_name.items()):
+        layers = list(runs[0])
+        means = [sum(r[k] for r in runs) / len(runs) for k in layers]
+        style = dict(color=f'C{colour}', linestyle='--' if name.startswith('lors') else '-')
+        axes.plot(range(len(layers)), means, marker='o', label=f'{name} ({len(runs)} seeds)',
+                  **style)
+        for run in runs:
+            axes.plot(range(len(layers)), [run[k] for k in layers], linestyle='none',
+                      marker='.', alpha=0.4, color=style['color'])
+    axes.set_xticks(range(len(layers)), [f'layer {k[1:]}' for k in layers])
+    axes.set(xlabel='decoder cut after', ylabel='COCO bbox mAP (synthetic val)',
+             title='AP of each decoder layer\'s own predictions')
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f'wrote {path}')
 
 
 def main() -> None:
@@ -89,6 +124,8 @@ def main() -> None:
     parser.add_argument('--layer-ap', action='store_true',
                         help='only print the AP of each decoder layer\'s own predictions '
                         '(DETR-family runs), mean over each run name\'s seeds')
+    parser.add_argument('--plot', metavar='PNG',
+                        help='with --layer-ap: also draw AP by decoder layer into PNG')
     parser.add_argument('--loss-suffix', default='loss_cls',
                         help='with --logged-losses: which losses (default loss_cls)')
     parser.add_argument('--from-iter', type=int,
@@ -121,7 +158,7 @@ def main() -> None:
                 else '-' for k in keys) + ' |')
         return
     if args.layer_ap:
-        print_layer_ap(args.run_dirs, args.force)
+        print_layer_ap(args.run_dirs, args.force, args.plot)
         return
     if args.layer_updates:
         print('| run | checkpoints | layers | moved: norm(D_i) / norm(W_i) | '

@@ -112,6 +112,30 @@ def test_which_stack_plan_shares_exactly_the_named_stacks():
         assert cfg.optim_wrapper.optimizer.lr == 1e-3
 
 
+def test_budget_plan_stretches_the_whole_schedule():
+    """Plan detr-budget: each run trains for the iterations its name says, with the lr
+    step at the same fraction of the run as the toy's own schedule, and is paired with
+    the stock run of its budget."""
+    from lors_mmdet.analysis import build_detector
+    from lors_mmdet.apis import load_config
+    from lors_mmdet.lors import find_lors_stacks
+    tool = load_tool('run_experiments')
+    base = load_config(osp.join(ROOT, tool.DETR_STACKS['dino'][0]))
+    base_step = base.param_scheduler[1].milestones[0] / base.train_cfg.max_iters
+    for iters in (1000, 2000):
+        for name, stacks in (('dino', []),
+                             ('lors-dino encoder+decoder', ['decoder.lors_layers',
+                                                            'encoder.lors_layers'])):
+            cfg = plan_config('detr-budget', f'{name} {iters} iterations')
+            assert cfg.train_cfg.max_iters == iters
+            assert cfg.param_scheduler[1].end == iters
+            assert cfg.param_scheduler[1].milestones == [int(iters * base_step)]
+            assert cfg.param_scheduler[0] == base.param_scheduler[0]  # the warm-up
+            assert sorted(p for p, _ in find_lors_stacks(build_detector(cfg))) == stacks
+        assert tool.PAIRED_WITH[f'lors-dino encoder+decoder {iters} iterations'] == \
+            f'dino {iters} iterations'
+
+
 def test_merged_for_deployment_equals_the_lors_model():
     """Folding every LorsLinear into nn.Linear keeps the function of the model."""
     import torch

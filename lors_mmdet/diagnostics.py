@@ -19,7 +19,7 @@ import os.path as osp
 import uuid
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -417,6 +417,35 @@ def run_checkpoints(run_dir: str) -> List[str]:
     return [path for _, path in sorted(found)]
 
 
+def _run_checkpoints_or_error(run_dir: str) -> List[str]:
+    checkpoints = run_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f'{run_dir}: no iter_*.pth checkpoint')
+    return checkpoints
+
+
+def kept_in_run(run_dir: str, file_name: str, force: bool, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept as JSON in ``run_dir/file_name`` (written atomically) and read
+    back from there on the next call unless ``force``.
+
+    Args:
+        run_dir: the run's work dir.
+        file_name: the JSON file's name in it.
+        force: recompute even if the file exists.
+        compute: makes the result (JSON-serialisable).
+    """
+    import json
+
+    from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
+    out = osp.join(run_dir, file_name)
+    if osp.exists(out) and not force:
+        with open(out) as f:
+            return json.load(f)
+    result = compute()
+    AtomicLocalBackend().put_text(json.dumps(result, indent=1), out)
+    return result
+
+
 def run_config(run_dir: str) -> Config:
     """The config mmengine dumped into the run dir (the options of the run applied)."""
     import glob
@@ -436,18 +465,13 @@ def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> d
         stage_ap: per-stage AP at the last checkpoint.
         force: recompute even if ``diagnostics.json`` exists.
     """
-    import json
+    return kept_in_run(run_dir, 'diagnostics.json', force, lambda: _diagnose_run(
+        run_dir, stage_ap))
+
+
+def _diagnose_run(run_dir: str, stage_ap: bool) -> dict:
     import tempfile
-
-    from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
-
-    out = osp.join(run_dir, 'diagnostics.json')
-    if osp.exists(out) and not force:
-        with open(out) as f:
-            return json.load(f)
-    checkpoints = run_checkpoints(run_dir)
-    if not checkpoints:
-        raise FileNotFoundError(f'{run_dir}: no iter_*.pth checkpoint')
+    checkpoints = _run_checkpoints_or_error(run_dir)
     cfg = run_config(run_dir)
     result = dict(run_dir=run_dir, checkpoints=[])
     previous = None
@@ -460,7 +484,6 @@ def diagnose_run(run_dir: str, stage_ap: bool = False, force: bool = False) -> d
                 entry['update_norms'] = update_norms(previous, state)
             previous = state
             result['checkpoints'].append(entry)
-    AtomicLocalBackend().put_text(json.dumps(result, indent=1), out)
     return result
 
 
@@ -499,18 +522,12 @@ def run_layer_ap(run_dir: str, force: bool = False) -> Dict[str, float]:
         run_dir: the run's work dir (its dumped config and ``iter_*.pth``).
         force: recompute even if ``layer_ap.json`` exists.
     """
-    import json
+    return kept_in_run(run_dir, 'layer_ap.json', force, lambda: _layer_ap(run_dir))
+
+
+def _layer_ap(run_dir: str) -> Dict[str, float]:
     import tempfile
-
-    from lors_mmdet.engine.atomic_checkpoint import AtomicLocalBackend
-
-    out = osp.join(run_dir, 'layer_ap.json')
-    if osp.exists(out) and not force:
-        with open(out) as f:
-            return json.load(f)
-    checkpoints = run_checkpoints(run_dir)
-    if not checkpoints:
-        raise FileNotFoundError(f'{run_dir}: no iter_*.pth checkpoint')
+    checkpoints = _run_checkpoints_or_error(run_dir)
     with tempfile.TemporaryDirectory() as scratch:
         runner = _checkpoint_runner(run_config(run_dir), checkpoint=checkpoints[-1],
                                     work_dir=scratch)
@@ -522,7 +539,6 @@ def run_layer_ap(run_dir: str, force: bool = False) -> Dict[str, float]:
         for layer in range(model.decoder.num_layers):
             with decoder_cut(model.bbox_head, layer + 1):
                 result[f'd{layer}'] = float(runner.test()['coco/bbox_mAP'])
-    AtomicLocalBackend().put_text(json.dumps(result, indent=1), out)
     return result
 
 

@@ -343,3 +343,20 @@ def test_decoder_cut_predicts_like_a_decoder_of_that_depth():
     with pytest.raises(ValueError, match='layers=4, the decoder has 3 layers'):
         with decoder_cut(model.bbox_head, 4):
             predictions(model, batch)
+
+
+def test_kept_in_run_computes_once_unless_forced(tmp_path):
+    from lors_mmdet.diagnostics import kept_in_run
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {'d0': 0.5 * len(calls)}
+    assert kept_in_run(str(tmp_path), 'x.json', False, compute) == {'d0': 0.5}
+    assert kept_in_run(str(tmp_path), 'x.json', False, compute) == {'d0': 0.5}
+    assert len(calls) == 1
+    with open(tmp_path / 'x.json') as f:
+        assert json.load(f) == {'d0': 0.5}
+    assert kept_in_run(str(tmp_path), 'x.json', True, compute) == {'d0': 1.0}
+    with open(tmp_path / 'x.json') as f:
+        assert json.load(f) == {'d0': 1.0}

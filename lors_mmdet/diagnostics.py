@@ -645,3 +645,100 @@ def format_diagnostics(runs: Dict[str, List[dict]]) -> str:
                 out.append(f'| {group} | ' + ' | '.join(cells) + ' |')
             out.append('')
     return '\n'.join(out).rstrip() + '\n'
+
+
+def run_name(run_dir: str) -> str:
+    """A run's name: the folder above its seed folder, as run_experiments.py names it
+    (``work_dirs/lr/lors-dino_1e-3/seed0`` -> ``'lors-dino 1e-3'``)."""
+    return osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
+
+
+def by_run_name(run_dirs: List[str], read: Callable[[str], Any]) -> Dict[str, List[Any]]:
+    """``{run name: [read(run dir) of each seed]}``, names in the order first given.
+
+    Args:
+        run_dirs: seed folders of one or more runs (:func:`run_name`).
+        read: what to read from each run dir.
+    """
+    grouped: Dict[str, List[Any]] = {}
+    for run_dir in run_dirs:
+        grouped.setdefault(run_name(run_dir), []).append(read(run_dir))
+    return grouped
+
+
+def format_layer_ap(by_name: Dict[str, List[Dict[str, float]]]) -> str:
+    """Markdown table of :func:`run_layer_ap` results: each decoder layer's AP, mean ±
+    std over the seeds of each run name, and the last layer minus the one before,
+    paired by seed with its 95% interval ('-' for a decoder of one layer).
+
+    Args:
+        by_name: ``{run name: [{'d0': AP, ...} of each seed]}``.
+    """
+    layers = max((list(runs[0]) for runs in by_name.values()), key=len)
+    out = ['| run | seeds | ' + ' | '.join(layers) + ' | last - the one before, 95% CI |',
+           '|---|---|' + '---|' * (len(layers) + 1)]
+    for name, runs in by_name.items():
+        keys = list(runs[0])
+        if any(list(r) != keys for r in runs):
+            raise ValueError(f"{name}: the seeds' decoders differ in depth: "
+                             f'{sorted({len(r) for r in runs})} layers')
+        if len(keys) < 2:
+            change = '-'
+        else:
+            diff = paired_difference([r[keys[-1]] for r in runs], [r[keys[-2]] for r in runs])
+            change = f'{diff["mean"]:+.3f} [{diff["low"]:+.3f}, {diff["high"]:+.3f}]'
+        out.append(f'| {name} | {len(runs)} | '
+                   + ' | '.join(mean_std([r[k] for r in runs]) if k in keys else '-'
+                                for k in layers) + f' | {change} |')
+    return '\n'.join(out) + '\n'
+
+
+def format_logged_losses(by_name: Dict[str, List[Dict[str, float]]]) -> str:
+    """Markdown table of :func:`logged_losses` results, mean over the seeds of each run
+    name ('-' where a seed did not log that loss).
+
+    Args:
+        by_name: ``{run name: [{loss name: value} of each seed]}``.
+    """
+    keys = sorted({k for runs in by_name.values() for r in runs for k in r}, key=_stage_order)
+    out = ['| run | seeds | ' + ' | '.join(keys) + ' |', '|---|---|' + '---|' * len(keys)]
+    for name, runs in by_name.items():
+        out.append(f'| {name} | {len(runs)} | ' + ' | '.join(
+            f'{sum(r[k] for r in runs) / len(runs):.3f}' if all(k in r for r in runs)
+            else '-' for k in keys) + ' |')
+    return '\n'.join(out) + '\n'
+
+
+def format_layer_updates(compared: Dict[str, Dict[str, Dict[str, Dict[str, List[float]]]]]
+                         ) -> str:
+    """Markdown table of :func:`compared_layer_updates`: per run, checkpoint pair and
+    layer container, each layer's ``moved`` and ``own``.
+
+    Args:
+        compared: ``{run dir: {checkpoint pair: {container: {'moved', 'own'}}}}``.
+    """
+    out = ['| run | checkpoints | layers | moved: norm(D_i) / norm(W_i) | '
+           'own: norm(D_i - mean D) / norm(D_i) |', '|---|---|---|---|---|']
+    for run_dir, pairs in compared.items():
+        for pair, containers in pairs.items():
+            for container, values in containers.items():
+                out.append(f'| {run_dir} | {pair} | {container} | ' + ' | '.join(
+                    ', '.join(f'{v:.3f}' for v in values[kind]) for kind in ('moved', 'own'))
+                    + ' |')
+    return '\n'.join(out) + '\n'
+
+
+def format_residual_sizes(by_run: Dict[str, Dict[str, Dict[str, List[float]]]]) -> str:
+    """Markdown table of :func:`run_residual_sizes` of several runs.
+
+    Args:
+        by_run: ``{run dir: {checkpoint: {stack: [per-layer |B A| / |W_shared|]}}}``.
+    """
+    out = ['| run | checkpoint | stack | norm(B A) / norm(W_shared), per layer |',
+           '|---|---|---|---|']
+    for run_dir, checkpoints in by_run.items():
+        for checkpoint, stacks in checkpoints.items():
+            for stack, sizes in stacks.items():
+                out.append(f'| {run_dir} | {checkpoint} | {stack} | '
+                           + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
+    return '\n'.join(out) + '\n'

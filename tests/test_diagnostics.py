@@ -360,3 +360,36 @@ def test_kept_in_run_computes_once_unless_forced(tmp_path):
     assert kept_in_run(str(tmp_path), 'x.json', True, compute) == {'d0': 1.0}
     with open(tmp_path / 'x.json') as f:
         assert json.load(f) == {'d0': 1.0}
+
+
+def test_format_layer_ap_pairs_the_last_two_layers_by_seed():
+    """The last column is the paired difference of each run's last two layers (scipy's
+    paired t interval re-derived), and a one-layer decoder gets '-' instead of an error."""
+    from scipy import stats
+
+    from lors_mmdet.diagnostics import format_layer_ap, mean_std
+    stock = [dict(d0=0.40, d1=0.50, d2=0.56), dict(d0=0.42, d1=0.51, d2=0.55),
+             dict(d0=0.41, d1=0.52, d2=0.58)]
+    single = [dict(d0=0.30), dict(d0=0.32)]
+    rows = format_layer_ap({'dino': stock, 'one layer': single}).splitlines()
+    assert rows[0] == '| run | seeds | d0 | d1 | d2 | last - the one before, 95% CI |'
+    cells = rows[2].split(' | ')
+    diffs = [r['d2'] - r['d1'] for r in stock]
+    mean = sum(diffs) / 3
+    half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / 3**0.5
+    assert cells[:3] == ['| dino', '3', mean_std([0.40, 0.42, 0.41])]
+    assert cells[-1] == f'{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |'
+    assert rows[3] == f'| one layer | 2 | {mean_std([0.30, 0.32])} | - | - | - |'
+    with pytest.raises(ValueError, match='differ in depth'):
+        format_layer_ap({'mixed': [dict(d0=0.1), dict(d0=0.1, d1=0.2)]})
+
+
+def test_format_logged_losses_marks_a_loss_a_seed_did_not_log():
+    from lors_mmdet.diagnostics import format_logged_losses
+    table = format_logged_losses({
+        'lors': [{'d0.loss_cls': 0.3, 'loss_cls': 0.2}, {'d0.loss_cls': 0.5, 'loss_cls': 0.4}],
+        'stock': [{'enc_loss_cls': 0.6, 'd0.loss_cls': 0.1, 'loss_cls': 0.1}]})
+    rows = table.splitlines()
+    assert rows[0] == '| run | seeds | enc_loss_cls | d0.loss_cls | loss_cls |'
+    assert rows[2] == '| lors | 2 | - | 0.400 | 0.300 |'
+    assert rows[3] == '| stock | 1 | 0.600 | 0.100 | 0.100 |'

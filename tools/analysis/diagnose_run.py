@@ -34,45 +34,15 @@ the seeds of each run name, and the last layer minus the one before, paired by s
 import argparse
 import os.path as osp
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
-from lors_mmdet.diagnostics import (compared_layer_updates, diagnose_run,  # noqa: E402
-                                    format_diagnostics, logged_losses, mean_std,
-                                    paired_difference, run_layer_ap, run_residual_sizes)
-
-
-def run_name(run_dir: str) -> str:
-    """The run's name: the folder above its seed folder, as run_experiments.py names it."""
-    return osp.basename(osp.dirname(osp.abspath(run_dir))).replace('_', ' ')
-
-
-def print_layer_ap(run_dirs: List[str], force: bool, plot: Optional[str] = None) -> None:
-    """The ``--layer-ap`` table, and with ``plot`` its picture.
-
-    Args:
-        run_dirs: finished DETR-family runs.
-        force: recompute each run's ``layer_ap.json``.
-        plot: where to write the picture (AP by decoder layer, one line per run name).
-    """
-    by_name: Dict[str, List[Dict[str, float]]] = {}
-    for run_dir in run_dirs:
-        by_name.setdefault(run_name(run_dir), []).append(run_layer_ap(run_dir, force))
-    layers = list(next(iter(by_name.values()))[0])
-    print('| run | seeds | ' + ' | '.join(layers) + ' | last - the one before, 95% CI |')
-    print('|---|---|' + '---|' * (len(layers) + 1))
-    for name, runs in by_name.items():
-        keys = list(runs[0])
-        if any(list(r) != keys for r in runs):
-            raise ValueError(f'{name}: the seeds\' decoders differ in depth')
-        diff = paired_difference([r[keys[-1]] for r in runs], [r[keys[-2]] for r in runs])
-        print(f'| {name} | {len(runs)} | '
-              + ' | '.join(mean_std([r[k] for r in runs]) if k in keys else '-'
-                           for k in layers)
-              + f' | {diff["mean"]:+.3f} [{diff["low"]:+.3f}, {diff["high"]:+.3f}] |')
-    if plot:
-        plot_layer_ap(by_name, plot)
+from lors_mmdet.diagnostics import (by_run_name, compared_layer_updates,  # noqa: E402
+                                    diagnose_run, format_diagnostics, format_layer_ap,
+                                    format_layer_updates, format_logged_losses,
+                                    format_residual_sizes, logged_losses, run_layer_ap,
+                                    run_residual_sizes)
 
 
 def plot_layer_ap(by_name: Dict[str, List[Dict[str, float]]], path: str) -> None:
@@ -136,45 +106,25 @@ def main() -> None:
                         'the name of the folder above each seed folder) to FILE')
     args = parser.parse_args()
     if args.residuals:
-        print('| run | checkpoint | stack | norm(B A) / norm(W_shared), per layer |')
-        print('|---|---|---|---|')
-        for run_dir in args.run_dirs:
-            for checkpoint, stacks in run_residual_sizes(run_dir).items():
-                for stack, sizes in stacks.items():
-                    print(f'| {run_dir} | {checkpoint} | {stack} | '
-                          + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
-        return
-    if args.logged_losses:
-        by_name = {}
-        for run_dir in args.run_dirs:
-            by_name.setdefault(run_name(run_dir), []).append(
-                logged_losses(run_dir, args.loss_suffix, args.from_iter))
-        keys = list(next(iter(by_name.values()))[0])
-        print('| run | seeds | ' + ' | '.join(keys) + ' |')
-        print('|---|---|' + '---|' * len(keys))
-        for name, runs in by_name.items():
-            print(f'| {name} | {len(runs)} | ' + ' | '.join(
-                f'{sum(r[k] for r in runs) / len(runs):.3f}' if all(k in r for r in runs)
-                else '-' for k in keys) + ' |')
-        return
-    if args.layer_ap:
-        print_layer_ap(args.run_dirs, args.force, args.plot)
-        return
-    if args.layer_updates:
-        print('| run | checkpoints | layers | moved: norm(D_i) / norm(W_i) | '
-              'own: norm(D_i - mean D) / norm(D_i) |')
-        print('|---|---|---|---|---|')
-        for run_dir, pairs in compared_layer_updates(args.run_dirs).items():
-            for pair, containers in pairs.items():
-                for container, values in containers.items():
-                    print(f'| {run_dir} | {pair} | {container} | '
-                          + ' | '.join(', '.join(f'{v:.3f}' for v in values[kind])
-                                       for kind in ('moved', 'own')) + ' |')
-        return
-    runs = {}
-    for run_dir in args.run_dirs:
-        result = diagnose_run(run_dir, stage_ap=args.stage_ap, force=args.force)
-        runs.setdefault(run_name(run_dir), []).append(result)
+        print(format_residual_sizes({d: run_residual_sizes(d) for d in args.run_dirs}), end='')
+    elif args.logged_losses:
+        print(format_logged_losses(by_run_name(args.run_dirs, lambda d: logged_losses(
+            d, args.loss_suffix, args.from_iter))), end='')
+    elif args.layer_ap:
+        layer_ap = by_run_name(args.run_dirs, lambda d: run_layer_ap(d, args.force))
+        print(format_layer_ap(layer_ap), end='')
+        if args.plot:
+            plot_layer_ap(layer_ap, args.plot)
+    elif args.layer_updates:
+        print(format_layer_updates(compared_layer_updates(args.run_dirs)), end='')
+    else:
+        write_diagnostics(args)
+
+
+def write_diagnostics(args: argparse.Namespace) -> None:
+    """The default: :func:`diagnose_run` of every run, and with ``--summary`` its tables."""
+    runs = by_run_name(args.run_dirs, lambda d: diagnose_run(d, stage_ap=args.stage_ap,
+                                                             force=args.force))
     if args.summary:
         command = 'python tools/analysis/diagnose_run.py ' + ' '.join(sys.argv[1:])
         with open(args.summary, 'w') as f:

@@ -136,6 +136,28 @@ def test_budget_plan_stretches_the_whole_schedule():
             f'dino {iters} iterations'
 
 
+def test_last_layer_plan_gives_the_last_decoder_layer_its_own_weights_or_more_rank():
+    """Plan detr-last-layer: the LORS decoder (no encoder stack) with its last layer in a
+    group of its own, or with 1, 2, 3 rank-16 terms in layers 0, 1, 2."""
+    from lors_mmdet.analysis import build_detector
+    from lors_mmdet.lors import find_lors_stacks
+    tool = load_tool('run_experiments')
+    assert set(tool.PLANS['detr-last-layer']) >= {'dino lr 1e-3', 'lors-dino decoder lr 1e-3'}
+    groups = {}
+    for name in ('lors-dino decoder lr 1e-3', 'lors-dino decoder lr 1e-3 last layer own',
+                 'lors-dino decoder lr 1e-3 terms 1-2-3'):
+        cfg = plan_config('detr-last-layer', name)
+        assert cfg.optim_wrapper.optimizer.lr == 1e-3
+        model = build_detector(cfg)
+        (path, stack), = find_lors_stacks(model)
+        assert path == 'decoder.lors_layers'
+        groups[name] = stack.layer_groups
+        ranks = [layer.ffn.layers[0][0].lors_A.shape[0] for layer in model.decoder.layers]
+        assert ranks == ([16, 32, 48] if name.endswith('terms 1-2-3') else [16, 16, 16])
+    assert groups['lors-dino decoder lr 1e-3'] == [[0, 1, 2]]
+    assert groups['lors-dino decoder lr 1e-3 last layer own'] == [[0, 1], [2]]
+
+
 def test_merged_for_deployment_equals_the_lors_model():
     """Folding every LorsLinear into nn.Linear keeps the function of the model."""
     import torch

@@ -156,6 +156,18 @@ DETR_BUDGET = {
         f'param_scheduler.1.milestones=[{int(iters * 0.8)}]'])
     for iters in (1000, 2000) for name in ('dino', 'lors-dino encoder+decoder')
 }
+# A LORS decoder's last layer stops refining (plan detr-which-stack, --layer-ap): is it
+# because that layer shares its weights with the others? The decoder alone (one stack to
+# read) with its last layer in a group of its own (a stock layer trained as W + B A), and
+# with the private capacity growing with depth as the paper's K_i = [1, 1, 2, 2, 3, 3].
+DETR_LAST_LAYER = {
+    name: DETR_WHICH_STACK[name] for name in ('dino lr 1e-3', 'lors-dino decoder lr 1e-3')}
+DETR_LAST_LAYER['lors-dino decoder lr 1e-3 last layer own'] = (
+    DETR_STACKS['lors-dino decoder'][0],
+    ['optim_wrapper.optimizer.lr=1e-3', 'model.lors.decoder.layer_groups=[2,1]'])
+DETR_LAST_LAYER['lors-dino decoder lr 1e-3 terms 1-2-3'] = (
+    DETR_STACKS['lors-dino decoder'][0],
+    ['optim_wrapper.optimizer.lr=1e-3', 'model.lors.decoder.num_terms=[1,2,3]'])
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY if 'sparse-rcnn' not in name},
     'detr-stacks': DETR_STACKS,
@@ -168,6 +180,7 @@ PLANS = {
     'detr-private-lr': DETR_PRIVATE_LR,
     'detr-which-stack': DETR_WHICH_STACK,
     'detr-budget': DETR_BUDGET,
+    'detr-last-layer': DETR_LAST_LAYER,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
 # the run(s) each run is paired with in the report; by default the first run of its plan

@@ -239,10 +239,22 @@ def run_layer_updates(run_dir: str, containers: Dict[str, int]
     return result
 
 
+def lors_containers(run_dirs: List[str]) -> Dict[str, int]:
+    """:func:`stack_containers` of the first of ``run_dirs`` that is a LORS run: the
+    layers to compare across the stock and LORS runs of one family."""
+    from lors_mmdet.apis.steps import build_model
+    for run_dir in run_dirs:
+        containers = stack_containers(build_model(run_config(run_dir).model))
+        if containers:
+            return containers
+    raise ValueError(f'none of {run_dirs} is a LORS run: its stacks name the layers '
+                     'to compare')
+
+
 def compared_layer_updates(run_dirs: List[str]
                            ) -> Dict[str, Dict[str, Dict[str, Dict[str, List[float]]]]]:
     """:func:`run_layer_updates` of stock and LORS runs over the same layers: those
-    of the LORS stacks of the first run that has any.
+    of the LORS stacks of the first run that has any (:func:`lors_containers`).
 
     Args:
         run_dirs: work dirs of runs of one detector family, stock and LORS.
@@ -251,16 +263,79 @@ def compared_layer_updates(run_dirs: List[str]
         ``{run dir: {checkpoint pair: {container: {'moved': [per layer], 'own':
         [per layer]}}}}`` (:func:`layer_updates`).
     """
-    from lors_mmdet.apis.steps import build_model
-    containers = {}
-    for run_dir in run_dirs:
-        containers = stack_containers(build_model(run_config(run_dir).model))
-        if containers:
-            break
-    if not containers:
-        raise ValueError(f'none of {run_dirs} is a LORS run: its stacks name the layers '
-                         'to compare')
+    containers = lors_containers(run_dirs)
     return {run_dir: run_layer_updates(run_dir, containers) for run_dir in run_dirs}
+
+
+def layer_gradients(model: nn.Module, batches: List[dict], containers: Dict[str, int],
+                    seed: int = 0) -> Dict[str, Dict[str, List[float]]]:
+    """Which layer the gradient of a shared weight serves.
+
+    The gradient of the training loss (summed over ``batches``) with respect to each
+    layer's effective weight matrices ``g_i`` (a LORS model merged on a copy, so stock
+    and LORS models are measured alike; a LORS stack's shared weight gets ``sum_i g_i``):
+
+    - ``norm``: ``||g_i||``;
+    - ``share``: ``||g_i|| / sum_j ||g_j||``, layer ``i``'s part of the gradient's size;
+    - ``align``: ``cos(g_i, sum_j g_j)``, how well a step along the summed gradient (the
+      shared weight's) serves layer ``i`` (1: as well as its own gradient).
+
+    Args:
+        model: a detector, stock or with LORS stacks.
+        batches: training batches of its data loader.
+        containers: the layer containers to measure (:func:`stack_containers`).
+        seed: torch seed set before each batch (DINO's denoising queries are drawn).
+    """
+    from lors_mmdet.lors import find_lors_stacks, merge_lors
+    model = copy.deepcopy(model)
+    if find_lors_stacks(model):
+        merge_lors(model)
+    model.train()
+    model.zero_grad()
+    for batch in batches:
+        torch.manual_seed(seed)
+        losses = model(**model.data_preprocessor(batch, True), mode='loss')
+        model.parse_losses(losses)[0].backward()
+    params = dict(model.named_parameters())
+    result = {}
+    for container, num_layers in containers.items():
+        grads = []
+        for i in range(num_layers):
+            prefix = f'{container}.{i}.'
+            names = sorted(n for n, p in params.items()
+                           if n.startswith(prefix) and p.dim() == 2 and p.grad is not None)
+            if not names:
+                raise KeyError(f'no weight matrix with a gradient under {prefix!r}')
+            grads.append(torch.cat([params[n].grad.double().flatten() for n in names]))
+        total = sum(grads)
+        norms = [float(g.norm()) for g in grads]
+        result[container] = dict(
+            norm=norms, share=[n / sum(norms) for n in norms],
+            align=[float(g @ total) / max(n * float(total.norm()), 1e-300)
+                   for g, n in zip(grads, norms)])
+    return result
+
+
+def run_layer_gradients(run_dir: str, containers: Dict[str, int],
+                        num_batches: int = 4) -> Dict[str, Dict[str, List[float]]]:
+    """:func:`layer_gradients` at a run's last checkpoint, on the first ``num_batches``
+    batches of its training loader (drawn with the run's seed).
+
+    Args:
+        run_dir: the run's work dir.
+        containers: the layer containers to measure.
+        num_batches: how many training batches the gradient sums over.
+    """
+    import itertools
+    import tempfile
+    cfg = run_config(run_dir)
+    seed = cfg.get('randomness', {}).get('seed', 0)
+    with tempfile.TemporaryDirectory() as scratch:
+        runner = _checkpoint_runner(cfg, _run_checkpoints_or_error(run_dir)[-1], scratch)
+        torch.manual_seed(seed)
+        batches = list(itertools.islice(runner.build_dataloader(cfg.train_dataloader),
+                                        num_batches))
+        return layer_gradients(runner.model, batches, containers, seed)
 
 
 def _stage_order(key: str) -> tuple:
@@ -741,4 +816,24 @@ def format_residual_sizes(by_run: Dict[str, Dict[str, Dict[str, List[float]]]]) 
             for stack, sizes in stacks.items():
                 out.append(f'| {run_dir} | {checkpoint} | {stack} | '
                            + ', '.join(f'{s:.3f}' for s in sizes) + ' |')
+    return '\n'.join(out) + '\n'
+
+
+def format_layer_gradients(by_name: Dict[str, List[Dict[str, Dict[str, List[float]]]]]
+                           ) -> str:
+    """Markdown table of :func:`run_layer_gradients`, per run name and layer container:
+    each layer's ``share`` and ``align``, mean over the seeds.
+
+    Args:
+        by_name: ``{run name: [{container: {'share', 'align'}} of each seed]}``.
+    """
+    out = ['| run | seeds | layers | share: norm(g_i) / sum norm(g_j) | '
+           'align: cos(g_i, sum g_j) |', '|---|---|---|---|---|']
+    for name, runs in by_name.items():
+        for container in runs[0]:
+            cells = []
+            for kind in ('share', 'align'):
+                per_layer = zip(*(r[container][kind] for r in runs))
+                cells.append(', '.join(f'{sum(v) / len(v):.3f}' for v in per_layer))
+            out.append(f'| {name} | {len(runs)} | {container} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(out) + '\n'

@@ -393,3 +393,61 @@ def test_format_logged_losses_marks_a_loss_a_seed_did_not_log():
     assert rows[0] == '| run | seeds | enc_loss_cls | d0.loss_cls | loss_cls |'
     assert rows[2] == '| lors | 2 | - | 0.400 | 0.300 |'
     assert rows[3] == '| stock | 1 | 0.600 | 0.100 | 0.100 |'
+
+
+def _gradient_batch():
+    from mmdet.testing import demo_mm_inputs
+    torch.manual_seed(0)
+    return demo_mm_inputs(2, [[3, 64, 64], [3, 64, 64]], num_classes=5, num_items=[3, 2])
+
+
+def test_layer_gradients_of_a_stock_decoder_by_hand():
+    """share and align re-derived from torch.autograd.grad on each layer's matrices."""
+    from test_detr_lors import build_model, tiny_model_cfg
+
+    from lors_mmdet.diagnostics import layer_gradients
+    model = build_model(tiny_model_cfg('DINO'))
+    batch = _gradient_batch()
+    result = layer_gradients(model, [batch], {'decoder.layers': 3}, seed=3)
+    model.train()
+    torch.manual_seed(3)
+    loss = model.parse_losses(model(**model.data_preprocessor(batch, True), mode='loss'))[0]
+    matrices = [[p for p in layer.parameters() if p.dim() == 2] for layer in model.decoder.layers]
+    grads = torch.autograd.grad(loss, [p for layer in matrices for p in layer])
+    per_layer, start = [], 0
+    for layer in matrices:
+        per_layer.append(torch.cat([g.double().flatten() for g in grads[start:start + len(layer)]]))
+        start += len(layer)
+    total = sum(per_layer)
+    norms = [g.norm() for g in per_layer]
+    got = result['decoder.layers']
+    assert got['norm'] == pytest.approx([float(n) for n in norms], rel=1e-5)
+    assert got['share'] == pytest.approx([float(n / sum(norms)) for n in norms], rel=1e-5)
+    assert got['align'] == pytest.approx(
+        [float(g @ total / (g.norm() * total.norm())) for g in per_layer], rel=1e-5)
+    assert not any(p.grad is not None for p in model.parameters())  # measured on a copy
+
+
+def test_layer_gradients_of_a_lors_decoder_sum_to_its_shared_gradient():
+    """The layers' gradients, measured on the merged copy, add up to the gradient the
+    LORS model's own shared weights get: |sum_i g_i| = sum_i align_i |g_i|."""
+    from test_detr_lors import build_model, randomize_, tiny_model_cfg
+
+    from lors_mmdet.diagnostics import layer_gradients, stack_containers
+    model = build_model(tiny_model_cfg('DINO', lors=dict(decoder=dict(rank=4))))
+    for i, layer in enumerate(model.decoder.layers):  # layers that differ
+        randomize_(layer, scale=0.02, seed=i)
+    batch = _gradient_batch()
+    containers = stack_containers(model)
+    assert containers == {'decoder.layers': 3}
+    got = layer_gradients(model, [batch], containers, seed=3)['decoder.layers']
+    model.train()
+    torch.manual_seed(3)
+    model.parse_losses(model(**model.data_preprocessor(batch, True), mode='loss'))[0].backward()
+    shared = [p.grad.double().flatten() for n, p in model.decoder.lors_layers.named_parameters()
+              if p.dim() == 2]
+    assert shared
+    shared_norm = float(torch.cat(shared).norm())
+    assert sum(a * n for a, n in zip(got['align'], got['norm'])) == pytest.approx(
+        shared_norm, rel=1e-4)
+    assert len(set(round(a, 6) for a in got['align'])) == 3

@@ -25,6 +25,12 @@ over the layers of the LORS stacks.
 layer), averaged over the logged iterations from ``--from-iter`` on (default: the last
 fifth), mean over the seeds of each run name: does each stage improve on the one before?
 
+``--layer-gradients`` (stock and LORS runs of one family) prints, at the last checkpoint and
+summed over the first ``--batches`` training batches, the gradient of the loss with respect to
+each layer's weight matrices ``g_i`` (a LORS layer's effective weight): its share of the
+layers' gradient sizes, ``|g_i| / sum |g_j|``, and ``cos(g_i, sum g_j)``, how well the
+direction a shared weight is pushed in (``sum g_j``) serves layer ``i``.
+
 ``--layer-ap`` (DETR-family runs, stock or LORS) prints the COCO AP of each decoder layer's
 own predictions at the last checkpoint (the decoder cut after that layer), mean ± std over
 the seeds of each run name, and the last layer minus the one before, paired by seed with its
@@ -40,9 +46,10 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
 from lors_mmdet.diagnostics import (by_run_name, compared_layer_updates,  # noqa: E402
                                     diagnose_run, format_diagnostics, format_layer_ap,
-                                    format_layer_updates, format_logged_losses,
-                                    format_residual_sizes, logged_losses, run_layer_ap,
-                                    run_residual_sizes)
+                                    format_layer_gradients, format_layer_updates,
+                                    format_logged_losses, format_residual_sizes,
+                                    logged_losses, lors_containers, run_layer_ap,
+                                    run_layer_gradients, run_residual_sizes)
 
 
 def plot_layer_ap(by_name: Dict[str, List[Dict[str, float]]], path: str) -> None:
@@ -94,6 +101,11 @@ def main() -> None:
     parser.add_argument('--layer-ap', action='store_true',
                         help='only print the AP of each decoder layer\'s own predictions '
                         '(DETR-family runs), mean over each run name\'s seeds')
+    parser.add_argument('--layer-gradients', action='store_true',
+                        help='only print which layer the gradient of the shared weights '
+                        'serves, at the last checkpoint, stock and LORS runs alike')
+    parser.add_argument('--batches', type=int, default=4,
+                        help='with --layer-gradients: training batches summed (default 4)')
     parser.add_argument('--plot', metavar='PNG',
                         help='with --layer-ap: also draw AP by decoder layer into PNG')
     parser.add_argument('--loss-suffix', default='loss_cls',
@@ -115,6 +127,10 @@ def main() -> None:
         print(format_layer_ap(layer_ap), end='')
         if args.plot:
             plot_layer_ap(layer_ap, args.plot)
+    elif args.layer_gradients:
+        containers = lors_containers(args.run_dirs)
+        print(format_layer_gradients(by_run_name(
+            args.run_dirs, lambda d: run_layer_gradients(d, containers, args.batches))), end='')
     elif args.layer_updates:
         print(format_layer_updates(compared_layer_updates(args.run_dirs)), end='')
     else:

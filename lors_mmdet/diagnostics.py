@@ -822,7 +822,7 @@ def format_residual_sizes(by_run: Dict[str, Dict[str, Dict[str, List[float]]]]) 
 def format_layer_gradients(by_name: Dict[str, List[Dict[str, Dict[str, List[float]]]]]
                            ) -> str:
     """Markdown table of :func:`run_layer_gradients`, per run name and layer container:
-    each layer's ``share`` and ``align``, mean over the seeds.
+    each layer's ``share`` and ``align``, mean (± std) over the seeds.
 
     Args:
         by_name: ``{run name: [{container: {'share', 'align'}} of each seed]}``.
@@ -834,6 +834,6 @@ def format_layer_gradients(by_name: Dict[str, List[Dict[str, Dict[str, List[floa
             cells = []
             for kind in ('share', 'align'):
                 per_layer = zip(*(r[container][kind] for r in runs))
-                cells.append(', '.join(f'{sum(v) / len(v):.3f}' for v in per_layer))
+                cells.append(', '.join(mean_std(list(v)) for v in per_layer))
             out.append(f'| {name} | {len(runs)} | {container} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(out) + '\n'

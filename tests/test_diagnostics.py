@@ -451,3 +451,13 @@ def test_layer_gradients_of_a_lors_decoder_sum_to_its_shared_gradient():
     assert sum(a * n for a, n in zip(got['align'], got['norm'])) == pytest.approx(
         shared_norm, rel=1e-4)
     assert len(set(round(a, 6) for a in got['align'])) == 3
+
+
+def test_format_layer_gradients_averages_each_layer_over_the_seeds():
+    from lors_mmdet.diagnostics import format_layer_gradients, mean_std
+    seeds = [{'decoder.layers': dict(norm=[1, 1], share=[0.6, 0.4], align=[0.9, 0.3])},
+             {'decoder.layers': dict(norm=[1, 1], share=[0.5, 0.5], align=[0.8, 0.5])}]
+    rows = format_layer_gradients({'dino': seeds}).splitlines()
+    assert rows[2] == (f'| dino | 2 | decoder.layers | {mean_std([0.6, 0.5])}, '
+                       f'{mean_std([0.4, 0.5])} | {mean_std([0.9, 0.8])}, '
+                       f'{mean_std([0.3, 0.5])} |')

@@ -1,11 +1,15 @@
-"""What a trained (LORS-)AdaMixer learned, read from the checkpoints of one run.
+"""What a trained detector, stock or LORS, learned, read from the checkpoints of its runs.
 
-For the accuracy study (docs/accuracy.md): each stage's own AP, the size of each LORS
-stage's private residual next to the shared part it adds to, and how strongly each
-group of decoder parameters is pushed (gradient norms on a fixed training batch) and
-moved (update norms between checkpoints).
+For the accuracy study (docs/accuracy.md). (LORS-)AdaMixer runs (:func:`diagnose_run`):
+each stage's own AP, the size of each LORS stage's private residual next to the shared part
+it adds to, and how strongly each group of decoder parameters is pushed (gradient norms on a
+fixed training batch) and moved (update norms between checkpoints). Any stock or LORS
+detector with layer stacks: each layer's private residual (:func:`run_residual_sizes`), how
+far and how much on its own each layer moved (:func:`compared_layer_updates`), which layer
+a shared weight's gradient serves (:func:`run_layer_gradients`), each DETR decoder layer's
+AP (:func:`run_layer_ap`), the logged per-stage losses (:func:`logged_losses`).
 
-Parameter groups of the decoder (``roi_head``):
+Parameter groups of the AdaMixer decoder (``roi_head``):
 
 - ``shared mixing``: LORS's stack-wide mixing generator and output projection;
 - ``shared other``: other shared weights of the stack (``model.lors.decoder``'s

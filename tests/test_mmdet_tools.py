@@ -120,6 +120,23 @@ def test_layer_ap_of_runs_trained_by_train_py(tmp_path, trained, tested):
         assert layer_ap['d2'] == pytest.approx(tested['metrics']['coco/bbox_mAP'])
 
 
+def test_layer_gradients_of_a_run_trained_by_train_py(tmp_path, trained):
+    """--layer-gradients builds the run's own loader and merged model: one row per layer
+    container of the LORS stack, shares adding up to 1, cosines in [-1, 1]."""
+    import shutil
+    run_dir = str(tmp_path / 'lors' / 'seed0')
+    shutil.copytree(trained['work_dir'], run_dir)
+    result = run(['tools/analysis/diagnose_run.py', '--layer-gradients', '--batches', '2',
+                  run_dir])
+    rows = [line.split(' | ') for line in result.stdout.splitlines() if line.startswith('| lors')]
+    assert [row[:3] for row in rows] == [['| lors', '1', 'decoder.layers']], result.stdout
+    share = [float(v) for v in rows[0][3].split(', ')]
+    align = [float(v) for v in rows[0][4].rstrip(' |').split(', ')]
+    assert len(share) == len(align) == 3
+    assert sum(share) == pytest.approx(1, abs=2e-3)
+    assert all(-1 <= a <= 1 for a in align)
+
+
 INFERENCE = '''
 import json, sys
 assert 'lors_mmdet' not in sys.modules

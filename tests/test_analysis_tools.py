@@ -363,3 +363,33 @@ def test_compress_experiments_budget_study_pairs_by_seed(tmp_path):
     # differences +0.25 and +0.125 for both seeds: no spread, a zero-width interval
     assert ('| budget 0.5 calibrated | budget 0.5 | 2 | +0.250 [+0.250, +0.250] | '
             '+0.125 [+0.125, +0.125] |') in table
+
+
+WAITER = '''
+import subprocess, sys
+from tools.analysis.run_experiments import wait_counting_seconds
+child = subprocess.Popen(['sleep', '60'])
+print('waiting', flush=True)
+wait_counting_seconds(child, sys.argv[1], before=100.0, every=0.2)
+'''
+
+
+def test_a_killed_experiment_keeps_the_seconds_its_run_trained(tmp_path):
+    """run_experiments.py killed without a chance to clean up (SIGKILL, as a session's end
+    may) still leaves the run's seconds so far, so a resumed run's time adds up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    seconds_file = str(tmp_path / 'seconds_before_resume.txt')
+    waiter = subprocess.Popen([sys.executable, '-c', WAITER, seconds_file], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert waiter.stdout.readline().strip() == 'waiting'
+        time.sleep(1.5)
+    finally:
+        os.killpg(waiter.pid, signal.SIGKILL)
+        waiter.wait()
+    with open(seconds_file) as f:
+        assert 100.7 <= float(f.read()) <= 103  # 1.5 s waited, recorded every 0.2 s

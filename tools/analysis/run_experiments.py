@@ -278,6 +278,31 @@ def check_same_commit(directory: str, commit: str) -> None:
                          '--work-dir')
 
 
+SECONDS_EVERY = 30.0
+
+
+def wait_counting_seconds(process: subprocess.Popen, seconds_file: str, before: float,
+                          every: float = SECONDS_EVERY) -> int:
+    """Wait for ``process``, keeping ``seconds_file`` at ``before`` plus the seconds waited,
+    rewritten every ``every`` seconds: a run stopped by a killed session (no ``finally``
+    runs) keeps its time but for the last interval. Returns the return code."""
+    start = time.time()
+
+    def record() -> None:
+        with open(seconds_file + '.tmp', 'w') as f:
+            f.write(str(before + time.time() - start))
+        os.replace(seconds_file + '.tmp', seconds_file)
+
+    try:
+        while True:
+            try:
+                return process.wait(timeout=every)
+            except subprocess.TimeoutExpired:
+                record()
+    finally:
+        record()
+
+
 def train(name: str, config: str, options: List[str], seed: int, directory: str,
           val_interval: int, threads: int) -> None:
     command = [sys.executable, 'tools/train.py', config, '--work-dir', directory,
@@ -296,11 +321,7 @@ def train(name: str, config: str, options: List[str], seed: int, directory: str,
     with open(osp.join(directory, 'train.log'), 'a') as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
-        try:
-            returncode = process.wait()
-        finally:
-            with open(seconds_file, 'w') as f:
-                f.write(str(before + time.time() - start))
+        returncode = wait_counting_seconds(process, seconds_file, before)
     if returncode:
         raise subprocess.CalledProcessError(returncode, command)
     with open(osp.join(directory, 'commit.txt')) as f:

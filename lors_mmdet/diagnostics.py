@@ -273,16 +273,22 @@ def compared_layer_updates(run_dirs: List[str]
 
 def layer_gradients(model: nn.Module, batches: List[dict], containers: Dict[str, int],
                     seed: int = 0) -> Dict[str, Dict[str, List[float]]]:
-    """Which layer the gradient of a shared weight serves.
+    """Which layer the gradient of a weight shared by a container's layers would serve.
 
     The gradient of the training loss (summed over ``batches``) with respect to each
     layer's effective weight matrices ``g_i`` (a LORS model merged on a copy, so stock
-    and LORS models are measured alike; a LORS stack's shared weight gets ``sum_i g_i``):
+    and LORS models are measured alike), over the matrices every layer of the container
+    has (all of a DINO layer's; those a shared weight can hold). A weight shared by all
+    the container's layers gets ``sum_j g_j`` (a stack of one layer group; the sums
+    are over the whole container whatever the stack's ``layer_groups``):
 
     - ``norm``: ``||g_i||``;
     - ``share``: ``||g_i|| / sum_j ||g_j||``, layer ``i``'s part of the gradient's size;
-    - ``align``: ``cos(g_i, sum_j g_j)``, how well a step along the summed gradient (the
-      shared weight's) serves layer ``i`` (1: as well as its own gradient).
+    - ``align``: ``cos(g_i, sum_j g_j)``, how well a step along the summed gradient
+      serves layer ``i`` (1: as well as its own gradient);
+    - ``others``: ``cos(g_i, sum_{j != i} g_j)``, whether the other layers push the
+      shared weight where layer ``i`` would (``align`` rises with ``share`` alone, since
+      ``g_i`` is part of the sum; this one does not).
 
     Args:
         model: a detector, stock or with LORS stacks.
@@ -300,30 +306,35 @@ def layer_gradients(model: nn.Module, batches: List[dict], containers: Dict[str,
         torch.manual_seed(seed)
         losses = model(**model.data_preprocessor(batch, True), mode='loss')
         model.parse_losses(losses)[0].backward()
-    params = dict(model.named_parameters())
     result = {}
     for container, num_layers in containers.items():
-        grads = []
-        for i in range(num_layers):
-            prefix = f'{container}.{i}.'
-            names = sorted(n for n, p in params.items()
-                           if n.startswith(prefix) and p.dim() == 2 and p.grad is not None)
-            if not names:
-                raise KeyError(f'no weight matrix with a gradient under {prefix!r}')
-            grads.append(torch.cat([params[n].grad.double().flatten() for n in names]))
+        layers = model.get_submodule(container)
+        matrices = [{n: p for n, p in layers[i].named_parameters() if p.dim() == 2}
+                    for i in range(num_layers)]
+        common = sorted(set.intersection(*(set(m) for m in matrices)))
+        if not common:
+            raise KeyError(f'the layers of {container!r} have no weight matrix in common')
+        grads = [torch.cat([(m[n].grad if m[n].grad is not None
+                             else torch.zeros_like(m[n])).double().flatten() for n in common])
+                 for m in matrices]
         total = sum(grads)
+
+        def cos(a: Tensor, b: Tensor) -> float:
+            return float(a @ b) / max(float(a.norm() * b.norm()), 1e-300)
+
         norms = [float(g.norm()) for g in grads]
         result[container] = dict(
-            norm=norms, share=[n / sum(norms) for n in norms],
-            align=[float(g @ total) / max(n * float(total.norm()), 1e-300)
-                   for g, n in zip(grads, norms)])
+            norm=norms, share=[n / max(sum(norms), 1e-300) for n in norms],
+            align=[cos(g, total) for g in grads],
+            others=[cos(g, total - g) for g in grads])
     return result
 
 
 def run_layer_gradients(run_dir: str, containers: Dict[str, int],
                         num_batches: int = 4) -> Dict[str, Dict[str, List[float]]]:
     """:func:`layer_gradients` at a run's last checkpoint, on the first ``num_batches``
-    batches of its training loader (drawn with the run's seed).
+    batches of its training loader (sampled with the run's seed: the same batches for
+    every run of that seed).
 
     Args:
         run_dir: the run's work dir.
@@ -337,8 +348,8 @@ def run_layer_gradients(run_dir: str, containers: Dict[str, int],
     with tempfile.TemporaryDirectory() as scratch:
         runner = _checkpoint_runner(cfg, _run_checkpoints_or_error(run_dir)[-1], scratch)
         torch.manual_seed(seed)
-        batches = list(itertools.islice(runner.build_dataloader(cfg.train_dataloader),
-                                        num_batches))
+        loader = runner.build_dataloader(cfg.train_dataloader, seed=seed)
+        batches = list(itertools.islice(loader, num_batches))
         return layer_gradients(runner.model, batches, containers, seed)
 
 
@@ -826,17 +837,19 @@ def format_residual_sizes(by_run: Dict[str, Dict[str, Dict[str, List[float]]]]) 
 def format_layer_gradients(by_name: Dict[str, List[Dict[str, Dict[str, List[float]]]]]
                            ) -> str:
     """Markdown table of :func:`run_layer_gradients`, per run name and layer container:
-    each layer's ``share`` and ``align``, mean (± std) over the seeds.
+    each layer's ``share``, ``align`` and ``others``, mean (± std) over the seeds.
 
     Args:
-        by_name: ``{run name: [{container: {'share', 'align'}} of each seed]}``.
+        by_name: ``{run name: [{container: {'share', 'align', 'others'}} of each seed]}``.
     """
+    kinds = ('share', 'align', 'others')
     out = ['| run | seeds | layers | share: norm(g_i) / sum norm(g_j) | '
-           'align: cos(g_i, sum g_j) |', '|---|---|---|---|---|']
+           'align: cos(g_i, sum g_j) | others: cos(g_i, sum of the other g_j) |',
+           '|---|---|---|---|---|---|']
     for name, runs in by_name.items():
         for container in runs[0]:
             cells = []
-            for kind in ('share', 'align'):
+            for kind in kinds:
                 per_layer = zip(*(r[container][kind] for r in runs))
                 cells.append(', '.join(mean_std(list(v)) for v in per_layer))
             out.append(f'| {name} | {len(runs)} | {container} | ' + ' | '.join(cells) + ' |')

@@ -371,15 +371,15 @@ def test_format_layer_ap_pairs_the_last_two_layers_by_seed():
     stock = [dict(d0=0.40, d1=0.50, d2=0.56), dict(d0=0.42, d1=0.51, d2=0.55),
              dict(d0=0.41, d1=0.52, d2=0.58)]
     single = [dict(d0=0.30), dict(d0=0.32)]
-    rows = format_layer_ap({'dino': stock, 'one layer': single}).splitlines()
+    rows = format_layer_ap({'one layer': single, 'dino': stock}).splitlines()
     assert rows[0] == '| run | seeds | d0 | d1 | d2 | last - the one before, 95% CI |'
-    cells = rows[2].split(' | ')
+    cells = rows[3].split(' | ')
     diffs = [r['d2'] - r['d1'] for r in stock]
     mean = sum(diffs) / 3
     half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / 3**0.5
     assert cells[:3] == ['| dino', '3', mean_std([0.40, 0.42, 0.41])]
     assert cells[-1] == f'{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |'
-    assert rows[3] == f'| one layer | 2 | {mean_std([0.30, 0.32])} | - | - | - |'
+    assert rows[2] == f'| one layer | 2 | {mean_std([0.30, 0.32])} | - | - | - |'
     with pytest.raises(ValueError, match='differ in depth'):
         format_layer_ap({'mixed': [dict(d0=0.1), dict(d0=0.1, d1=0.2)]})
 
@@ -395,36 +395,47 @@ def test_format_logged_losses_marks_a_loss_a_seed_did_not_log():
     assert rows[3] == '| stock | 1 | 0.600 | 0.100 | 0.100 |'
 
 
-def _gradient_batch():
+def _gradient_batch(seed: int = 0):
     from mmdet.testing import demo_mm_inputs
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return demo_mm_inputs(2, [[3, 64, 64], [3, 64, 64]], num_classes=5, num_items=[3, 2])
 
 
 def test_layer_gradients_of_a_stock_decoder_by_hand():
-    """share and align re-derived from torch.autograd.grad on each layer's matrices."""
+    """norm, share, align and others re-derived from torch.autograd.grad on each layer's
+    matrices, summed over two batches."""
     from test_detr_lors import build_model, tiny_model_cfg
 
     from lors_mmdet.diagnostics import layer_gradients
     model = build_model(tiny_model_cfg('DINO'))
-    batch = _gradient_batch()
-    result = layer_gradients(model, [batch], {'decoder.layers': 3}, seed=3)
+    batches = [_gradient_batch(0), _gradient_batch(1)]
+    result = layer_gradients(model, batches, {'decoder.layers': 3}, seed=3)
     model.train()
-    torch.manual_seed(3)
-    loss = model.parse_losses(model(**model.data_preprocessor(batch, True), mode='loss'))[0]
     matrices = [[p for p in layer.parameters() if p.dim() == 2] for layer in model.decoder.layers]
-    grads = torch.autograd.grad(loss, [p for layer in matrices for p in layer])
+    flat = [p for layer in matrices for p in layer]
+    grads = [torch.zeros_like(p, dtype=torch.float64) for p in flat]
+    for batch in batches:
+        torch.manual_seed(3)
+        loss = model.parse_losses(model(**model.data_preprocessor(batch, True), mode='loss'))[0]
+        for total, g in zip(grads, torch.autograd.grad(loss, flat)):
+            total += g.double()
     per_layer, start = [], 0
     for layer in matrices:
-        per_layer.append(torch.cat([g.double().flatten() for g in grads[start:start + len(layer)]]))
+        per_layer.append(torch.cat([g.flatten() for g in grads[start:start + len(layer)]]))
         start += len(layer)
     total = sum(per_layer)
     norms = [g.norm() for g in per_layer]
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()))
+
     got = result['decoder.layers']
     assert got['norm'] == pytest.approx([float(n) for n in norms], rel=1e-5)
     assert got['share'] == pytest.approx([float(n / sum(norms)) for n in norms], rel=1e-5)
-    assert got['align'] == pytest.approx(
-        [float(g @ total / (g.norm() * total.norm())) for g in per_layer], rel=1e-5)
+    assert got['align'] == pytest.approx([cos(g, total) for g in per_layer], rel=1e-5)
+    assert got['others'] == pytest.approx([cos(g, total - g) for g in per_layer], rel=1e-4)
+    one = layer_gradients(model, batches[:1], {'decoder.layers': 3}, seed=3)['decoder.layers']
+    assert one['norm'] != pytest.approx(got['norm'], rel=1e-3)  # both batches count
     assert not any(p.grad is not None for p in model.parameters())  # measured on a copy
 
 
@@ -455,9 +466,12 @@ def test_layer_gradients_of_a_lors_decoder_sum_to_its_shared_gradient():
 
 def test_format_layer_gradients_averages_each_layer_over_the_seeds():
     from lors_mmdet.diagnostics import format_layer_gradients, mean_std
-    seeds = [{'decoder.layers': dict(norm=[1, 1], share=[0.6, 0.4], align=[0.9, 0.3])},
-             {'decoder.layers': dict(norm=[1, 1], share=[0.5, 0.5], align=[0.8, 0.5])}]
+    seeds = [{'decoder.layers': dict(norm=[1, 1], share=[0.6, 0.4], align=[0.9, 0.3],
+                                     others=[0.2, 0.1])},
+             {'decoder.layers': dict(norm=[1, 1], share=[0.5, 0.5], align=[0.8, 0.5],
+                                     others=[0.0, 0.3])}]
     rows = format_layer_gradients({'dino': seeds}).splitlines()
     assert rows[2] == (f'| dino | 2 | decoder.layers | {mean_std([0.6, 0.5])}, '
                        f'{mean_std([0.4, 0.5])} | {mean_std([0.9, 0.8])}, '
-                       f'{mean_std([0.3, 0.5])} |')
+                       f'{mean_std([0.3, 0.5])} | {mean_std([0.2, 0.0])}, '
+                       f'{mean_std([0.1, 0.3])} |')

@@ -289,9 +289,12 @@ def wait_counting_seconds(process: subprocess.Popen, seconds_file: str, before: 
     start = time.time()
 
     def record() -> None:
-        with open(seconds_file + '.tmp', 'w') as f:
-            f.write(str(before + time.time() - start))
-        os.replace(seconds_file + '.tmp', seconds_file)
+        try:
+            with open(seconds_file + '.tmp', 'w') as f:
+                f.write(str(before + time.time() - start))
+            os.replace(seconds_file + '.tmp', seconds_file)
+        except OSError as error:  # bookkeeping only: never abandon the training
+            print(f'could not record the seconds in {seconds_file}: {error}', flush=True)
 
     try:
         while True:

@@ -256,6 +256,56 @@ def test_report_only_writes_the_table_between_the_doc_markers(tmp_path):
         '\n<!-- experiments:detr-stacks:end -->\nafter\n')
 
 
+def test_report_keeps_each_finished_run_so_that_it_outlives_its_work_dir(tmp_path):
+    """A session's work dirs are lost with its machine: the report keeps each finished
+    run under --out, reports from there alone the next time, and pairs the kept runs
+    with a newly finished one."""
+    import json
+    import shutil
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    _finished_run(first, 'dino', 0, [0.25, 0.5])
+    _finished_run(first, 'lors-dino decoder', 0, [0.125, 0.38])
+    _finished_run(first, 'dino', 1, [0.3, 0.6])
+    out = tmp_path / 'out'
+    arguments = ('--plan', 'detr-stacks', '--report-only', '--out', str(out))
+    result = _run_experiments(*arguments, '--work-dir', str(first))
+    assert result.returncode == 0, result.stderr
+    kept = json.loads((out / 'detr-stacks' / 'runs' / 'dino' / 'seed1.json').read_text())
+    assert kept['metrics']['200']['coco/bbox_mAP_75'] == pytest.approx(0.7)
+    assert kept['losses'] == {'100': 10.0, '200': 5.0}
+    shutil.rmtree(first)
+    _finished_run(second, 'lors-dino decoder', 1, [0.2, 0.4])
+    result = _run_experiments(*arguments, '--work-dir', str(second))
+    assert result.returncode == 0, result.stderr
+    table = (out / 'detr-stacks' / 'results.md').read_text()
+    assert '| dino | 2 | 0.550 ± 0.071 |' in table
+    assert '| lors-dino decoder | 2 | 0.390 ± 0.014 |' in table
+    # paired at iteration 200 over both seeds: (0.38 - 0.5 + 0.4 - 0.6) / 2
+    assert '| lors-dino decoder | dino | 200 | 2 | 0.390 ± 0.014 | 0.550 ± 0.071 | -0.160 |' in table
+
+
+def test_kept_runs_of_another_commit_refuse_new_runs(tmp_path):
+    """Runs of one plan are paired, so all of them come from one commit; a damaged
+    record is named."""
+    experiments = load_tool('run_experiments')
+    plans = experiments.PLANS['detr-stacks']
+    path = experiments.record_path(str(tmp_path), 'lors-dino decoder', 3)
+    osp_dir = osp.dirname(path)
+    import json
+    import os
+    os.makedirs(osp_dir)
+    with open(path, 'w') as f:
+        json.dump(dict(commit='a' * 40, seconds=1.0, losses={}, metrics={}), f)
+    experiments.check_kept_commit(plans, str(tmp_path), 'a' * 40)
+    with pytest.raises(SystemExit, match=f'seed3.json was trained at commit {"a" * 40}, '
+                       f'this checkout is at {"b" * 40}'):
+        experiments.check_kept_commit(plans, str(tmp_path), 'b' * 40)
+    with open(path, 'w') as f:
+        json.dump(dict(commit='a' * 40, seconds=1.0), f)
+    with pytest.raises(SystemExit, match='seed3.json: not a run record'):
+        experiments.check_kept_commit(plans, str(tmp_path), 'a' * 40)
+
+
 def test_report_only_refuses_a_doc_without_the_markers(tmp_path):
     doc = tmp_path / 'log.md'
     text = '# Log\n<!-- experiments:families:start -->\n<!-- experiments:families:end -->\n'

@@ -5,6 +5,13 @@ its own work dir; finished runs are skipped and a stopped run resumes from its l
 checkpoint, so the script can be stopped and started again.
 Then it collects the logged losses and validation mAPs into a table and plots.
 
+Each finished run is also kept, small, as ``<out>/<plans>/runs/<name>/seed<S>.json`` (its
+``finished.json``, losses and validation APs): the report reads the runs from there, so
+runs finished in earlier sessions, whose work dirs are gone, still count, and are not
+trained again. Commit that folder with the report. The kept runs name their commit: new
+runs of the plan must be trained at the same one (a worktree of it), since paired runs
+from two versions of the code would not compare one change.
+
     python tools/analysis/run_experiments.py --plan families --seeds 0 1
     python tools/analysis/run_experiments.py --plan ablation --seeds 0
     python tools/analysis/run_experiments.py --plan detr-stacks --seeds 0 1 2
@@ -350,17 +357,77 @@ def read_scalars(directory: str) -> Tuple[Dict[int, float], Dict[int, dict]]:
     return losses, metrics
 
 
-def finished_aps(work_dir: str, name: str) -> Dict[int, Dict[int, float]]:
-    """{seed: {iteration: val AP}} of the finished runs of ``name``."""
-    aps = {}
-    for path in glob.glob(osp.join(run_dir(work_dir, name, '*'), 'finished.json')):
-        seed = int(osp.basename(osp.dirname(path))[len('seed'):])
-        _, metrics = read_scalars(osp.dirname(path))
-        aps[seed] = {it: record['coco/bbox_mAP'] for it, record in metrics.items()}
-    return aps
+AP_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75')
 
 
-def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
+def record_path(out: str, name: str, seed) -> str:
+    """Where the kept record of run ``name``, seed ``seed`` lives under the report's
+    folder ``out``."""
+    return osp.join(out, 'runs', name.replace(' ', '_'), f'seed{seed}.json')
+
+
+def run_record(directory: str) -> dict:
+    """What the report needs of a finished run dir: its ``finished.json`` plus
+    ``losses`` {iteration: loss} and ``metrics`` {iteration: {AP key: value}}."""
+    with open(osp.join(directory, 'finished.json')) as f:
+        record = json.load(f)
+    losses, metrics = read_scalars(directory)
+    record['losses'] = losses
+    record['metrics'] = {it: {key: values[key] for key in AP_KEYS if key in values}
+                         for it, values in metrics.items()}
+    return record
+
+
+def keep_records(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str) -> None:
+    """Write the record of every finished run of ``plans`` in ``work_dir`` under ``out``
+    (atomically: a killed report leaves the old record or the new one)."""
+    for name in plans:
+        for path in glob.glob(osp.join(run_dir(work_dir, name, '*'), 'finished.json')):
+            directory = osp.dirname(path)
+            target = record_path(out, name, osp.basename(directory)[len('seed'):])
+            os.makedirs(osp.dirname(target), exist_ok=True)
+            with open(target + '.tmp', 'w') as f:
+                json.dump(run_record(directory), f, indent=1)
+            os.replace(target + '.tmp', target)
+
+
+def kept_runs(out: str, name: str) -> Dict[int, dict]:
+    """{seed: record} of the kept runs of ``name`` (iterations back to ints)."""
+    runs = {}
+    for path in sorted(glob.glob(record_path(out, name, '*'))):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            seed = int(osp.basename(path)[len('seed'):-len('.json')])
+            record['losses'] = {int(it): v for it, v in record['losses'].items()}
+            record['metrics'] = {int(it): v for it, v in record['metrics'].items()}
+        except (ValueError, KeyError, AttributeError) as error:
+            raise SystemExit(f'{path}: not a run record of run_experiments.py (expected '
+                             f'JSON with "losses" and "metrics" by iteration): {error!r}')
+        runs[seed] = record
+    return runs
+
+
+def check_kept_commit(plans: Dict[str, Tuple[str, List[str]]], out: str,
+                      commit: str) -> None:
+    """Refuse to train runs of ``plans`` at ``commit`` beside kept runs of another commit
+    (the report would pair them)."""
+    for name in plans:
+        for seed, record in kept_runs(out, name).items():
+            if record.get('commit', commit) != commit:
+                raise SystemExit(
+                    f'{record_path(out, name, seed)} was trained at commit '
+                    f'{record["commit"]}, this checkout is at {commit}: train from a '
+                    f'worktree of {record["commit"]}, or report into another --out')
+
+
+def finished_aps(out: str, name: str) -> Dict[int, Dict[int, float]]:
+    """{seed: {iteration: val AP}} of the kept runs of ``name``."""
+    return {seed: {it: values['coco/bbox_mAP'] for it, values in record['metrics'].items()}
+            for seed, record in kept_runs(out, name).items()}
+
+
+def paired_table(plans: Dict[str, Tuple[str, List[str]]], out: str) -> str:
     """Every run of the plan against its first (the baseline) or the run(s)
     ``PAIRED_WITH`` names, paired by seed at every
     validated iteration: mean +- std of both, the mean paired difference and its 95%
@@ -373,8 +440,8 @@ def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
         for against in (against_all, ) if isinstance(against_all, str) else against_all:
             if name == against or against not in plans:
                 continue
-            baseline = finished_aps(work_dir, against)
-            treated = finished_aps(work_dir, name)
+            baseline = finished_aps(out, against)
+            treated = finished_aps(out, name)
             seeds = sorted(set(baseline) & set(treated))
             if not seeds:
                 continue
@@ -399,9 +466,9 @@ def paired_table(plans: Dict[str, Tuple[str, List[str]]], work_dir: str) -> str:
         '|---|---|---|---|---|---|---|---|', *rows])
 
 
-def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
-           command: str) -> str:
-    """Write ``results.md`` and ``curves.png`` into ``out``; return the table."""
+def report(plans: Dict[str, Tuple[str, List[str]]], out: str, command: str) -> str:
+    """Write ``results.md`` and ``curves.png`` into ``out`` from the runs kept there;
+    return the table."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -409,19 +476,15 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
     os.makedirs(out, exist_ok=True)
     rows, curves = [], defaultdict(list)
     for name in plans:
-        finished = sorted(glob.glob(osp.join(run_dir(work_dir, name, '*'),
-                                             'finished.json')))
         final = defaultdict(list)
-        for path in finished:
-            directory = osp.dirname(path)
-            losses, metrics = read_scalars(directory)
+        for seed, record in kept_runs(out, name).items():
+            losses, metrics = record['losses'], record['metrics']
             if not metrics:
                 continue
             last = metrics[max(metrics)]
-            for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
+            for key in AP_KEYS:
                 final[key].append(last[key])
-            with open(path) as f:
-                final['minutes'].append(json.load(f)['seconds'] / 60)
+            final['minutes'].append(record['seconds'] / 60)
             curves[name].append((losses, metrics))
         if final:
             rows.append(f"| {name} | {len(final['minutes'])} | "
@@ -434,7 +497,7 @@ def report(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str,
         f'Produced by `{command}`.', '',
         '| run | seeds | AP | AP50 | AP75 | AP of each seed | train minutes / run |',
         '|---|---|---|---|---|---|---|', *rows])
-    paired = paired_table(plans, work_dir)
+    paired = paired_table(plans, out)
     if paired:
         table += '\n\n' + paired
     with open(osp.join(out, 'results.md'), 'w') as f:
@@ -468,12 +531,15 @@ def main() -> None:
     command = 'python tools/analysis/run_experiments.py ' + shlex.join(sys.argv[1:])
     marker = 'experiments:' + '_'.join(plan_names)
     check_doc_markers(args.doc, marker)
+    out = osp.join(args.out, '_'.join(plan_names))
     if not args.report_only:
         threads = threads_per_job(args.jobs, args.threads)
         commit = source_commit()
+        check_kept_commit(plans, out, commit)
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()
-                if not is_finished(run_dir(args.work_dir, name, seed))]
+                if not is_finished(run_dir(args.work_dir, name, seed))
+                and not osp.exists(record_path(out, name, seed))]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = []
             for name, config, options, seed, directory in todo:
@@ -483,8 +549,8 @@ def main() -> None:
                                            args.val_interval, threads))
             for future in futures:
                 future.result()  # a failed run raises here, after the others end
-    out = osp.join(args.out, '_'.join(plan_names))
-    table = report(plans, args.work_dir, out, command)
+    keep_records(plans, args.work_dir, out)
+    table = report(plans, out, command)
     if args.doc:
         from tools.upkeep.docs_tables import write_generated
         write_generated(args.doc, marker, table)

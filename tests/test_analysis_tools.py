@@ -285,8 +285,8 @@ def test_report_keeps_each_finished_run_so_that_it_outlives_its_work_dir(tmp_pat
 
 
 def test_kept_runs_of_another_commit_refuse_new_runs(tmp_path):
-    """Runs of one plan are paired, so all of them come from one commit; a damaged
-    record is named."""
+    """Runs of one plan are paired, so all of them come from one commit, whether trained
+    or reported; a damaged record is named."""
     experiments = load_tool('run_experiments')
     plans = experiments.PLANS['detr-stacks']
     path = experiments.record_path(str(tmp_path), 'lors-dino decoder', 3)
@@ -300,6 +300,20 @@ def test_kept_runs_of_another_commit_refuse_new_runs(tmp_path):
     with pytest.raises(SystemExit, match=f'seed3.json was trained at commit {"a" * 40}, '
                        f'this checkout is at {"b" * 40}'):
         experiments.check_kept_commit(plans, str(tmp_path), 'b' * 40)
+    # a report refuses to keep a run of another commit beside them
+    work_dir = tmp_path / 'work'
+    _finished_run(work_dir, 'dino', 3, [0.5])
+    run = work_dir / 'dino' / 'seed3'
+    (run / 'finished.json').write_text(json.dumps(dict(commit='b' * 40, seconds=1.0)))
+    with pytest.raises(SystemExit, match='was trained at commit'):
+        experiments.keep_records(plans, str(work_dir), str(tmp_path))
+    assert not osp.exists(experiments.record_path(str(tmp_path), 'dino', 3))
+    # nor keeps runs of two commits at once
+    _finished_run(work_dir, 'dino', 4, [0.5])
+    (work_dir / 'dino' / 'seed4' / 'finished.json').write_text(
+        json.dumps(dict(commit='c' * 40, seconds=1.0)))
+    with pytest.raises(SystemExit, match='holds runs of 2 commits'):
+        experiments.keep_records(plans, str(work_dir), str(tmp_path / 'elsewhere'))
     with open(path, 'w') as f:
         json.dump(dict(commit='a' * 40, seconds=1.0), f)
     with pytest.raises(SystemExit, match='seed3.json: not a run record'):

@@ -380,15 +380,27 @@ def run_record(directory: str) -> dict:
 
 def keep_records(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str) -> None:
     """Write the record of every finished run of ``plans`` in ``work_dir`` under ``out``
-    (atomically: a killed report leaves the old record or the new one)."""
+    (atomically: a killed report leaves the old record or the new one). Runs of another
+    commit than the kept ones, or of two commits, are refused before anything is written."""
+    new = {}
     for name in plans:
         for path in glob.glob(osp.join(run_dir(work_dir, name, '*'), 'finished.json')):
             directory = osp.dirname(path)
-            target = record_path(out, name, osp.basename(directory)[len('seed'):])
-            os.makedirs(osp.dirname(target), exist_ok=True)
-            with open(target + '.tmp', 'w') as f:
-                json.dump(run_record(directory), f, indent=1)
-            os.replace(target + '.tmp', target)
+            seed = osp.basename(directory)[len('seed'):]
+            new[record_path(out, name, seed)] = directory, run_record(directory)
+    commits = {record['commit']: directory for directory, record in new.values()
+               if 'commit' in record}
+    if len(commits) > 1:
+        raise SystemExit(f'{work_dir} holds runs of {len(commits)} commits ('
+                         f'{" and ".join(list(commits.values())[:2])}, ...): report each '
+                         'commit into its own --out')
+    for commit in commits:
+        check_kept_commit(plans, out, commit)
+    for target, (_, record) in new.items():
+        os.makedirs(osp.dirname(target), exist_ok=True)
+        with open(target + '.tmp', 'w') as f:
+            json.dump(record, f, indent=1)
+        os.replace(target + '.tmp', target)
 
 
 def kept_runs(out: str, name: str) -> Dict[int, dict]:
@@ -410,8 +422,8 @@ def kept_runs(out: str, name: str) -> Dict[int, dict]:
 
 def check_kept_commit(plans: Dict[str, Tuple[str, List[str]]], out: str,
                       commit: str) -> None:
-    """Refuse to train runs of ``plans`` at ``commit`` beside kept runs of another commit
-    (the report would pair them)."""
+    """Refuse runs of ``plans`` at ``commit`` beside kept runs of another commit (the
+    report would pair them)."""
     for name in plans:
         for seed, record in kept_runs(out, name).items():
             if record.get('commit', commit) != commit:

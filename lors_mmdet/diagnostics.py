@@ -759,7 +759,8 @@ def by_run_name(run_dirs: List[str], read: Callable[[str], Any]) -> Dict[str, Li
 def format_layer_ap(by_name: Dict[str, List[Dict[str, float]]]) -> str:
     """Markdown table of :func:`run_layer_ap` results: each decoder layer's AP, mean ±
     std over the seeds of each run name, and the last layer minus the one before,
-    paired by seed with its 95% interval ('-' for a decoder of one layer).
+    paired by seed with its 95% interval (none for one seed; '-' for a decoder of one
+    layer).
 
     Args:
         by_name: ``{run name: [{'d0': AP, ...} of each seed]}``.
@@ -776,7 +777,8 @@ def format_layer_ap(by_name: Dict[str, List[Dict[str, float]]]) -> str:
             change = '-'
         else:
             diff = paired_difference([r[keys[-1]] for r in runs], [r[keys[-2]] for r in runs])
-            change = f'{diff["mean"]:+.3f} [{diff["low"]:+.3f}, {diff["high"]:+.3f}]'
+            change = f'{diff["mean"]:+.3f}' + (
+                f' [{diff["low"]:+.3f}, {diff["high"]:+.3f}]' if diff['n'] > 1 else '')
         out.append(f'| {name} | {len(runs)} | '
                    + ' | '.join(mean_std([r[k] for r in runs]) if k in keys else '-'
                                 for k in layers) + f' | {change} |')

@@ -364,7 +364,8 @@ def test_kept_in_run_computes_once_unless_forced(tmp_path):
 
 def test_format_layer_ap_pairs_the_last_two_layers_by_seed():
     """The last column is the paired difference of each run's last two layers (scipy's
-    paired t interval re-derived), and a one-layer decoder gets '-' instead of an error."""
+    paired t interval re-derived; none for one seed), and a one-layer decoder gets '-'
+    instead of an error."""
     from scipy import stats
 
     from lors_mmdet.diagnostics import format_layer_ap, mean_std
@@ -380,6 +381,9 @@ def test_format_layer_ap_pairs_the_last_two_layers_by_seed():
     assert cells[:3] == ['| dino', '3', mean_std([0.40, 0.42, 0.41])]
     assert cells[-1] == f'{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |'
     assert rows[2] == f'| one layer | 2 | {mean_std([0.30, 0.32])} | - | - | - |'
+    # one seed: the difference without an interval it cannot have
+    assert format_layer_ap({'dino': stock[:1]}).splitlines()[2].endswith(
+        f'| {0.56 - 0.50:+.3f} |')
     with pytest.raises(ValueError, match='differ in depth'):
         format_layer_ap({'mixed': [dict(d0=0.1), dict(d0=0.1, d1=0.2)]})
 

@@ -156,6 +156,18 @@ def test_last_layer_plan_gives_the_last_decoder_layer_its_own_weights_or_more_ra
         assert ranks == ([16, 32, 48] if name.endswith('terms 1-2-3') else [16, 16, 16])
     assert groups['lors-dino decoder lr 1e-3'] == [[0, 1, 2]]
     assert groups['lors-dino decoder lr 1e-3 last layer own'] == [[0, 1], [2]]
+    for variant in ('last layer own', 'terms 1-2-3'):  # each also against the plain decoder
+        assert tool.PAIRED_WITH[f'lors-dino decoder lr 1e-3 {variant}'] == (
+            'dino lr 1e-3', 'lors-dino decoder lr 1e-3')
+
+
+def test_every_pairing_names_runs_of_one_plan():
+    tool = load_tool('run_experiments')
+    for name, against in tool.PAIRED_WITH.items():
+        plans = [plan for plan, runs in tool.PLANS.items() if name in runs]
+        assert plans, name
+        for other in (against, ) if isinstance(against, str) else against:
+            assert any(other in tool.PLANS[plan] for plan in plans), (name, other)
 
 
 def test_merged_for_deployment_equals_the_lors_model():

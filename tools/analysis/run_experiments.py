@@ -199,6 +199,8 @@ PAIRED_WITH = {
     **{f'lors-dino encoder+decoder lr {lr}': f'dino lr {lr}' for lr in DETR_LR_GRID},
     **{f'lors-dino encoder+decoder {iters} iterations': f'dino {iters} iterations'
        for iters in (1000, 2000)},
+    **{f'lors-dino decoder lr 1e-3 {variant}': ('dino lr 1e-3', 'lors-dino decoder lr 1e-3')
+       for variant in ('last layer own', 'terms 1-2-3')},
 }
 
 

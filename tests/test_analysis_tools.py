@@ -161,6 +161,22 @@ def test_last_layer_plan_gives_the_last_decoder_layer_its_own_weights_or_more_ra
             'dino lr 1e-3', 'lors-dino decoder lr 1e-3')
 
 
+def test_last_layer_plan_of_both_stacks_changes_only_the_decoder_groups():
+    from lors_mmdet.analysis import build_detector
+    from lors_mmdet.lors import find_lors_stacks
+    stacks = {}
+    for name in ('lors-dino encoder+decoder lr 1e-3',
+                 'lors-dino encoder+decoder lr 1e-3 last layer own'):
+        cfg = plan_config('detr-last-layer-encoder+decoder', name)
+        assert cfg.optim_wrapper.optimizer.lr == 1e-3
+        stacks[name] = {path: stack.layer_groups
+                        for path, stack in find_lors_stacks(build_detector(cfg))}
+    assert stacks['lors-dino encoder+decoder lr 1e-3'] == {
+        'encoder.lors_layers': [[0, 1]], 'decoder.lors_layers': [[0, 1, 2]]}
+    assert stacks['lors-dino encoder+decoder lr 1e-3 last layer own'] == {
+        'encoder.lors_layers': [[0, 1]], 'decoder.lors_layers': [[0, 1], [2]]}
+
+
 def test_every_pairing_names_runs_of_one_plan():
     tool = load_tool('run_experiments')
     for name, against in tool.PAIRED_WITH.items():

@@ -175,6 +175,14 @@ DETR_LAST_LAYER['lors-dino decoder lr 1e-3 last layer own'] = (
 DETR_LAST_LAYER['lors-dino decoder lr 1e-3 terms 1-2-3'] = (
     DETR_STACKS['lors-dino decoder'][0],
     ['optim_wrapper.optimizer.lr=1e-3', 'model.lors.decoder.num_terms=[1,2,3]'])
+# The same with a LORS encoder too (the -4.2 AP pair): is what is left of the gap then the
+# LORS encoder's alone?
+DETR_LAST_LAYER_BOTH = {
+    name: DETR_WHICH_STACK[name]
+    for name in ('dino lr 1e-3', 'lors-dino encoder+decoder lr 1e-3')}
+DETR_LAST_LAYER_BOTH['lors-dino encoder+decoder lr 1e-3 last layer own'] = (
+    DETR_STACKS['lors-dino encoder+decoder'][0],
+    ['optim_wrapper.optimizer.lr=1e-3', 'model.lors.decoder.layer_groups=[2,1]'])
 PLANS = {
     'families': {name: (TOY[name], []) for name in TOY if 'sparse-rcnn' not in name},
     'detr-stacks': DETR_STACKS,
@@ -188,6 +196,7 @@ PLANS = {
     'detr-which-stack': DETR_WHICH_STACK,
     'detr-budget': DETR_BUDGET,
     'detr-last-layer': DETR_LAST_LAYER,
+    'detr-last-layer-encoder+decoder': DETR_LAST_LAYER_BOTH,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
 }
 # the run(s) each run is paired with in the report; by default the first run of its plan
@@ -201,6 +210,8 @@ PAIRED_WITH = {
        for iters in (1000, 2000)},
     **{f'lors-dino decoder lr 1e-3 {variant}': ('dino lr 1e-3', 'lors-dino decoder lr 1e-3')
        for variant in ('last layer own', 'terms 1-2-3')},
+    'lors-dino encoder+decoder lr 1e-3 last layer own': (
+        'dino lr 1e-3', 'lors-dino encoder+decoder lr 1e-3'),
 }
 
 

@@ -485,3 +485,20 @@ def test_a_killed_experiment_keeps_the_seconds_its_run_trained(tmp_path):
         waiter.wait()
     with open(seconds_file) as f:
         assert 100.7 <= float(f.read()) <= 103  # 1.5 s waited, recorded every 0.2 s
+
+
+def test_training_runs_import_the_checkout_they_record(tmp_path, monkeypatch):
+    """A worktree's runs must train its own ``lors_mmdet``, not the package another
+    checkout installed (here: one put first on PYTHONPATH)."""
+    import subprocess
+    import sys
+    other = tmp_path / 'other_checkout'
+    (other / 'lors_mmdet').mkdir(parents=True)
+    (other / 'lors_mmdet' / '__init__.py').write_text('')
+    monkeypatch.setenv('PYTHONPATH', str(other))
+    experiments = load_tool('run_experiments')
+    env = experiments.run_env(1)
+    assert env['OMP_NUM_THREADS'] == '1'
+    found = subprocess.run([sys.executable, '-c', 'import lors_mmdet; print(lors_mmdet.__file__)'],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == osp.join(ROOT, 'lors_mmdet', '__init__.py')

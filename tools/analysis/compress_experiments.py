@@ -43,7 +43,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
 from tools.analysis.run_experiments import (DETR_STACKS, check_doc_markers,  # noqa: E402
                                             mean_std, read_scalars, run_dir,
-                                            threads_per_job)
+                                            run_env, threads_per_job)
 from tools.upkeep.docs_tables import write_generated  # noqa: E402
 
 # name -> compress.py options; 'scratch' names the LORS toy trained from scratch
@@ -128,7 +128,7 @@ def stock_checkpoint(stock_work_dir: str, seed: int) -> str:
 
 def run_logged(command: List[str], log_path: str, threads: int) -> None:
     print(f'[{time.strftime("%H:%M:%S")}] {shlex.join(command)}', flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = run_env(threads)
     with open(log_path, 'w') as log:
         subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                        check=True)

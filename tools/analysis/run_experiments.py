@@ -326,6 +326,15 @@ def wait_counting_seconds(process: subprocess.Popen, seconds_file: str, before: 
         record()
 
 
+def run_env(threads: int) -> Dict[str, str]:
+    """The environment of a training run: ``threads`` OpenMP threads, and this checkout
+    first on ``PYTHONPATH``, so that a worktree's runs train the worktree's ``lors_mmdet``
+    (the commit they record), not the one ``pip install -e`` points at."""
+    path = os.environ.get('PYTHONPATH')
+    return dict(os.environ, OMP_NUM_THREADS=str(threads),
+                PYTHONPATH=ROOT + (os.pathsep + path if path else ''))
+
+
 def train(name: str, config: str, options: List[str], seed: int, directory: str,
           val_interval: int, threads: int) -> None:
     command = [sys.executable, 'tools/train.py', config, '--work-dir', directory,
@@ -337,7 +346,7 @@ def train(name: str, config: str, options: List[str], seed: int, directory: str,
     print(f'[{time.strftime("%H:%M:%S")}] {name} seed {seed}: {" ".join(command)}',
           flush=True)
     start = time.time()
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = run_env(threads)
     # the seconds of earlier, stopped attempts of this run (resumed below)
     seconds_file = osp.join(directory, 'seconds_before_resume.txt')
     before = float(open(seconds_file).read()) if osp.exists(seconds_file) else 0.0

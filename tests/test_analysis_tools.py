@@ -1,6 +1,7 @@
 """The analysis tools name configs that exist (they are run by hand, not in tests)."""
 import importlib
 import os.path as osp
+from typing import Optional
 
 import pytest
 
@@ -233,13 +234,16 @@ def test_experiment_report_places_validations_at_their_iteration(tmp_path):
     assert {k: v['coco/bbox_mAP'] for k, v in metrics.items()} == {100: 0.1, 200: 0.3}
 
 
-def _finished_run(work_dir, name: str, seed: int, maps) -> None:
+def _finished_run(work_dir, name: str, seed: int, maps, commit: str = 'a' * 40,
+                  plan: str = 'detr-stacks') -> None:
     """A run directory as ``run_experiments.py`` leaves it: the scalars mmengine
-    logs and ``finished.json``."""
-    _write_run(work_dir / name.replace(' ', '_') / f'seed{seed}', name, maps)
+    logs and ``finished.json`` (the config and options of ``name`` in ``plan``)."""
+    config, options = load_tool('run_experiments').PLANS[plan][name]
+    _write_run(work_dir / name.replace(' ', '_') / f'seed{seed}', name, maps,
+               dict(config=config, options=options, seed=seed, commit=commit))
 
 
-def _write_run(run, name: str, maps) -> None:
+def _write_run(run, name: str, maps, finished: Optional[dict] = None) -> None:
     import json
     scalars = run / '20261130_000000' / 'vis_data'
     scalars.mkdir(parents=True)
@@ -250,7 +254,8 @@ def _write_run(run, name: str, maps) -> None:
                      'coco/bbox_mAP_75': value + 0.1, 'step': 0}]
     (scalars / 'scalars.json').write_text(
         '\n'.join(json.dumps(r) for r in records) + '\n')
-    (run / 'finished.json').write_text(json.dumps(dict(name=name, seconds=90.0)))
+    (run / 'finished.json').write_text(json.dumps(dict(name=name, seconds=90.0,
+                                                       **(finished or {}))))
 
 
 def _run_experiments(*args: str):
@@ -312,40 +317,127 @@ def test_report_keeps_each_finished_run_so_that_it_outlives_its_work_dir(tmp_pat
     assert '| lors-dino decoder | dino | 200 | 2 | 0.390 ± 0.014 | 0.550 ± 0.071 | -0.160 |' in table
 
 
-def test_kept_runs_of_another_commit_refuse_new_runs(tmp_path):
-    """Runs of one plan are paired, so all of them come from one commit, whether trained
-    or reported; a damaged record is named."""
+def test_runs_of_two_commits_are_never_paired(tmp_path):
+    """Runs of one report are paired, so all of them come from one commit: kept runs of
+    any run name (not only those --only selects), finished run dirs and the checkout
+    that would train more; a run without a commit is refused too."""
     experiments = load_tool('run_experiments')
-    plans = experiments.PLANS['detr-stacks']
-    path = experiments.record_path(str(tmp_path), 'lors-dino decoder', 3)
-    osp_dir = osp.dirname(path)
+    a, b = 'a' * 40, 'b' * 40
+    kept = ('out/runs/dino/seed0.json', dict(commit=a))
+    experiments.check_one_commit([kept], a)
+    with pytest.raises(SystemExit, match=f'this checkout is at {b}'):
+        experiments.check_one_commit([kept], b)
+    with pytest.raises(SystemExit, match=f'work/dino/seed1/finished.json was trained at '
+                       f'commit {b}, out/runs/dino/seed0.json is at {a}'):
+        experiments.check_one_commit([kept, ('work/dino/seed1/finished.json',
+                                             dict(commit=b))])
+    with pytest.raises(SystemExit, match='seed2/finished.json records no commit'):
+        experiments.check_one_commit([kept, ('work/dino/seed2/finished.json', {})])
+    # end to end: a run kept at commit a under another name than the one --only selects
+    # still refuses a report of a work dir at commit b, and nothing is kept
+    _finished_run(tmp_path / 'first', 'dino', 0, [0.5], commit=a)
+    out = tmp_path / 'out'
+    result = _run_experiments('--plan', 'detr-stacks', '--report-only', '--out', str(out),
+                              '--work-dir', str(tmp_path / 'first'))
+    assert result.returncode == 0, result.stderr
+    _finished_run(tmp_path / 'second', 'lors-dino decoder', 0, [0.4], commit=b)
+    result = _run_experiments('--plan', 'detr-stacks', '--report-only', '--out', str(out),
+                              '--work-dir', str(tmp_path / 'second'),
+                              '--only', 'lors-dino decoder')
+    assert result.returncode != 0
+    assert f'was trained at commit {b}' in result.stderr
+    assert not (out / 'detr-stacks' / 'runs' / 'lors-dino_decoder').exists()
+
+
+def test_a_kept_run_is_never_overwritten_by_other_results(tmp_path):
+    """A run dir whose results differ from the kept record of the same run and seed
+    (e.g. its logs pruned) is refused naming both files; the same results are kept once."""
+    experiments = load_tool('run_experiments')
+    out = str(tmp_path / 'out')
+    _finished_run(tmp_path / 'work', 'dino', 0, [0.25, 0.5])
+    run = str(tmp_path / 'work' / 'dino' / 'seed0')
+    experiments.keep_record(out, 'dino', 0, run)
+    path = experiments.record_path(out, 'dino', 0)
+    before = open(path).read()
+    experiments.keep_record(out, 'dino', 0, run)  # the same results: nothing changes
+    assert open(path).read() == before
+    import shutil
+    shutil.rmtree(osp.join(run, '20261130_000000'))  # the logged scalars are gone
+    with pytest.raises(SystemExit, match=f'{run} and the kept {path} are both dino seed 0'):
+        experiments.keep_record(out, 'dino', 0, run)
+    assert open(path).read() == before
+    assert experiments.read_record(path)['metrics'][200]['coco/bbox_mAP'] == 0.5
+
+
+def test_a_damaged_or_foreign_kept_record_is_refused_by_name(tmp_path):
     import json
-    import os
-    os.makedirs(osp_dir)
-    with open(path, 'w') as f:
-        json.dump(dict(commit='a' * 40, seconds=1.0, losses={}, metrics={}), f)
-    experiments.check_kept_commit(plans, str(tmp_path), 'a' * 40)
-    with pytest.raises(SystemExit, match=f'seed3.json was trained at commit {"a" * 40}, '
-                       f'this checkout is at {"b" * 40}'):
-        experiments.check_kept_commit(plans, str(tmp_path), 'b' * 40)
-    # a report refuses to keep a run of another commit beside them
-    work_dir = tmp_path / 'work'
-    _finished_run(work_dir, 'dino', 3, [0.5])
-    run = work_dir / 'dino' / 'seed3'
-    (run / 'finished.json').write_text(json.dumps(dict(commit='b' * 40, seconds=1.0)))
-    with pytest.raises(SystemExit, match='was trained at commit'):
-        experiments.keep_records(plans, str(work_dir), str(tmp_path))
-    assert not osp.exists(experiments.record_path(str(tmp_path), 'dino', 3))
-    # nor keeps runs of two commits at once
-    _finished_run(work_dir, 'dino', 4, [0.5])
-    (work_dir / 'dino' / 'seed4' / 'finished.json').write_text(
-        json.dumps(dict(commit='c' * 40, seconds=1.0)))
-    with pytest.raises(SystemExit, match='holds runs of 2 commits'):
-        experiments.keep_records(plans, str(work_dir), str(tmp_path / 'elsewhere'))
-    with open(path, 'w') as f:
-        json.dump(dict(commit='a' * 40, seconds=1.0), f)
-    with pytest.raises(SystemExit, match='seed3.json: not a run record'):
-        experiments.check_kept_commit(plans, str(tmp_path), 'a' * 40)
+    experiments = load_tool('run_experiments')
+    out = str(tmp_path)
+    _finished_run(tmp_path / 'work', 'dino', 3, [0.5])
+    experiments.keep_record(out, 'dino', 3, str(tmp_path / 'work' / 'dino' / 'seed3'))
+    path = experiments.record_path(out, 'dino', 3)
+    record = json.load(open(path))
+    plans = experiments.PLANS['detr-stacks']
+    experiments.check_kept_match_plans(plans, experiments.read_kept(out), out)
+    # a record of another variant under this run's name
+    json.dump(dict(record, options=['model.lors.decoder.rank=4']), open(path, 'w'))
+    with pytest.raises(SystemExit, match=r"seed3\.json was trained with .*rank=4.*"
+                       r"the plan names 'dino'"):
+        experiments.check_kept_match_plans(plans, experiments.read_kept(out), out)
+    del record['seconds']
+    json.dump(record, open(path, 'w'))
+    with pytest.raises(SystemExit, match=r'seed3\.json: not a run record .*no seconds'):
+        experiments.read_kept(out)
+    json.dump([1, 2], open(path, 'w'))
+    with pytest.raises(SystemExit, match=r'seed3\.json: not a run record'):
+        experiments.read_kept(out)
+
+
+def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path):
+    """Each run's record is kept when that run ends, so another run's failure (or a
+    session stopped later) loses none of the finished ones; the failure still raises.
+    (The toy trainings take minutes: ``train_one`` here leaves a run dir as
+    ``tools/train.py`` would, or fails as it would.)"""
+    import subprocess
+    experiments = load_tool('run_experiments')
+    out = str(tmp_path / 'out')
+
+    def train_one(name, config, options, seed, directory):
+        if name == 'lors-dino decoder':
+            raise subprocess.CalledProcessError(1, ['tools/train.py', config])
+        _finished_run(tmp_path / 'work', name, seed, [0.5])
+
+    todo = [(name, *experiments.PLANS['detr-stacks'][name], 0,
+             experiments.run_dir(str(tmp_path / 'work'), name, 0))
+            for name in ('lors-dino decoder', 'dino')]
+    with pytest.raises(subprocess.CalledProcessError):
+        experiments.train_all(todo, out, 1, train_one)
+    assert list(experiments.read_kept(out)) == ['dino']
+
+
+def test_a_kept_run_is_not_trained_again(tmp_path):
+    """A run kept in an earlier session, its work dir gone, is not trained again."""
+    import subprocess
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    changed = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--',
+                              '.', ':(exclude)docs'], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    if changed:
+        pytest.skip('training is refused in a checkout with changes')
+    out = tmp_path / 'out'
+    for name in ('dino', 'lors-dino decoder'):
+        _finished_run(tmp_path / 'earlier', name, 0, [0.5], commit=commit)
+    arguments = ('--plan', 'detr-stacks', '--only', 'dino', 'lors-dino decoder',
+                 '--out', str(out))
+    result = _run_experiments(*arguments, '--report-only',
+                              '--work-dir', str(tmp_path / 'earlier'))
+    assert result.returncode == 0, result.stderr
+    result = _run_experiments(*arguments, '--seeds', '0', '--work-dir', str(tmp_path / 'new'))
+    assert result.returncode == 0, result.stderr
+    assert 'tools/train.py' not in result.stdout
+    assert not (tmp_path / 'new').exists()
+    assert '| dino | 1 | 0.500 |' in (out / 'detr-stacks' / 'results.md').read_text()
 
 
 def test_report_only_refuses_a_doc_without_the_markers(tmp_path):

@@ -6,11 +6,13 @@ checkpoint, so the script can be stopped and started again.
 Then it collects the logged losses and validation mAPs into a table and plots.
 
 Each finished run is also kept, small, as ``<out>/<plans>/runs/<name>/seed<S>.json`` (its
-``finished.json``, losses and validation APs): the report reads the runs from there, so
-runs finished in earlier sessions, whose work dirs are gone, still count, and are not
-trained again. Commit that folder with the report. The kept runs name their commit: new
-runs of the plan must be trained at the same one (a worktree of it), since paired runs
-from two versions of the code would not compare one change.
+``finished.json``, losses and validation APs), as soon as it ends: the report reads the
+runs from there, so runs finished in earlier sessions, whose work dirs are gone, still
+count, and are not trained again. Commit that folder with the report. A kept record is
+never overwritten by other results. The kept runs name their commit: every run of a
+report, kept or in the work dir, and the checkout that trains more must be at one commit
+(a worktree of it), since paired runs from two versions of the code would not compare one
+change; a kept run whose config or options differ from its plan entry is refused.
 
     python tools/analysis/run_experiments.py --plan families --seeds 0 1
     python tools/analysis/run_experiments.py --plan ablation --seeds 0
@@ -29,6 +31,7 @@ machine these toy models gain little from a second thread, so two single-thread 
 side by side finish sooner than two runs one after the other.
 """
 import argparse
+import functools
 import glob
 import json
 import os
@@ -39,7 +42,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run as a file: see tools/__init__.py
@@ -261,12 +264,13 @@ def threads_per_job(jobs: int, threads: Optional[int] = None) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def run_folder(name: str) -> str:
+    """The folder of run ``name`` (its seeds below it), in a work dir and among kept runs."""
+    return name.replace(' ', '_')
+
+
 def run_dir(work_dir: str, name: str, seed) -> str:
-    return osp.join(work_dir, name.replace(' ', '_'), f'seed{seed}')
-
-
-def is_finished(directory: str) -> bool:
-    return osp.exists(osp.join(directory, 'finished.json'))
+    return osp.join(work_dir, run_folder(name), f'seed{seed}')
 
 
 def source_commit() -> str:
@@ -385,7 +389,7 @@ AP_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75')
 def record_path(out: str, name: str, seed) -> str:
     """Where the kept record of run ``name``, seed ``seed`` lives under the report's
     folder ``out``."""
-    return osp.join(out, 'runs', name.replace(' ', '_'), f'seed{seed}.json')
+    return osp.join(out, 'runs', run_folder(name), f'seed{seed}.json')
 
 
 def run_record(directory: str) -> dict:
@@ -400,68 +404,120 @@ def run_record(directory: str) -> dict:
     return record
 
 
-def keep_records(plans: Dict[str, Tuple[str, List[str]]], work_dir: str, out: str) -> None:
-    """Write the record of every finished run of ``plans`` in ``work_dir`` under ``out``
-    (atomically: a killed report leaves the old record or the new one). Runs of another
-    commit than the kept ones, or of two commits, are refused before anything is written."""
-    new = {}
+RECORD_KEYS = ('name', 'config', 'options', 'commit', 'seconds', 'losses', 'metrics')
+
+
+def read_record(path: str) -> dict:
+    """A kept run record, its iterations back to ints; a file that is not one is refused
+    by name."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise KeyError(f'no {", ".join(missing)}')
+        record['losses'] = {int(it): float(v) for it, v in record['losses'].items()}
+        record['metrics'] = {int(it): {key: float(values[key]) for key in AP_KEYS}
+                             for it, values in record['metrics'].items()}
+        float(record['seconds'])
+    except (ValueError, KeyError, AttributeError, TypeError) as error:
+        raise SystemExit(f'{path}: not a run record of run_experiments.py (expected JSON '
+                         f'with {", ".join(RECORD_KEYS)}; "losses" and "metrics" by '
+                         f'iteration): {error!r}')
+    return record
+
+
+def read_kept(out: str) -> Dict[str, Dict[int, dict]]:
+    """{run folder: {seed: record}} of every run kept under ``out``, whatever run names
+    the command line selects (they are all paired with each other)."""
+    kept = defaultdict(dict)
+    for path in sorted(glob.glob(osp.join(out, 'runs', '*', 'seed*.json'))):
+        seed = osp.basename(path)[len('seed'):-len('.json')]
+        if not seed.isdigit():
+            raise SystemExit(f'{path}: a kept run is named seed<integer>.json')
+        kept[osp.basename(osp.dirname(path))][int(seed)] = read_record(path)
+    return dict(kept)
+
+
+def finished_runs(plans: Dict[str, Tuple[str, List[str]]], work_dir: str
+                  ) -> Dict[Tuple[str, int], str]:
+    """{(run name, seed): run dir} of the finished runs of ``plans`` in ``work_dir``."""
+    runs = {}
     for name in plans:
-        for path in glob.glob(osp.join(run_dir(work_dir, name, '*'), 'finished.json')):
+        for path in sorted(glob.glob(osp.join(run_dir(work_dir, name, '*'),
+                                              'finished.json'))):
             directory = osp.dirname(path)
             seed = osp.basename(directory)[len('seed'):]
-            new[record_path(out, name, seed)] = directory, run_record(directory)
-    commits = {record['commit']: directory for directory, record in new.values()
-               if 'commit' in record}
-    if len(commits) > 1:
-        raise SystemExit(f'{work_dir} holds runs of {len(commits)} commits ('
-                         f'{" and ".join(list(commits.values())[:2])}, ...): report each '
-                         'commit into its own --out')
-    for commit in commits:
-        check_kept_commit(plans, out, commit)
-    for target, (_, record) in new.items():
-        os.makedirs(osp.dirname(target), exist_ok=True)
-        with open(target + '.tmp', 'w') as f:
-            json.dump(record, f, indent=1)
-        os.replace(target + '.tmp', target)
-
-
-def kept_runs(out: str, name: str) -> Dict[int, dict]:
-    """{seed: record} of the kept runs of ``name`` (iterations back to ints)."""
-    runs = {}
-    for path in sorted(glob.glob(record_path(out, name, '*'))):
-        try:
-            with open(path) as f:
-                record = json.load(f)
-            seed = int(osp.basename(path)[len('seed'):-len('.json')])
-            record['losses'] = {int(it): v for it, v in record['losses'].items()}
-            record['metrics'] = {int(it): v for it, v in record['metrics'].items()}
-        except (ValueError, KeyError, AttributeError) as error:
-            raise SystemExit(f'{path}: not a run record of run_experiments.py (expected '
-                             f'JSON with "losses" and "metrics" by iteration): {error!r}')
-        runs[seed] = record
+            if not seed.isdigit():
+                raise SystemExit(f'{directory}: a run dir is named seed<integer>')
+            runs[name, int(seed)] = directory
     return runs
 
 
-def check_kept_commit(plans: Dict[str, Tuple[str, List[str]]], out: str,
-                      commit: str) -> None:
-    """Refuse runs of ``plans`` at ``commit`` beside kept runs of another commit (the
-    report would pair them)."""
-    for name in plans:
-        for seed, record in kept_runs(out, name).items():
-            if record.get('commit', commit) != commit:
+def check_one_commit(records: List[Tuple[str, dict]], checkout: Optional[str] = None
+                     ) -> None:
+    """Refuse runs that would be paired across commits: every one of ``records``
+    ((path, record) of kept runs and finished run dirs) and the ``checkout`` that is to
+    train more (if given) must name one commit. A record without one (a run older than
+    the commit records) is refused too."""
+    first: Dict[str, str] = {}  # commit -> where it was first seen
+    if checkout:
+        first[checkout] = 'this checkout'
+    for path, record in records:
+        commit = record.get('commit')
+        if not commit:
+            raise SystemExit(f'{path} records no commit, so it cannot be paired with other '
+                             'runs: report it into another --out')
+        first.setdefault(commit, path)
+        if len(first) > 1:
+            (one, one_at), (other, other_at) = list(first.items())[:2]
+            raise SystemExit(
+                f'{other_at} was trained at commit {other}, {one_at} is at {one}: the runs '
+                'of one report are paired, so they come from one commit. Train from a '
+                f'worktree of {one} (with PYTHONPATH set to it), or report into another '
+                '--out')
+
+
+def keep_record(out: str, name: str, seed: int, directory: str) -> None:
+    """Keep the record of finished run dir ``directory`` as ``record_path(out, name,
+    seed)``, written atomically (a killed report leaves the old file or the new one). An
+    existing record of other results is never overwritten: that is refused, naming both."""
+    record = run_record(directory)
+    target = record_path(out, name, seed)
+    if osp.exists(target):
+        kept = read_record(target)
+        if (kept['metrics'], kept['commit']) != (record['metrics'], record.get('commit')):
+            raise SystemExit(f'{directory} and the kept {target} are both {name} seed '
+                             f'{seed}, with other results or commits: remove the one that '
+                             'is wrong, or report into another --out')
+        return
+    os.makedirs(osp.dirname(target), exist_ok=True)
+    with open(target + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1)
+    os.replace(target + '.tmp', target)
+
+
+def check_kept_match_plans(plans: Dict[str, Tuple[str, List[str]]],
+                           kept: Dict[str, Dict[int, dict]], out: str) -> None:
+    """Refuse a kept run whose config or options are not those its plan names now (a
+    record of another variant reported under this name)."""
+    for name, (config, options) in plans.items():
+        for seed, record in kept.get(run_folder(name), {}).items():
+            if (record['config'], list(record['options'])) != (config, list(options)):
                 raise SystemExit(
-                    f'{record_path(out, name, seed)} was trained at commit '
-                    f'{record["commit"]}, this checkout is at {commit}: train from a '
-                    f'worktree of {record["commit"]}, or report into another --out')
+                    f'{record_path(out, name, seed)} was trained with {record["config"]} '
+                    f'{record["options"]}, the plan names {name!r} {config} {options}: '
+                    'report it into another --out')
 
 
-def finished_aps(out: str, name: str) -> Dict[int, Dict[int, float]]:
+def finished_aps(kept: Dict[str, Dict[int, dict]], name: str) -> Dict[int, Dict[int, float]]:
     """{seed: {iteration: val AP}} of the kept runs of ``name``."""
     return {seed: {it: values['coco/bbox_mAP'] for it, values in record['metrics'].items()}
-            for seed, record in kept_runs(out, name).items()}
+            for seed, record in kept.get(run_folder(name), {}).items()}
 
 
-def paired_table(plans: Dict[str, Tuple[str, List[str]]], out: str) -> str:
+def paired_table(plans: Dict[str, Tuple[str, List[str]]],
+                 kept: Dict[str, Dict[int, dict]]) -> str:
     """Every run of the plan against its first (the baseline) or the run(s)
     ``PAIRED_WITH`` names, paired by seed at every
     validated iteration: mean +- std of both, the mean paired difference and its 95%
@@ -474,8 +530,8 @@ def paired_table(plans: Dict[str, Tuple[str, List[str]]], out: str) -> str:
         for against in (against_all, ) if isinstance(against_all, str) else against_all:
             if name == against or against not in plans:
                 continue
-            baseline = finished_aps(out, against)
-            treated = finished_aps(out, name)
+            baseline = finished_aps(kept, against)
+            treated = finished_aps(kept, name)
             seeds = sorted(set(baseline) & set(treated))
             if not seeds:
                 continue
@@ -508,10 +564,12 @@ def report(plans: Dict[str, Tuple[str, List[str]]], out: str, command: str) -> s
     import matplotlib.pyplot as plt
 
     os.makedirs(out, exist_ok=True)
+    kept = read_kept(out)
+    check_kept_match_plans(plans, kept, out)
     rows, curves = [], defaultdict(list)
     for name in plans:
         final = defaultdict(list)
-        for seed, record in kept_runs(out, name).items():
+        for seed, record in sorted(kept.get(run_folder(name), {}).items()):
             losses, metrics = record['losses'], record['metrics']
             if not metrics:
                 continue
@@ -531,7 +589,7 @@ def report(plans: Dict[str, Tuple[str, List[str]]], out: str, command: str) -> s
         f'Produced by `{command}`.', '',
         '| run | seeds | AP | AP50 | AP75 | AP of each seed | train minutes / run |',
         '|---|---|---|---|---|---|---|', *rows])
-    paired = paired_table(plans, out)
+    paired = paired_table(plans, kept)
     if paired:
         table += '\n\n' + paired
     with open(osp.join(out, 'results.md'), 'w') as f:
@@ -557,6 +615,24 @@ def report(plans: Dict[str, Tuple[str, List[str]]], out: str, command: str) -> s
     return table
 
 
+def train_all(todo: List[Tuple[str, str, List[str], int, str]], out: str, jobs: int,
+              train_one: Callable[..., None]) -> None:
+    """Train the runs ``todo`` ((name, config, options, seed, run dir) each), ``jobs`` at
+    a time, with ``train_one(name, config, options, seed, directory)``; each run's record
+    is kept under ``out`` as soon as that run ends, so a session stopped later, or another
+    run's failure, loses none of the finished ones. A failed run raises after the others
+    end."""
+    def train_and_keep(name: str, config: str, options: List[str], seed: int,
+                       directory: str) -> None:
+        train_one(name, config, options, seed, directory)
+        keep_record(out, name, seed, directory)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(train_and_keep, *run) for run in todo]
+        for future in futures:
+            future.result()
+
+
 def main() -> None:
     args = parse_args()
     plan_names = args.plan or ['families']
@@ -566,24 +642,30 @@ def main() -> None:
     marker = 'experiments:' + '_'.join(plan_names)
     check_doc_markers(args.doc, marker)
     out = osp.join(args.out, '_'.join(plan_names))
-    if not args.report_only:
+    kept = read_kept(out)
+    check_kept_match_plans(plans, kept, out)
+    done = finished_runs(plans, args.work_dir)
+    records = [(record_path(out, name, seed), record) for name, seeds in kept.items()
+               for seed, record in seeds.items()]
+    for directory in done.values():
+        with open(osp.join(directory, 'finished.json')) as f:
+            records.append((osp.join(directory, 'finished.json'), json.load(f)))
+    if args.report_only:
+        check_one_commit(records)
+    else:
         threads = threads_per_job(args.jobs, args.threads)
         commit = source_commit()
-        check_kept_commit(plans, out, commit)
+        check_one_commit(records, commit)
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
                 for seed in args.seeds for name, (config, options) in plans.items()
-                if not is_finished(run_dir(args.work_dir, name, seed))
-                and not osp.exists(record_path(out, name, seed))]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = []
-            for name, config, options, seed, directory in todo:
-                os.makedirs(directory, exist_ok=True)
-                check_same_commit(directory, commit)
-                futures.append(pool.submit(train, name, config, options, seed, directory,
-                                           args.val_interval, threads))
-            for future in futures:
-                future.result()  # a failed run raises here, after the others end
-    keep_records(plans, args.work_dir, out)
+                if (name, seed) not in done and seed not in kept.get(run_folder(name), {})]
+        for *_, directory in todo:  # every resumed run checked before any trains
+            os.makedirs(directory, exist_ok=True)
+            check_same_commit(directory, commit)
+        train_all(todo, out, args.jobs, functools.partial(
+            train, val_interval=args.val_interval, threads=threads))
+    for (name, seed), directory in done.items():
+        keep_record(out, name, seed, directory)
     table = report(plans, out, command)
     if args.doc:
         from tools.upkeep.docs_tables import write_generated

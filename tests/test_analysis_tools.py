@@ -325,10 +325,11 @@ def test_runs_of_two_commits_are_never_paired(tmp_path):
     a, b = 'a' * 40, 'b' * 40
     kept = ('out/runs/dino/seed0.json', dict(commit=a))
     experiments.check_one_commit([kept], a)
-    with pytest.raises(SystemExit, match=f'this checkout is at {b}'):
+    with pytest.raises(SystemExit, match=f'seed0.json was trained at commit {a}, this '
+                       f'checkout is at {b}: train from a worktree of {a}'):
         experiments.check_one_commit([kept], b)
     with pytest.raises(SystemExit, match=f'work/dino/seed1/finished.json was trained at '
-                       f'commit {b}, out/runs/dino/seed0.json is at {a}'):
+                       f'commit {b}, out/runs/dino/seed0.json at {a}'):
         experiments.check_one_commit([kept, ('work/dino/seed1/finished.json',
                                              dict(commit=b))])
     with pytest.raises(SystemExit, match='seed2/finished.json records no commit'):
@@ -356,15 +357,16 @@ def test_a_kept_run_is_never_overwritten_by_other_results(tmp_path):
     out = str(tmp_path / 'out')
     _finished_run(tmp_path / 'work', 'dino', 0, [0.25, 0.5])
     run = str(tmp_path / 'work' / 'dino' / 'seed0')
-    experiments.keep_record(out, 'dino', 0, run)
+    spec = experiments.PLANS['detr-stacks']['dino']
+    experiments.keep_record(out, 'dino', 0, run, spec)
     path = experiments.record_path(out, 'dino', 0)
     before = open(path).read()
-    experiments.keep_record(out, 'dino', 0, run)  # the same results: nothing changes
+    experiments.keep_record(out, 'dino', 0, run, spec)  # the same results: nothing changes
     assert open(path).read() == before
     import shutil
     shutil.rmtree(osp.join(run, '20261130_000000'))  # the logged scalars are gone
     with pytest.raises(SystemExit, match=f'{run} and the kept {path} are both dino seed 0'):
-        experiments.keep_record(out, 'dino', 0, run)
+        experiments.keep_record(out, 'dino', 0, run, spec)
     assert open(path).read() == before
     assert experiments.read_record(path)['metrics'][200]['coco/bbox_mAP'] == 0.5
 
@@ -374,10 +376,16 @@ def test_a_damaged_or_foreign_kept_record_is_refused_by_name(tmp_path):
     experiments = load_tool('run_experiments')
     out = str(tmp_path)
     _finished_run(tmp_path / 'work', 'dino', 3, [0.5])
-    experiments.keep_record(out, 'dino', 3, str(tmp_path / 'work' / 'dino' / 'seed3'))
+    run = str(tmp_path / 'work' / 'dino' / 'seed3')
+    plans = experiments.PLANS['detr-stacks']
+    # a run dir of another variant than the plan's entry is not kept
+    with pytest.raises(SystemExit, match=r"seed3/finished\.json was trained with .* the "
+                       r"plan names 'lors-dino decoder'"):
+        experiments.keep_record(out, 'lors-dino decoder', 3, run, plans['lors-dino decoder'])
+    assert not experiments.read_kept(out)
+    experiments.keep_record(out, 'dino', 3, run, plans['dino'])
     path = experiments.record_path(out, 'dino', 3)
     record = json.load(open(path))
-    plans = experiments.PLANS['detr-stacks']
     experiments.check_kept_match_plans(plans, experiments.read_kept(out), out)
     # a record of another variant under this run's name
     json.dump(dict(record, options=['model.lors.decoder.rank=4']), open(path, 'w'))
@@ -402,17 +410,23 @@ def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path):
     experiments = load_tool('run_experiments')
     out = str(tmp_path / 'out')
 
+    kept_before = {}
+
     def train_one(name, config, options, seed, directory):
-        if name == 'lors-dino decoder':
+        kept_before[name] = sorted(experiments.read_kept(out))
+        if name == 'lors-dino encoder+decoder':
             raise subprocess.CalledProcessError(1, ['tools/train.py', config])
         _finished_run(tmp_path / 'work', name, seed, [0.5])
 
+    names = ('dino', 'lors-dino encoder+decoder', 'lors-dino decoder')
     todo = [(name, *experiments.PLANS['detr-stacks'][name], 0,
-             experiments.run_dir(str(tmp_path / 'work'), name, 0))
-            for name in ('lors-dino decoder', 'dino')]
+             experiments.run_dir(str(tmp_path / 'work'), name, 0)) for name in names]
     with pytest.raises(subprocess.CalledProcessError):
         experiments.train_all(todo, out, 1, train_one)
-    assert list(experiments.read_kept(out)) == ['dino']
+    # one run at a time: each saw the records of the runs finished before it
+    assert kept_before == {'dino': [], 'lors-dino encoder+decoder': ['dino'],
+                           'lors-dino decoder': ['dino']}
+    assert sorted(experiments.read_kept(out)) == ['dino', 'lors-dino_decoder']
 
 
 def test_a_kept_run_is_not_trained_again(tmp_path):

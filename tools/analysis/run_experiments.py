@@ -407,12 +407,11 @@ def run_record(directory: str) -> dict:
 RECORD_KEYS = ('name', 'config', 'options', 'commit', 'seconds', 'losses', 'metrics')
 
 
-def read_record(path: str) -> dict:
-    """A kept run record, its iterations back to ints; a file that is not one is refused
-    by name."""
+def checked_record(record: dict, where: str) -> dict:
+    """``record`` (a run's ``finished.json`` with its losses and metrics, or a kept copy),
+    its iterations as ints, after checking it has every field the report reads; refused
+    naming ``where`` if not."""
     try:
-        with open(path) as f:
-            record = json.load(f)
         missing = [key for key in RECORD_KEYS if key not in record]
         if missing:
             raise KeyError(f'no {", ".join(missing)}')
@@ -421,10 +420,21 @@ def read_record(path: str) -> dict:
                              for it, values in record['metrics'].items()}
         float(record['seconds'])
     except (ValueError, KeyError, AttributeError, TypeError) as error:
-        raise SystemExit(f'{path}: not a run record of run_experiments.py (expected JSON '
-                         f'with {", ".join(RECORD_KEYS)}; "losses" and "metrics" by '
-                         f'iteration): {error!r}')
+        raise SystemExit(f'{where}: not a run record of run_experiments.py (expected '
+                         f'{", ".join(RECORD_KEYS)}; "losses" and "metrics" by iteration, '
+                         f'the metrics with {", ".join(AP_KEYS)}): {error!r}')
     return record
+
+
+def read_record(path: str) -> dict:
+    """The kept run record in ``path`` (:func:`checked_record`)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except ValueError as error:
+        raise SystemExit(f'{path}: not a run record of run_experiments.py (not JSON): '
+                         f'{error}')
+    return checked_record(record, path)
 
 
 def read_kept(out: str) -> Dict[str, Dict[int, dict]]:
@@ -457,36 +467,61 @@ def finished_runs(plans: Dict[str, Tuple[str, List[str]]], work_dir: str
 def check_one_commit(records: List[Tuple[str, dict]], checkout: Optional[str] = None
                      ) -> None:
     """Refuse runs that would be paired across commits: every one of ``records``
-    ((path, record) of kept runs and finished run dirs) and the ``checkout`` that is to
-    train more (if given) must name one commit. A record without one (a run older than
-    the commit records) is refused too."""
-    first: Dict[str, str] = {}  # commit -> where it was first seen
-    if checkout:
-        first[checkout] = 'this checkout'
+    ((path, record) of kept runs and finished run dirs) must name one commit, and the
+    ``checkout`` that is to train more (if given) that commit too. A record without a
+    commit (from before ``run_experiments.py`` recorded them) is refused."""
+    first: Dict[str, str] = {}  # commit -> the first record naming it
     for path, record in records:
-        commit = record.get('commit')
-        if not commit:
-            raise SystemExit(f'{path} records no commit, so it cannot be paired with other '
-                             'runs: report it into another --out')
-        first.setdefault(commit, path)
-        if len(first) > 1:
-            (one, one_at), (other, other_at) = list(first.items())[:2]
-            raise SystemExit(
-                f'{other_at} was trained at commit {other}, {one_at} is at {one}: the runs '
-                'of one report are paired, so they come from one commit. Train from a '
-                f'worktree of {one} (with PYTHONPATH set to it), or report into another '
-                '--out')
+        if not record.get('commit'):
+            raise SystemExit(f'{path} records no commit (trained before run_experiments.py '
+                             'recorded commits), so it cannot be paired with other runs: '
+                             'train it again')
+        first.setdefault(record['commit'], path)
+    if len(first) > 1:
+        (one, one_at), (other, other_at) = list(first.items())[:2]
+        raise SystemExit(f'{other_at} was trained at commit {other}, {one_at} at {one}: the '
+                         'runs of one report are paired, so they come from one commit; '
+                         'report each commit into its own --out')
+    if checkout and first and checkout not in first:
+        (commit, at), = first.items()
+        raise SystemExit(f'{at} was trained at commit {commit}, this checkout is at '
+                         f'{checkout}: train from a worktree of {commit}, or report into '
+                         'another --out')
 
 
-def keep_record(out: str, name: str, seed: int, directory: str) -> None:
-    """Keep the record of finished run dir ``directory`` as ``record_path(out, name,
-    seed)``, written atomically (a killed report leaves the old file or the new one). An
-    existing record of other results is never overwritten: that is refused, naming both."""
-    record = run_record(directory)
+def check_matches_plan(record: dict, spec: Tuple[str, List[str]], name: str,
+                       where: str) -> None:
+    """Refuse a run whose config or options are not those ``spec`` (its plan entry)
+    names now: a run of another variant would be reported under ``name``."""
+    config, options = spec
+    if (record.get('config'), list(record.get('options') or [])) != (config, list(options)):
+        raise SystemExit(f'{where} was trained with {record.get("config")} '
+                         f'{record.get("options")}, the plan names {name!r} {config} '
+                         f'{options}: report it into another --out')
+
+
+def check_kept_match_plans(plans: Dict[str, Tuple[str, List[str]]],
+                           kept: Dict[str, Dict[int, dict]], out: str) -> None:
+    """:func:`check_matches_plan` for every kept run of ``plans``."""
+    for name, spec in plans.items():
+        for seed, record in kept.get(run_folder(name), {}).items():
+            check_matches_plan(record, spec, name, record_path(out, name, seed))
+
+
+def keep_record(out: str, name: str, seed: int, directory: str,
+                spec: Tuple[str, List[str]]) -> None:
+    """Keep the record of finished run dir ``directory`` (run ``name`` of plan entry
+    ``spec``, seed ``seed``) as ``record_path(out, name, seed)``, written atomically (a
+    killed report leaves the old file or the new one). A run of another config or
+    options than ``spec``, or an existing record of other results, is refused by name;
+    a kept record is never overwritten."""
+    where = osp.join(directory, 'finished.json')
+    record = checked_record(run_record(directory), where)
+    check_matches_plan(record, spec, name, where)
     target = record_path(out, name, seed)
     if osp.exists(target):
         kept = read_record(target)
-        if (kept['metrics'], kept['commit']) != (record['metrics'], record.get('commit')):
+        if (kept['metrics'], kept['commit']) != (record['metrics'], record['commit']):
             raise SystemExit(f'{directory} and the kept {target} are both {name} seed '
                              f'{seed}, with other results or commits: remove the one that '
                              'is wrong, or report into another --out')
@@ -495,19 +530,6 @@ def keep_record(out: str, name: str, seed: int, directory: str) -> None:
     with open(target + '.tmp', 'w') as f:
         json.dump(record, f, indent=1)
     os.replace(target + '.tmp', target)
-
-
-def check_kept_match_plans(plans: Dict[str, Tuple[str, List[str]]],
-                           kept: Dict[str, Dict[int, dict]], out: str) -> None:
-    """Refuse a kept run whose config or options are not those its plan names now (a
-    record of another variant reported under this name)."""
-    for name, (config, options) in plans.items():
-        for seed, record in kept.get(run_folder(name), {}).items():
-            if (record['config'], list(record['options'])) != (config, list(options)):
-                raise SystemExit(
-                    f'{record_path(out, name, seed)} was trained with {record["config"]} '
-                    f'{record["options"]}, the plan names {name!r} {config} {options}: '
-                    'report it into another --out')
 
 
 def finished_aps(kept: Dict[str, Dict[int, dict]], name: str) -> Dict[int, Dict[int, float]]:
@@ -625,7 +647,7 @@ def train_all(todo: List[Tuple[str, str, List[str], int, str]], out: str, jobs: 
     def train_and_keep(name: str, config: str, options: List[str], seed: int,
                        directory: str) -> None:
         train_one(name, config, options, seed, directory)
-        keep_record(out, name, seed, directory)
+        keep_record(out, name, seed, directory, (config, options))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(train_and_keep, *run) for run in todo]
@@ -647,25 +669,29 @@ def main() -> None:
     done = finished_runs(plans, args.work_dir)
     records = [(record_path(out, name, seed), record) for name, seeds in kept.items()
                for seed, record in seeds.items()]
-    for directory in done.values():
-        with open(osp.join(directory, 'finished.json')) as f:
-            records.append((osp.join(directory, 'finished.json'), json.load(f)))
-    if args.report_only:
-        check_one_commit(records)
-    else:
+    for (name, _), directory in done.items():
+        path = osp.join(directory, 'finished.json')
+        with open(path) as f:
+            record = json.load(f)
+        check_matches_plan(record, plans[name], name, path)
+        records.append((path, record))
+    commit = None
+    if not args.report_only:
         threads = threads_per_job(args.jobs, args.threads)
         commit = source_commit()
-        check_one_commit(records, commit)
+    check_one_commit(records, commit)
+    for (name, seed), directory in done.items():
+        keep_record(out, name, seed, directory, plans[name])
+    if not args.report_only:
         todo = [(name, config, options, seed, run_dir(args.work_dir, name, seed))
-                for seed in args.seeds for name, (config, options) in plans.items()
+                for seed in dict.fromkeys(args.seeds)
+                for name, (config, options) in plans.items()
                 if (name, seed) not in done and seed not in kept.get(run_folder(name), {})]
         for *_, directory in todo:  # every resumed run checked before any trains
             os.makedirs(directory, exist_ok=True)
             check_same_commit(directory, commit)
         train_all(todo, out, args.jobs, functools.partial(
             train, val_interval=args.val_interval, threads=threads))
-    for (name, seed), directory in done.items():
-        keep_record(out, name, seed, directory)
     table = report(plans, out, command)
     if args.doc:
         from tools.upkeep.docs_tables import write_generated

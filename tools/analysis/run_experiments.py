@@ -201,6 +201,9 @@ PLANS = {
     'detr-last-layer': DETR_LAST_LAYER,
     'detr-last-layer-encoder+decoder': DETR_LAST_LAYER_BOTH,
     'sparse-rcnn': {name: (TOY[name], []) for name in ('sparse-rcnn', 'lors-sparse-rcnn')},
+    # the 3-stage, from-scratch AdaMixer pair whose -8.1 AP over 3 seeds (2026-11-30) began
+    # the accuracy study, trained again paired by seed at one commit
+    'adamixer-3stage': {name: (TOY[name], []) for name in ('adamixer', 'lors-adamixer')},
 }
 # the run(s) each run is paired with in the report; by default the first run of its plan
 PAIRED_WITH = {

@@ -102,7 +102,10 @@ def _experiments(*args: str, cwd: str = ROOT):
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _run(work_dir, name: str, seed: int, maps) -> None:
+def _run(work_dir, plan: str, name: str, seed: int, maps) -> None:
+    """A finished run dir of ``name`` in ``plan`` as ``run_experiments.py`` leaves it."""
+    from tools.analysis.run_experiments import PLANS
+    config, options = PLANS[plan][name]
     run = work_dir / name.replace(' ', '_') / f'seed{seed}'
     scalars = run / '20261206_000000' / 'vis_data'
     scalars.mkdir(parents=True)
@@ -112,7 +115,9 @@ def _run(work_dir, name: str, seed: int, maps) -> None:
                     {'coco/bbox_mAP': value, 'coco/bbox_mAP_50': value,
                      'coco/bbox_mAP_75': value, 'step': 0}]
     (scalars / 'scalars.json').write_text('\n'.join(json.dumps(r) for r in records))
-    (run / 'finished.json').write_text(json.dumps(dict(name=name, seconds=60.0)))
+    (run / 'finished.json').write_text(json.dumps(dict(
+        name=name, config=config, options=options, seed=seed, commit='a' * 40,
+        seconds=60.0)))
 
 
 def test_report_pairs_the_runs_by_seed(tmp_path):
@@ -121,9 +126,9 @@ def test_report_pairs_the_runs_by_seed(tmp_path):
     plain = {0: [0.30, 0.50], 1: [0.20, 0.40], 2: [0.25, 0.45], 3: [0.1, 0.1]}
     lors = {0: [0.28, 0.49], 1: [0.21, 0.37], 2: [0.22, 0.46]}
     for seed, maps in plain.items():
-        _run(work_dir, 'adamixer 6-stage', seed, maps)
+        _run(work_dir, 'adamixer-6stage', 'adamixer 6-stage', seed, maps)
     for seed, maps in lors.items():
-        _run(work_dir, 'lors-adamixer 6-stage', seed, maps)
+        _run(work_dir, 'adamixer-6stage', 'lors-adamixer 6-stage', seed, maps)
     result = _experiments('--plan', 'adamixer-6stage', '--report-only', '--work-dir',
                           str(work_dir), '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr
@@ -144,7 +149,7 @@ def test_report_pairs_a_run_with_each_run_it_names(tmp_path):
            'lors-dino encoder+decoder lr 1e-3 private-lr x8': [0.25, 0.48]}
     for name, maps in aps.items():
         for seed in (0, 1):
-            _run(work_dir, name, seed, [m + 0.01 * seed for m in maps])
+            _run(work_dir, 'detr-private-lr', name, seed, [m + 0.01 * seed for m in maps])
     result = _experiments('--plan', 'detr-private-lr', '--report-only', '--work-dir',
                           str(work_dir), '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,6 @@
 """The analysis tools name configs that exist (they are run by hand, not in tests)."""
 import importlib
+import os
 import os.path as osp
 from typing import Optional
 
@@ -397,8 +398,32 @@ def test_a_damaged_or_foreign_kept_record_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match=r'seed3\.json: not a run record .*no seconds'):
         experiments.read_kept(out)
     json.dump([1, 2], open(path, 'w'))
-    with pytest.raises(SystemExit, match=r'seed3\.json: not a run record'):
+    with pytest.raises(SystemExit, match=r'seed3\.json: not a run record .*JSON object'):
         experiments.read_kept(out)
+    os.remove(path)
+    (tmp_path / 'runs' / 'dino' / 'seed_3.json').write_text('{}')
+    with pytest.raises(SystemExit, match=r'seed_3\.json: a run is named seed<integer>\.json'):
+        experiments.read_kept(out)
+
+
+def test_a_damaged_finished_run_is_refused_by_name(tmp_path):
+    """A work dir's run whose ``finished.json`` is cut short, or whose folder is not
+    ``seed<integer>``, stops the report naming the file or folder."""
+    work_dir = tmp_path / 'work'
+    _finished_run(work_dir, 'dino', 0, [0.5])
+    finished = work_dir / 'dino' / 'seed0' / 'finished.json'
+    finished.write_text(finished.read_text()[:20])
+    arguments = ('--plan', 'detr-stacks', '--report-only', '--out', str(tmp_path / 'out'),
+                 '--work-dir', str(work_dir))
+    result = _run_experiments(*arguments)
+    assert result.returncode != 0
+    assert f'{finished}: not a run record of run_experiments.py (not JSON)' in result.stderr
+    finished.unlink()
+    _finished_run(work_dir, 'dino', 1, [0.5])
+    (work_dir / 'dino' / 'seed1').rename(work_dir / 'dino' / 'seed1b')
+    result = _run_experiments(*arguments)
+    assert result.returncode != 0
+    assert f"{work_dir / 'dino' / 'seed1b'}: a run is named seed<integer>" in result.stderr
 
 
 def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path):

@@ -398,8 +398,7 @@ def record_path(out: str, name: str, seed) -> str:
 def run_record(directory: str) -> dict:
     """What the report needs of a finished run dir: its ``finished.json`` plus
     ``losses`` {iteration: loss} and ``metrics`` {iteration: {AP key: value}}."""
-    with open(osp.join(directory, 'finished.json')) as f:
-        record = json.load(f)
+    record = read_json(osp.join(directory, 'finished.json'))
     losses, metrics = read_scalars(directory)
     record['losses'] = losses
     record['metrics'] = {it: {key: values[key] for key in AP_KEYS if key in values}
@@ -429,15 +428,34 @@ def checked_record(record: dict, where: str) -> dict:
     return record
 
 
-def read_record(path: str) -> dict:
-    """The kept run record in ``path`` (:func:`checked_record`)."""
+def read_json(path: str) -> dict:
+    """The JSON object in ``path`` (a kept record or a run's ``finished.json``); a damaged
+    file is refused by name."""
     try:
         with open(path) as f:
             record = json.load(f)
     except ValueError as error:
         raise SystemExit(f'{path}: not a run record of run_experiments.py (not JSON): '
                          f'{error}')
-    return checked_record(record, path)
+    if not isinstance(record, dict):
+        raise SystemExit(f'{path}: not a run record of run_experiments.py (expected a '
+                         f'JSON object, found {type(record).__name__})')
+    return record
+
+
+def read_record(path: str) -> dict:
+    """The kept run record in ``path`` (:func:`checked_record`)."""
+    return checked_record(read_json(path), path)
+
+
+def seed_of(path: str, suffix: str = '') -> int:
+    """The seed of a kept record or run dir ``path``, named ``seed<integer><suffix>``;
+    refused by name otherwise."""
+    name = osp.basename(path)
+    seed = name[len('seed'):len(name) - len(suffix)]
+    if not (name.startswith('seed') and name.endswith(suffix) and seed.isdigit()):
+        raise SystemExit(f'{path}: a run is named seed<integer>{suffix}')
+    return int(seed)
 
 
 def read_kept(out: str) -> Dict[str, Dict[int, dict]]:
@@ -445,10 +463,8 @@ def read_kept(out: str) -> Dict[str, Dict[int, dict]]:
     the command line selects (they are all paired with each other)."""
     kept = defaultdict(dict)
     for path in sorted(glob.glob(osp.join(out, 'runs', '*', 'seed*.json'))):
-        seed = osp.basename(path)[len('seed'):-len('.json')]
-        if not seed.isdigit():
-            raise SystemExit(f'{path}: a kept run is named seed<integer>.json')
-        kept[osp.basename(osp.dirname(path))][int(seed)] = read_record(path)
+        seed = seed_of(path, '.json')
+        kept[osp.basename(osp.dirname(path))][seed] = read_record(path)
     return dict(kept)
 
 
@@ -460,10 +476,7 @@ def finished_runs(plans: Dict[str, Tuple[str, List[str]]], work_dir: str
         for path in sorted(glob.glob(osp.join(run_dir(work_dir, name, '*'),
                                               'finished.json'))):
             directory = osp.dirname(path)
-            seed = osp.basename(directory)[len('seed'):]
-            if not seed.isdigit():
-                raise SystemExit(f'{directory}: a run dir is named seed<integer>')
-            runs[name, int(seed)] = directory
+            runs[name, seed_of(directory)] = directory
     return runs
 
 
@@ -674,8 +687,7 @@ def main() -> None:
                for seed, record in seeds.items()]
     for (name, _), directory in done.items():
         path = osp.join(directory, 'finished.json')
-        with open(path) as f:
-            record = json.load(f)
+        record = read_json(path)
         check_matches_plan(record, plans[name], name, path)
         records.append((path, record))
     commit = None

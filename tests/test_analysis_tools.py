@@ -114,6 +114,22 @@ def test_which_stack_plan_shares_exactly_the_named_stacks():
         assert cfg.optim_wrapper.optimizer.lr == 1e-3
 
 
+def test_pretrained_3stage_plan_changes_only_the_backbone_start():
+    """Plan adamixer-3stage-pretrained: the pair of plan adamixer-3stage with the
+    backbone initialised as the 6-stage toys' (the shipped pretrained toy ResNet), and
+    nothing else changed."""
+    from lors_mmdet.apis import load_config
+    six_stage = load_config(osp.join(ROOT, load_tool('run_experiments').ADAMIXER_6))
+    for name in ('adamixer', 'lors-adamixer'):
+        scratch = plan_config('adamixer-3stage', name)
+        pretrained = plan_config('adamixer-3stage-pretrained', f'{name} pretrained')
+        assert scratch.model.backbone.init_cfg is None
+        assert pretrained.model.backbone.init_cfg == six_stage.model.backbone.init_cfg
+        assert osp.isfile(osp.join(ROOT, pretrained.model.backbone.init_cfg.checkpoint))
+        pretrained.model.backbone.init_cfg = None
+        assert pretrained.to_dict() == scratch.to_dict()
+
+
 def test_budget_plan_stretches_the_whole_schedule():
     """Plan detr-budget: each run trains for the iterations its name says, with the lr
     step at the same fraction of the run as the toy's own schedule, and is paired with

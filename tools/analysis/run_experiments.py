@@ -88,6 +88,10 @@ DETR_STACKS = {
         'configs/lors_dino/lors-encdec-dino-4scale_r18-tiny_1xb8-toy_synthetic.py', []),
 }
 # The accuracy study (docs/accuracy.md): the paper's 6 stages, K_i = [1, 1, 2, 2, 3, 3].
+# what the 6-stage toys' backbone starts from, as --cfg-options of a from-scratch toy
+PRETRAINED_TOY_BACKBONE = [
+    'model.backbone.init_cfg._delete_=True', 'model.backbone.init_cfg.type=Pretrained',
+    'model.backbone.init_cfg.checkpoint=checkpoints/toy/resnet18-tiny_shapes.pth']
 ADAMIXER_6 = 'configs/adamixer/adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
 LORS_ADAMIXER_6 = 'configs/lors_adamixer/lors-adamixer-6stage_r18-tiny_1xb16-toy_synthetic.py'
 ADAMIXER_6STAGE = {
@@ -204,6 +208,11 @@ PLANS = {
     # the 3-stage, from-scratch AdaMixer pair whose -8.1 AP over 3 seeds (2026-11-30) began
     # the accuracy study, trained again paired by seed at one commit
     'adamixer-3stage': {name: (TOY[name], []) for name in ('adamixer', 'lors-adamixer')},
+    # the same pair from the pretrained toy backbone (as the 6-stage pair and COCO models
+    # start): is the 3-stage gap the from-scratch start?
+    'adamixer-3stage-pretrained': {
+        f'{name} pretrained': (TOY[name], PRETRAINED_TOY_BACKBONE)
+        for name in ('adamixer', 'lors-adamixer')},
 }
 # the run(s) each run is paired with in the report; by default the first run of its plan
 PAIRED_WITH = {

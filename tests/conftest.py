@@ -1,7 +1,15 @@
 """Shared pytest fixtures of the project."""
-from typing import Callable, Dict, Tuple
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 @pytest.fixture(scope='session')
@@ -43,6 +51,96 @@ def synthetic_coco(synthetic_coco_factory) -> str:
     """Data root of a small synthetic COCO set: 64 train and 16 val images
     of 128x128 px, seed 0 (generated once per session)."""
     return synthetic_coco_factory()
+
+
+@pytest.fixture(scope='session')
+def write_run() -> Callable[..., None]:
+    """Function ``write(run, name, maps, finished=None, every=100)`` that
+    writes the run dir ``run`` as mmengine and ``run_experiments.py`` leave it:
+    ``<run>/20261130_000000/vis_data/scalars.json`` with, for the i-th value
+    of ``maps`` (i from 1), the training loss ``10 / i`` at iteration
+    ``every * i`` and then its validation (step 0, as mmengine logs an
+    iteration-based one): bbox_mAP = value, bbox_mAP_50 = value + 0.2 and
+    bbox_mAP_75 = value + 0.1; and ``<run>/finished.json`` holding ``name``,
+    90 seconds of training and the items of ``finished``.
+    """
+
+    def write(run: Path,
+              name: str,
+              maps: Sequence[float],
+              finished: Optional[dict] = None,
+              every: int = 100) -> None:
+        scalars = run / '20261130_000000' / 'vis_data'
+        scalars.mkdir(parents=True)
+        records = []
+        for i, value in enumerate(maps, start=1):
+            records.append(dict(iter=every * i, loss=10.0 / i))
+            records.append({
+                'coco/bbox_mAP': value,
+                'coco/bbox_mAP_50': value + 0.2,
+                'coco/bbox_mAP_75': value + 0.1,
+                'step': 0
+            })
+        (scalars / 'scalars.json').write_text(
+            '\n'.join(json.dumps(r) for r in records) + '\n')
+        (run / 'finished.json').write_text(
+            json.dumps(dict(name=name, seconds=90.0, **(finished or {}))))
+
+    return write
+
+
+@pytest.fixture(scope='session')
+def finished_run(write_run) -> Callable[..., Path]:
+    """Function ``make(work_dir, plan, name, seed, maps, commit='a' * 40,
+    every=100) -> run dir`` that writes the finished run of ``name`` in plan
+    ``plan`` (``tools.analysis.run_experiments.PLANS``) with seed ``seed``, as
+    ``run_experiments.py`` leaves it: ``work_dir/<name, spaces as
+    _>/seed<seed>``, its scalars as ``write_run`` writes them and its
+    ``finished.json`` holding the run's config and options, ``seed`` and
+    ``commit`` too.
+    """
+
+    def make(work_dir: Path,
+             plan: str,
+             name: str,
+             seed: int,
+             maps: Sequence[float],
+             commit: str = 'a' * 40,
+             every: int = 100) -> Path:
+        from tools.analysis.run_experiments import PLANS
+        config, options = PLANS[plan][name]
+        run = work_dir / name.replace(' ', '_') / f'seed{seed}'
+        finished = dict(config=config,
+                        options=options,
+                        seed=seed,
+                        commit=commit)
+        write_run(run, name, maps, finished, every=every)
+        return run
+
+    return make
+
+
+@pytest.fixture(scope='session')
+def run_tool() -> Callable[..., subprocess.CompletedProcess]:
+    """Function ``run(tool, *args, cwd=ROOT)`` that runs
+    ``tools/analysis/<tool>.py`` with ``args`` in a subprocess (the checkout
+    first on PYTHONPATH, at most 300 s) and returns the finished process, its
+    stdout and stderr captured as text; it does not raise on failure.
+    """
+
+    def run(tool: str,
+            *args: str,
+            cwd: str = ROOT) -> subprocess.CompletedProcess:
+        path = os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')])
+        script = osp.join(ROOT, 'tools', 'analysis', f'{tool}.py')
+        return subprocess.run([sys.executable, script, *args],
+                              cwd=cwd,
+                              env=dict(os.environ, PYTHONPATH=path),
+                              capture_output=True,
+                              text=True,
+                              timeout=300)
+
+    return run
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -2,7 +2,6 @@
 import importlib
 import os
 import os.path as osp
-from typing import Optional
 
 import pytest
 
@@ -251,52 +250,18 @@ def test_experiment_report_places_validations_at_their_iteration(tmp_path):
     assert {k: v['coco/bbox_mAP'] for k, v in metrics.items()} == {100: 0.1, 200: 0.3}
 
 
-def _finished_run(work_dir, name: str, seed: int, maps, commit: str = 'a' * 40,
-                  plan: str = 'detr-stacks') -> None:
-    """A run directory as ``run_experiments.py`` leaves it: the scalars mmengine
-    logs and ``finished.json`` (the config and options of ``name`` in ``plan``)."""
-    config, options = load_tool('run_experiments').PLANS[plan][name]
-    _write_run(work_dir / name.replace(' ', '_') / f'seed{seed}', name, maps,
-               dict(config=config, options=options, seed=seed, commit=commit))
-
-
-def _write_run(run, name: str, maps, finished: Optional[dict] = None) -> None:
-    import json
-    scalars = run / '20261130_000000' / 'vis_data'
-    scalars.mkdir(parents=True)
-    records = []
-    for i, value in enumerate(maps, start=1):
-        records += [dict(iter=100 * i, loss=10.0 / i),
-                    {'coco/bbox_mAP': value, 'coco/bbox_mAP_50': value + 0.2,
-                     'coco/bbox_mAP_75': value + 0.1, 'step': 0}]
-    (scalars / 'scalars.json').write_text(
-        '\n'.join(json.dumps(r) for r in records) + '\n')
-    (run / 'finished.json').write_text(json.dumps(dict(name=name, seconds=90.0,
-                                                       **(finished or {}))))
-
-
-def _run_experiments(*args: str):
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    return subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'run_experiments.py'), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_report_only_writes_the_table_between_the_doc_markers(tmp_path):
+def test_report_only_writes_the_table_between_the_doc_markers(tmp_path, finished_run, run_tool):
     """``--report-only --doc PATH`` puts the very table of results.md between
     ``<!-- experiments:detr-stacks:start/end -->`` and leaves the rest."""
     work_dir = tmp_path / 'runs'
-    _finished_run(work_dir, 'dino', 0, [0.25, 0.5])
-    _finished_run(work_dir, 'lors-dino decoder', 0, [0.125, 0.375])
+    finished_run(work_dir, 'detr-stacks', 'dino', 0, [0.25, 0.5])
+    finished_run(work_dir, 'detr-stacks', 'lors-dino decoder', 0, [0.125, 0.375])
     doc = tmp_path / 'log.md'
     doc.write_text('# Log\n\nbefore\n<!-- experiments:detr-stacks:start -->\nold table\n'
                    '<!-- experiments:detr-stacks:end -->\nafter\n')
-    result = _run_experiments('--plan', 'detr-stacks', '--report-only',
-                              '--work-dir', str(work_dir), '--out', str(tmp_path / 'out'),
-                              '--doc', str(doc))
+    result = run_tool('run_experiments', '--plan', 'detr-stacks', '--report-only',
+                      '--work-dir', str(work_dir), '--out', str(tmp_path / 'out'),
+                      '--doc', str(doc))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'detr-stacks' / 'results.md').read_text().strip()
     assert '| dino | 1 | 0.500 | 0.700 | 0.600 | 0.500 | 1.5 |' in table
@@ -306,26 +271,27 @@ def test_report_only_writes_the_table_between_the_doc_markers(tmp_path):
         '\n<!-- experiments:detr-stacks:end -->\nafter\n')
 
 
-def test_report_keeps_each_finished_run_so_that_it_outlives_its_work_dir(tmp_path):
+def test_report_keeps_each_finished_run_so_that_it_outlives_its_work_dir(tmp_path, finished_run,
+                                                                          run_tool):
     """A session's work dirs are lost with its machine: the report keeps each finished
     run under --out, reports from there alone the next time, and pairs the kept runs
     with a newly finished one."""
     import json
     import shutil
     first, second = tmp_path / 'first', tmp_path / 'second'
-    _finished_run(first, 'dino', 0, [0.25, 0.5])
-    _finished_run(first, 'lors-dino decoder', 0, [0.125, 0.38])
-    _finished_run(first, 'dino', 1, [0.3, 0.6])
+    finished_run(first, 'detr-stacks', 'dino', 0, [0.25, 0.5])
+    finished_run(first, 'detr-stacks', 'lors-dino decoder', 0, [0.125, 0.38])
+    finished_run(first, 'detr-stacks', 'dino', 1, [0.3, 0.6])
     out = tmp_path / 'out'
     arguments = ('--plan', 'detr-stacks', '--report-only', '--out', str(out))
-    result = _run_experiments(*arguments, '--work-dir', str(first))
+    result = run_tool('run_experiments', *arguments, '--work-dir', str(first))
     assert result.returncode == 0, result.stderr
     kept = json.loads((out / 'detr-stacks' / 'runs' / 'dino' / 'seed1.json').read_text())
     assert kept['metrics']['200']['coco/bbox_mAP_75'] == pytest.approx(0.7)
     assert kept['losses'] == {'100': 10.0, '200': 5.0}
     shutil.rmtree(first)
-    _finished_run(second, 'lors-dino decoder', 1, [0.2, 0.4])
-    result = _run_experiments(*arguments, '--work-dir', str(second))
+    finished_run(second, 'detr-stacks', 'lors-dino decoder', 1, [0.2, 0.4])
+    result = run_tool('run_experiments', *arguments, '--work-dir', str(second))
     assert result.returncode == 0, result.stderr
     table = (out / 'detr-stacks' / 'results.md').read_text()
     assert '| dino | 2 | 0.550 ± 0.071 |' in table
@@ -334,7 +300,7 @@ def test_report_keeps_each_finished_run_so_that_it_outlives_its_work_dir(tmp_pat
     assert '| lors-dino decoder | dino | 200 | 2 | 0.390 ± 0.014 | 0.550 ± 0.071 | -0.160 |' in table
 
 
-def test_runs_of_two_commits_are_never_paired(tmp_path):
+def test_runs_of_two_commits_are_never_paired(tmp_path, finished_run, run_tool):
     """Runs of one report are paired, so all of them come from one commit: kept runs of
     any run name (not only those --only selects), finished run dirs and the checkout
     that would train more; a run without a commit is refused too."""
@@ -353,27 +319,28 @@ def test_runs_of_two_commits_are_never_paired(tmp_path):
         experiments.check_one_commit([kept, ('work/dino/seed2/finished.json', {})])
     # end to end: a run kept at commit a under another name than the one --only selects
     # still refuses a report of a work dir at commit b, and nothing is kept
-    _finished_run(tmp_path / 'first', 'dino', 0, [0.5], commit=a)
+    finished_run(tmp_path / 'first', 'detr-stacks', 'dino', 0, [0.5], commit=a)
     out = tmp_path / 'out'
-    result = _run_experiments('--plan', 'detr-stacks', '--report-only', '--out', str(out),
-                              '--work-dir', str(tmp_path / 'first'))
+    result = run_tool('run_experiments', '--plan', 'detr-stacks', '--report-only',
+                      '--out', str(out), '--work-dir', str(tmp_path / 'first'))
     assert result.returncode == 0, result.stderr
-    _finished_run(tmp_path / 'second', 'lors-dino decoder', 0, [0.4], commit=b)
-    result = _run_experiments('--plan', 'detr-stacks', '--report-only', '--out', str(out),
-                              '--work-dir', str(tmp_path / 'second'),
-                              '--only', 'lors-dino decoder')
+    finished_run(tmp_path / 'second', 'detr-stacks', 'lors-dino decoder', 0, [0.4],
+                 commit=b)
+    result = run_tool('run_experiments', '--plan', 'detr-stacks', '--report-only',
+                      '--out', str(out), '--work-dir', str(tmp_path / 'second'),
+                      '--only', 'lors-dino decoder')
     assert result.returncode != 0
     assert f'was trained at commit {b}' in result.stderr
     assert not (out / 'detr-stacks' / 'runs' / 'lors-dino_decoder').exists()
 
 
-def test_a_kept_run_is_never_overwritten_by_other_results(tmp_path):
+def test_a_kept_run_is_never_overwritten_by_other_results(tmp_path, finished_run):
     """A run dir whose results differ from the kept record of the same run and seed
     (e.g. its logs pruned) is refused naming both files; the same results are kept once."""
     experiments = load_tool('run_experiments')
     out = str(tmp_path / 'out')
-    _finished_run(tmp_path / 'work', 'dino', 0, [0.25, 0.5])
-    run = str(tmp_path / 'work' / 'dino' / 'seed0')
+    run = str(finished_run(tmp_path / 'work', 'detr-stacks', 'dino', 0, [0.25, 0.5]))
+    assert run == str(tmp_path / 'work' / 'dino' / 'seed0')
     spec = experiments.PLANS['detr-stacks']['dino']
     experiments.keep_record(out, 'dino', 0, run, spec)
     path = experiments.record_path(out, 'dino', 0)
@@ -388,12 +355,11 @@ def test_a_kept_run_is_never_overwritten_by_other_results(tmp_path):
     assert experiments.read_record(path)['metrics'][200]['coco/bbox_mAP'] == 0.5
 
 
-def test_a_damaged_or_foreign_kept_record_is_refused_by_name(tmp_path):
+def test_a_damaged_or_foreign_kept_record_is_refused_by_name(tmp_path, finished_run):
     import json
     experiments = load_tool('run_experiments')
     out = str(tmp_path)
-    _finished_run(tmp_path / 'work', 'dino', 3, [0.5])
-    run = str(tmp_path / 'work' / 'dino' / 'seed3')
+    run = str(finished_run(tmp_path / 'work', 'detr-stacks', 'dino', 3, [0.5]))
     plans = experiments.PLANS['detr-stacks']
     # a run dir of another variant than the plan's entry is not kept
     with pytest.raises(SystemExit, match=r"seed3/finished\.json was trained with .* the "
@@ -422,27 +388,25 @@ def test_a_damaged_or_foreign_kept_record_is_refused_by_name(tmp_path):
         experiments.read_kept(out)
 
 
-def test_a_damaged_finished_run_is_refused_by_name(tmp_path):
+def test_a_damaged_finished_run_is_refused_by_name(tmp_path, finished_run, run_tool):
     """A work dir's run whose ``finished.json`` is cut short, or whose folder is not
     ``seed<integer>``, stops the report naming the file or folder."""
     work_dir = tmp_path / 'work'
-    _finished_run(work_dir, 'dino', 0, [0.5])
-    finished = work_dir / 'dino' / 'seed0' / 'finished.json'
+    finished = finished_run(work_dir, 'detr-stacks', 'dino', 0, [0.5]) / 'finished.json'
     finished.write_text(finished.read_text()[:20])
     arguments = ('--plan', 'detr-stacks', '--report-only', '--out', str(tmp_path / 'out'),
                  '--work-dir', str(work_dir))
-    result = _run_experiments(*arguments)
+    result = run_tool('run_experiments', *arguments)
     assert result.returncode != 0
     assert f'{finished}: not a run record of run_experiments.py (not JSON)' in result.stderr
     finished.unlink()
-    _finished_run(work_dir, 'dino', 1, [0.5])
-    (work_dir / 'dino' / 'seed1').rename(work_dir / 'dino' / 'seed1b')
-    result = _run_experiments(*arguments)
+    finished_run(work_dir, 'detr-stacks', 'dino', 1, [0.5]).rename(work_dir / 'dino' / 'seed1b')
+    result = run_tool('run_experiments', *arguments)
     assert result.returncode != 0
     assert f"{work_dir / 'dino' / 'seed1b'}: a run is named seed<integer>" in result.stderr
 
 
-def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path):
+def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path, finished_run):
     """Each run's record is kept when that run ends, so another run's failure (or a
     session stopped later) loses none of the finished ones; the failure still raises.
     (The toy trainings take minutes: ``train_one`` here leaves a run dir as
@@ -457,7 +421,7 @@ def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path):
         kept_before[name] = sorted(experiments.read_kept(out))
         if name == 'lors-dino encoder+decoder':
             raise subprocess.CalledProcessError(1, ['tools/train.py', config])
-        _finished_run(tmp_path / 'work', name, seed, [0.5])
+        finished_run(tmp_path / 'work', 'detr-stacks', name, seed, [0.5])
 
     names = ('dino', 'lors-dino encoder+decoder', 'lors-dino decoder')
     todo = [(name, *experiments.PLANS['detr-stacks'][name], 0,
@@ -470,7 +434,7 @@ def test_a_finished_run_is_kept_as_soon_as_it_ends(tmp_path):
     assert sorted(experiments.read_kept(out)) == ['dino', 'lors-dino_decoder']
 
 
-def test_a_kept_run_is_not_trained_again(tmp_path):
+def test_a_kept_run_is_not_trained_again(tmp_path, finished_run, run_tool):
     """A run kept in an earlier session, its work dir gone, is not trained again."""
     import subprocess
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
@@ -482,26 +446,27 @@ def test_a_kept_run_is_not_trained_again(tmp_path):
         pytest.skip('training is refused in a checkout with changes')
     out = tmp_path / 'out'
     for name in ('dino', 'lors-dino decoder'):
-        _finished_run(tmp_path / 'earlier', name, 0, [0.5], commit=commit)
+        finished_run(tmp_path / 'earlier', 'detr-stacks', name, 0, [0.5], commit=commit)
     arguments = ('--plan', 'detr-stacks', '--only', 'dino', 'lors-dino decoder',
                  '--out', str(out))
-    result = _run_experiments(*arguments, '--report-only',
-                              '--work-dir', str(tmp_path / 'earlier'))
+    result = run_tool('run_experiments', *arguments, '--report-only',
+                      '--work-dir', str(tmp_path / 'earlier'))
     assert result.returncode == 0, result.stderr
-    result = _run_experiments(*arguments, '--seeds', '0', '--work-dir', str(tmp_path / 'new'))
+    result = run_tool('run_experiments', *arguments, '--seeds', '0',
+                      '--work-dir', str(tmp_path / 'new'))
     assert result.returncode == 0, result.stderr
     assert 'tools/train.py' not in result.stdout
     assert not (tmp_path / 'new').exists()
     assert '| dino | 1 | 0.500 |' in (out / 'detr-stacks' / 'results.md').read_text()
 
 
-def test_report_only_refuses_a_doc_without_the_markers(tmp_path):
+def test_report_only_refuses_a_doc_without_the_markers(tmp_path, run_tool):
     doc = tmp_path / 'log.md'
     text = '# Log\n<!-- experiments:families:start -->\n<!-- experiments:families:end -->\n'
     doc.write_text(text)
-    result = _run_experiments('--plan', 'detr-stacks', '--report-only',
-                              '--work-dir', str(tmp_path / 'runs'),
-                              '--out', str(tmp_path / 'out'), '--doc', str(doc))
+    result = run_tool('run_experiments', '--plan', 'detr-stacks', '--report-only',
+                      '--work-dir', str(tmp_path / 'runs'),
+                      '--out', str(tmp_path / 'out'), '--doc', str(doc))
     assert result.returncode != 0
     assert str(doc) in result.stderr
     assert '<!-- experiments:detr-stacks:start -->' in result.stderr
@@ -521,22 +486,19 @@ def test_write_generated_replaces_only_between_its_markers(tmp_path):
         write_generated(str(doc), 'v', 'x')
 
 
-def test_compress_experiments_report(tmp_path):
+def test_compress_experiments_report(tmp_path, finished_run, write_run, run_tool):
     """compress_experiments.py --report-only: AP after compression (tools/test.py's
     json), after the fine-tune, the stock and from-scratch runs of the same seed, and
     the transformer fraction compress.py printed, into results.md and the doc."""
     import json
-    import os
-    import subprocess
-    import sys
     stock_dir, work_dir = tmp_path / 'stock', tmp_path / 'compress'
-    _finished_run(stock_dir, 'dino', 0, [0.25, 0.5])
-    _finished_run(stock_dir, 'lors-dino decoder', 0, [0.125, 0.375])
-    _finished_run(stock_dir, 'lors-dino encoder+decoder', 0, [0.25])
-    os.remove(stock_dir / 'lors-dino_encoder+decoder' / 'seed0' / 'finished.json')
+    finished_run(stock_dir, 'detr-stacks', 'dino', 0, [0.25, 0.5])
+    finished_run(stock_dir, 'detr-stacks', 'lors-dino decoder', 0, [0.125, 0.375])
+    os.remove(finished_run(stock_dir, 'detr-stacks', 'lors-dino encoder+decoder', 0, [0.25]) /
+              'finished.json')
     for name in ('decoder r16', 'encoder+decoder r16'):
         variant = work_dir / name.replace(' ', '_') / 'seed0'
-        _write_run(variant / 'finetune', name, [0.4, 0.45])
+        write_run(variant / 'finetune', name, [0.4, 0.45])
         (variant / 'compress.log').write_text(
             'parameters (each tensor once):\n'
             '                    before        after after/before\n'
@@ -547,12 +509,9 @@ def test_compress_experiments_report(tmp_path):
             json.dumps({'coco/bbox_mAP': 0.125}))
     doc = tmp_path / 'log.md'
     doc.write_text('x\n<!-- experiments:compress:start -->\n<!-- experiments:compress:end -->\n')
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'compress_experiments.py'),
-         '--seeds', '0', '--report-only', '--stock-work-dir', str(stock_dir), '--work-dir',
-         str(work_dir), '--out', str(tmp_path / 'out'), '--doc', str(doc)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_tool('compress_experiments', '--seeds', '0', '--report-only',
+                      '--stock-work-dir', str(stock_dir), '--work-dir', str(work_dir),
+                      '--out', str(tmp_path / 'out'), '--doc', str(doc))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'results.md').read_text().strip()
     assert '| decoder r16 | 0 | 62.5% | 0.125 | 0.450 | 0.500 | -0.050 | 0.375 |' in table
@@ -571,32 +530,27 @@ def test_run_experiments_refuses_fewer_than_one_thread(monkeypatch):
         experiments.main()
 
 
-def test_compress_experiments_budget_study_pairs_by_seed(tmp_path):
+def test_compress_experiments_budget_study_pairs_by_seed(tmp_path, finished_run, write_run,
+                                                        run_tool):
     """--study budget: each variant against the one it names, paired by seed: the
     mean differences right after compression and after the fine-tune."""
     import json
-    import os
-    import subprocess
-    import sys
     stock_dir, work_dir = tmp_path / 'stock', tmp_path / 'compress'
     aps = {'budget 0.5': ([0.25, 0.5], [0.125, 0.25]),
            'budget 0.5 calibrated': ([0.5, 0.75], [0.25, 0.375])}
     for seed in (0, 1):
-        _finished_run(stock_dir, 'dino', seed, [0.25, 0.5])
+        finished_run(stock_dir, 'detr-stacks', 'dino', seed, [0.25, 0.5])
         for name, (compressed, finetuned) in aps.items():
             variant = work_dir / name.replace(' ', '_') / f'seed{seed}'
-            _write_run(variant / 'finetune', name, [0.1, finetuned[seed]])
+            write_run(variant / 'finetune', name, [0.1, finetuned[seed]])
             (variant / 'compress.log').write_text(
                 '  transformer    4,000,000    2,000,000        50.0%\n')
             (variant / 'test' / '1').mkdir(parents=True)
             (variant / 'test' / '1' / 'metrics.json').write_text(
                 json.dumps({'coco/bbox_mAP': compressed[seed]}))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'compress_experiments.py'),
-         '--study', 'budget', '--seeds', '0', '1', '--report-only', '--stock-work-dir',
-         str(stock_dir), '--work-dir', str(work_dir), '--out', str(tmp_path / 'out')],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_tool('compress_experiments', '--study', 'budget', '--seeds', '0', '1',
+                      '--report-only', '--stock-work-dir', str(stock_dir),
+                      '--work-dir', str(work_dir), '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'results.md').read_text()
     # differences +0.25 and +0.125 for both seeds: no spread, a zero-width interval

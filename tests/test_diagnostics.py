@@ -93,44 +93,18 @@ def test_private_residual_sizes_are_the_materialised_matrices():
     assert sizes['s2']['M'] > 0 and sizes['s2']['S'] > 0
 
 
-def _experiments(*args: str, cwd: str = ROOT):
-    import os
-    import sys
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    return subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'run_experiments.py'), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def _run(work_dir, plan: str, name: str, seed: int, maps) -> None:
-    """A finished run dir of ``name`` in ``plan`` as ``run_experiments.py`` leaves it."""
-    from tools.analysis.run_experiments import PLANS
-    config, options = PLANS[plan][name]
-    run = work_dir / name.replace(' ', '_') / f'seed{seed}'
-    scalars = run / '20261206_000000' / 'vis_data'
-    scalars.mkdir(parents=True)
-    records = []
-    for i, value in enumerate(maps, start=1):
-        records += [dict(iter=200 * i, loss=1.0 / i),
-                    {'coco/bbox_mAP': value, 'coco/bbox_mAP_50': value,
-                     'coco/bbox_mAP_75': value, 'step': 0}]
-    (scalars / 'scalars.json').write_text('\n'.join(json.dumps(r) for r in records))
-    (run / 'finished.json').write_text(json.dumps(dict(
-        name=name, config=config, options=options, seed=seed, commit='a' * 40,
-        seconds=60.0)))
-
-
-def test_report_pairs_the_runs_by_seed(tmp_path):
+def test_report_pairs_the_runs_by_seed(tmp_path, finished_run, run_tool):
     """Only seeds finished on both sides are paired, at every validated iteration."""
     work_dir = tmp_path / 'runs'
     plain = {0: [0.30, 0.50], 1: [0.20, 0.40], 2: [0.25, 0.45], 3: [0.1, 0.1]}
     lors = {0: [0.28, 0.49], 1: [0.21, 0.37], 2: [0.22, 0.46]}
     for seed, maps in plain.items():
-        _run(work_dir, 'adamixer-6stage', 'adamixer 6-stage', seed, maps)
+        finished_run(work_dir, 'adamixer-6stage', 'adamixer 6-stage', seed, maps, every=200)
     for seed, maps in lors.items():
-        _run(work_dir, 'adamixer-6stage', 'lors-adamixer 6-stage', seed, maps)
-    result = _experiments('--plan', 'adamixer-6stage', '--report-only', '--work-dir',
-                          str(work_dir), '--out', str(tmp_path / 'out'))
+        finished_run(work_dir, 'adamixer-6stage', 'lors-adamixer 6-stage', seed, maps,
+                     every=200)
+    result = run_tool('run_experiments', '--plan', 'adamixer-6stage', '--report-only',
+                      '--work-dir', str(work_dir), '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'adamixer-6stage' / 'results.md').read_text()
     d = paired_difference([0.49, 0.37, 0.46], [0.50, 0.40, 0.45])
@@ -141,7 +115,7 @@ def test_report_pairs_the_runs_by_seed(tmp_path):
     assert '| lors-adamixer 6-stage | adamixer 6-stage | 200 | 3 |' in table
 
 
-def test_report_pairs_a_run_with_each_run_it_names(tmp_path):
+def test_report_pairs_a_run_with_each_run_it_names(tmp_path, finished_run, run_tool):
     """A run PAIRED_WITH names two runs gets a row against each (plan detr-private-lr:
     LORS with the faster private B against stock and against plain LORS)."""
     work_dir = tmp_path / 'runs'
@@ -149,9 +123,10 @@ def test_report_pairs_a_run_with_each_run_it_names(tmp_path):
            'lors-dino encoder+decoder lr 1e-3 private-lr x8': [0.25, 0.48]}
     for name, maps in aps.items():
         for seed in (0, 1):
-            _run(work_dir, 'detr-private-lr', name, seed, [m + 0.01 * seed for m in maps])
-    result = _experiments('--plan', 'detr-private-lr', '--report-only', '--work-dir',
-                          str(work_dir), '--out', str(tmp_path / 'out'))
+            finished_run(work_dir, 'detr-private-lr', name, seed,
+                         [m + 0.01 * seed for m in maps], every=200)
+    result = run_tool('run_experiments', '--plan', 'detr-private-lr', '--report-only',
+                      '--work-dir', str(work_dir), '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / 'out' / 'detr-private-lr' / 'results.md').read_text()
     x8 = 'lors-dino encoder+decoder lr 1e-3 private-lr x8'
@@ -162,7 +137,7 @@ def test_report_pairs_a_run_with_each_run_it_names(tmp_path):
     assert '| lors-dino encoder+decoder lr 1e-3 | dino lr 1e-3 | 400 | 2 |' in table
 
 
-def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path):
+def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path, run_tool):
     """A run dir records its commit; resuming it from another checkout is refused
     before anything trains (a resumed run would mix two versions of the code)."""
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
@@ -173,9 +148,9 @@ def test_a_run_begun_at_another_commit_is_not_resumed(tmp_path):
     run = tmp_path / 'runs' / 'adamixer_6-stage' / 'seed0'
     run.mkdir(parents=True)
     (run / 'commit.txt').write_text('0' * 40 + '\n')
-    result = _experiments('--plan', 'adamixer-6stage', '--only', 'adamixer 6-stage',
-                          '--seeds', '0', '--work-dir', str(tmp_path / 'runs'),
-                          '--out', str(tmp_path / 'out'))
+    result = run_tool('run_experiments', '--plan', 'adamixer-6stage',
+                      '--only', 'adamixer 6-stage', '--seeds', '0',
+                      '--work-dir', str(tmp_path / 'runs'), '--out', str(tmp_path / 'out'))
     assert result.returncode != 0
     if dirty:
         assert 'uncommitted changes' in result.stderr

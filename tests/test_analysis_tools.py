@@ -127,6 +127,14 @@ def test_pretrained_3stage_plan_changes_only_the_backbone_start():
         assert osp.isfile(osp.join(ROOT, pretrained.model.backbone.init_cfg.checkpoint))
         pretrained.model.backbone.init_cfg = None
         assert pretrained.to_dict() == scratch.to_dict()
+    # the last-stage-own plan: the same pretrained pair, LORS with stages 0 and 1 sharing
+    assert plan_config('adamixer-3stage-last-stage-own', 'adamixer pretrained').to_dict() == \
+        plan_config('adamixer-3stage-pretrained', 'adamixer pretrained').to_dict()
+    own = plan_config('adamixer-3stage-last-stage-own', 'lors-adamixer pretrained last stage own')
+    assert own.model.lors.decoder.layer_groups == [2, 1]
+    del own.model.lors.decoder['layer_groups']
+    assert own.to_dict() == plan_config('adamixer-3stage-pretrained',
+                                        'lors-adamixer pretrained').to_dict()
 
 
 def test_budget_plan_stretches_the_whole_schedule():

@@ -213,6 +213,13 @@ PLANS = {
     'adamixer-3stage-pretrained': {
         f'{name} pretrained': (TOY[name], PRETRAINED_TOY_BACKBONE)
         for name in ('adamixer', 'lors-adamixer')},
+    # and with its last stage on its own weight (stages 0 and 1 share): is the gap, which
+    # sits in the last stage, the sharing of that stage?
+    'adamixer-3stage-last-stage-own': {
+        'adamixer pretrained': (TOY['adamixer'], PRETRAINED_TOY_BACKBONE),
+        'lors-adamixer pretrained last stage own': (
+            TOY['lors-adamixer'],
+            PRETRAINED_TOY_BACKBONE + ['model.lors.decoder.layer_groups=[2,1]'])},
 }
 # the run(s) each run is paired with in the report; by default the first run of its plan
 PAIRED_WITH = {

@@ -734,7 +734,67 @@ def format_diagnostics(runs: Dict[str, List[dict]]) -> str:
                     cells.append(f'{sum(values) / len(values):.4g}')
                 out.append(f'| {group} | ' + ' | '.join(cells) + ' |')
             out.append('')
+    paired = format_paired_stages(runs)
+    if paired:
+        out += [paired]
     return '\n'.join(out).rstrip() + '\n'
+
+
+def format_paired_stages(runs: Dict[str, List[dict]]) -> str:
+    """Markdown tables of every run against the first of ``runs`` (the baseline), paired
+    by seed (the ``seed<S>`` folder each run dir is): the mean difference and 95%
+    interval (:func:`paired_difference`) of each stage's own AP, of each stage's gain over
+    the stage before it, and of each stage's losses at each checkpoint both runs have.
+    Empty when no two runs share a seed.
+
+    Args:
+        runs: ``{model name: [diagnostics of each seed]}`` (:func:`diagnose_run`).
+    """
+    def seed(diagnostics: dict) -> str:
+        return osp.basename(osp.normpath(diagnostics['run_dir']))
+
+    def cell(ours: List[float], theirs: List[float]) -> str:
+        d = paired_difference(ours, theirs)
+        return f'{d["mean"]:+.3f} [{d["low"]:+.3f}, {d["high"]:+.3f}]'
+
+    names = list(runs)
+    out = []
+    for name in names[1:]:
+        baseline = {seed(d): d for d in runs[names[0]]}
+        pairs = [(d, baseline[seed(d)]) for d in runs[name] if seed(d) in baseline]
+        if not pairs:
+            continue
+        stages = sorted({key.split('.')[0] for d, _ in pairs
+                         for key in d['checkpoints'][-1]['stage_losses']},
+                        key=lambda s: int(s[1:]))
+        rows = []
+        if all('stage_ap' in d['checkpoints'][-1] for pair in pairs for d in pair):
+            aps = [[pair[i]['checkpoints'][-1]['stage_ap'] for pair in pairs]
+                   for i in (0, 1)]
+            rows.append('| own AP, last checkpoint | ' + ' | '.join(
+                cell([ap[s] for ap in aps[0]], [ap[s] for ap in aps[1]])
+                for s in stages) + ' |')
+            rows.append('| gain over the stage before | - | ' + ' | '.join(
+                cell([ap[s] - ap[r] for ap in aps[0]], [ap[s] - ap[r] for ap in aps[1]])
+                for r, s in zip(stages, stages[1:])) + ' |')
+        checkpoints = [entry['checkpoint'] for entry in pairs[0][0]['checkpoints']]
+        losses = sorted({key.split('.', 1)[1] for key in
+                         pairs[0][0]['checkpoints'][-1]['stage_losses']})
+        for checkpoint in checkpoints:
+            entries = [[next((e for e in d['checkpoints'] if e['checkpoint'] == checkpoint),
+                             None) for d in pair] for pair in pairs]
+            if any(e is None for pair in entries for e in pair):
+                continue
+            for loss in losses:
+                rows.append(f'| {loss}, {checkpoint} | ' + ' | '.join(cell(
+                    [pair[0]['stage_losses'][f'{s}.{loss}'] for pair in entries],
+                    [pair[1]['stage_losses'][f'{s}.{loss}'] for pair in entries])
+                    for s in stages) + ' |')
+        out += [f'{name} - {names[0]}, paired by seed ({len(pairs)} seeds): mean difference '
+                'and its 95% Student-t interval; losses on one fixed training batch:', '',
+                '| what | ' + ' | '.join(stages) + ' |', '|---|' + '---|' * len(stages),
+                *rows, '']
+    return '\n'.join(out)
 
 
 def run_name(run_dir: str) -> str:

@@ -180,6 +180,44 @@ def test_format_diagnostics_averages_the_seeds():
     assert '| s0 mixing | 0.25 |' in text
 
 
+def test_format_diagnostics_pairs_each_run_with_the_first_by_seed():
+    """Each stage's own AP, its gain over the stage before and its losses, LORS - stock
+    over the seeds both have (seed 2 of stock and seed 5 of LORS have no partner), with
+    the Student-t interval re-derived here from scipy's t distribution."""
+    from scipy import stats
+
+    from lors_mmdet.diagnostics import format_diagnostics
+
+    def run(model, seed, ap, cls):
+        checkpoints = [dict(checkpoint=f'iter_{it}.pth',
+                            stage_losses={f's{i}.{name}': value * (i + 1) * it / 400
+                                          for i in range(2)
+                                          for name, value in (('loss_cls', cls),
+                                                              ('loss_iou', 1.0))})
+                       for it in (200, 400)]
+        checkpoints[-1]['stage_ap'] = {'s0': 0.0, 's1': ap}
+        return dict(run_dir=f'work_dirs/x/{model}/seed{seed}/', checkpoints=checkpoints)
+    stock = [run('stock', s, ap, cls) for s, ap, cls in ((0, 0.5, 0.3), (1, 0.6, 0.2),
+                                                           (2, 0.9, 0.9))]
+    lors = [run('lors', s, ap, cls) for s, ap, cls in ((1, 0.55, 0.3), (0, 0.4, 0.35),
+                                                         (5, 0.1, 0.1))]
+    text = format_diagnostics({'stock': stock, 'lors': lors})
+    assert 'lors - stock, paired by seed (2 seeds)' in text
+    diffs = [0.4 - 0.5, 0.55 - 0.6]  # seeds 0 and 1
+    mean = sum(diffs) / 2
+    low, high = stats.t.interval(0.95, 1, loc=mean, scale=stats.sem(diffs))
+    ap = f'{mean:+.3f} [{low:+.3f}, {high:+.3f}]'
+    assert f'| own AP, last checkpoint | +0.000 [+0.000, +0.000] | {ap} |' in text
+    assert f'| gain over the stage before | - | {ap} |' in text
+    # stage 1's class loss at iteration 200 is cls * 2 * 0.5: differences 0.05 and 0.1
+    cls = [0.35 - 0.3, 0.3 - 0.2]
+    low, high = stats.t.interval(0.95, 1, loc=sum(cls) / 2, scale=stats.sem(cls))
+    assert (f'| loss_cls, iter_200.pth | {sum(cls) / 4:+.3f} [{low / 2:+.3f}, '
+            f'{high / 2:+.3f}] | {sum(cls) / 2:+.3f} [{low:+.3f}, {high:+.3f}] |') in text
+    assert '| loss_iou, iter_400.pth | +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |' \
+        in text
+
+
 def test_stack_residual_sizes_of_any_lors_model():
     """Zero with B = 0; after setting one layer's B, that layer's ratio is the mean over
     the stack's projections of |B A| / |W_shared|, computed here directly."""

@@ -7,7 +7,8 @@ group, each stage's loss on one training batch, a LORS decoder's private residua
 sizes; the update norms between consecutive checkpoints; with ``--stage-ap`` the AP of
 each stage's own predictions at the last checkpoint. Written to ``diagnostics.json`` in
 the run dir; a run that has one is skipped (``--force`` recomputes). ``--summary FILE``
-writes markdown tables of all the given runs, mean over the seeds of each model.
+writes markdown tables of all the given runs, mean over the seeds of each model, and
+each run against the first paired by seed (stage APs, gains and losses; 95% intervals).
 See lors_mmdet/diagnostics.py for the definitions.
 
 ``--residuals`` (any detector with LORS stacks, e.g. LORS-DINO) prints instead, for every
@@ -115,7 +116,8 @@ def main() -> None:
                         'the last fifth of the run)')
     parser.add_argument('--summary', metavar='FILE',
                         help='also write markdown tables of all the runs (grouped by '
-                        'the name of the folder above each seed folder) to FILE')
+                        'the name of the folder above each seed folder), and each '
+                        'run against the first paired by seed, to FILE')
     args = parser.parse_args()
     if args.residuals:
         print(format_residual_sizes({d: run_residual_sizes(d) for d in args.run_dirs}), end='')
